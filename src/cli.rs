@@ -1,0 +1,339 @@
+//! Command line: clap parses raw arguments ([`Cli`]), then [`Cli::into_command`] validates them into
+//! what the library runs. The Python version's flags (`-s/-c/-f/-H/-p/--remotehost`) keep their
+//! meanings, so its documented invocations work with this binary in its place.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::ClientConfig;
+use crate::server::ServerConfig;
+use crate::transport::zmq::ZmqMode;
+use crate::units::parse_size;
+
+/// Moves a file (typically an STL mesh) from A to B over TCP, back over ZeroMQ, and proves both
+/// copies identical with CRC-32 and BLAKE3.
+#[derive(Debug, Parser)]
+#[command(name = "machinaftp", version, args_conflicts_with_subcommands = true)]
+#[command(
+    after_help = "Examples:\n  machinaftp --server -f cad_mesh.stl -H 0.0.0.0 -p 8080\n  \
+machinaftp --client -f output.stl -H 192.168.1.20 -p 8080\n  machinaftp demo"
+)]
+pub struct Cli {
+    /// Start the server process (A): serve FILENAME to clients
+    #[arg(short = 's', long, conflicts_with = "client")]
+    pub server: bool,
+
+    /// Start the client process (B): receive into FILENAME and send it back
+    #[arg(short = 'c', long)]
+    pub client: bool,
+
+    /// The file to be delivered to the client (server), or where to write the file being received (client)
+    #[arg(short = 'f', long, value_name = "FILENAME")]
+    pub filename: Option<PathBuf>,
+
+    /// The host IP address (to bind to for server, connect to for client)
+    #[arg(short = 'H', long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port (for server to listen on, for client to connect to); 0 lets the server pick a free one
+    #[arg(short = 'p', long, value_name = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Server: connect the return channel to this client host instead of listening (the Python
+    /// version's topology); the client binds its --zmq-port
+    #[arg(long, value_name = "REMOTEHOST")]
+    pub remotehost: Option<String>,
+
+    /// ZeroMQ return-channel port [default: PORT + 1]
+    #[arg(long, value_name = "N")]
+    pub zmq_port: Option<u16>,
+
+    /// Client: how to wire the return channel; auto follows what the server announces
+    #[arg(long, value_enum, default_value_t = ZmqMode::Auto, value_name = "MODE")]
+    pub zmq_mode: ZmqMode,
+
+    /// Server: exit after the first round trip; status 0 only if both legs verified
+    #[arg(long)]
+    pub once: bool,
+
+    /// Server: where the returned copy is saved [default: output.<ext of FILENAME>]
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Log file [default: server.log or client.log in the working directory]
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// More detail on the console (-v info, -vv debug); the log file always has debug detail
+    #[arg(short = 'v', long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Nothing on the console but results and errors
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Seconds any wait on the peer may make no progress before it is an error
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+
+    /// Server: clients served at once; further clients are told the server is busy
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_clients: u64,
+
+    /// Server: cap the data channel's rate, in bytes per second (e.g. 500K, 10M)
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate_limit: Option<u64>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("the rate must be more than 0".into()),
+        n => Ok(n),
+    }
+}
+
+/// Subcommands besides the server and client roles.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run A and B on loopback with a built-in sample mesh and show that the copy is verified
+    Demo(DemoArgs),
+}
+
+/// Options of `machinaftp demo`.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Directory to run in (created; must be empty if it exists) [default: a new temporary directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Console and log-file settings for a server or client run.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The log file.
+    pub file: PathBuf,
+    /// `-v` count.
+    pub verbose: u8,
+    /// `-q`.
+    pub quiet: bool,
+}
+
+/// What the command line asks for, validated.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Process A.
+    Server(ServerConfig, LogConfig),
+    /// Process B.
+    Client(ClientConfig, LogConfig),
+    /// The loopback demo.
+    Demo(DemoArgs),
+}
+
+impl Cli {
+    /// Checks the combinations clap cannot express and fills in derived defaults.
+    pub fn into_command(self) -> Result<Invocation, String> {
+        if let Some(Command::Demo(args)) = self.command {
+            return Ok(Invocation::Demo(args));
+        }
+        let role = match (self.server, self.client) {
+            (true, false) => "server",
+            (false, true) => "client",
+            _ => {
+                return Err(
+                    "choose a role: --server (-s) or --client (-c), or run `machinaftp demo`"
+                        .into(),
+                );
+            }
+        };
+        let Some(filename) = self.filename else {
+            return Err(format!("--{role} needs -f/--filename"));
+        };
+        let log = LogConfig {
+            file: self
+                .log_file
+                .unwrap_or_else(|| PathBuf::from(format!("{role}.log"))),
+            verbose: self.verbose,
+            quiet: self.quiet,
+        };
+        let timeout = Duration::from_secs(self.timeout);
+        if self.server {
+            if self.zmq_mode != ZmqMode::Auto {
+                return Err("--zmq-mode is a client option".into());
+            }
+            let output = self.output.unwrap_or_else(|| default_output(&filename));
+            Ok(Invocation::Server(
+                ServerConfig {
+                    file: filename,
+                    host: self.host,
+                    port: self.port,
+                    zmq_port: self.zmq_port,
+                    remotehost: self.remotehost,
+                    output,
+                    once: self.once,
+                    max_clients: self.max_clients as usize,
+                    timeout,
+                    rate_limit: self.rate_limit,
+                },
+                log,
+            ))
+        } else {
+            for (set, flag) in [
+                (self.remotehost.is_some(), "--remotehost"),
+                (self.once, "--once"),
+                (self.output.is_some(), "--output"),
+                (self.rate_limit.is_some(), "--rate-limit"),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{flag} is a server option; the client writes to -f/--filename"
+                    ));
+                }
+            }
+            let zmq_port = match self.zmq_port {
+                Some(p) => p,
+                None => self
+                    .port
+                    .checked_add(1)
+                    .ok_or("-p 65535 leaves no room for the default --zmq-port (PORT + 1); give --zmq-port")?,
+            };
+            Ok(Invocation::Client(
+                ClientConfig {
+                    out: filename,
+                    host: self.host,
+                    port: self.port,
+                    zmq_port,
+                    zmq_mode: self.zmq_mode,
+                    timeout,
+                },
+                log,
+            ))
+        }
+    }
+}
+
+/// `output.<ext>` in the working directory, `<ext>` being the served file's extension.
+pub fn default_output(served: &Path) -> PathBuf {
+    match served.extension() {
+        Some(ext) => PathBuf::from(format!("output.{}", ext.to_string_lossy())),
+        None => PathBuf::from("output"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Invocation, String> {
+        let mut full = vec!["machinaftp"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full)
+            .map_err(|e| e.to_string())?
+            .into_command()
+    }
+
+    #[test]
+    fn seed_server_invocation() {
+        let inv = parse(&[
+            "--server",
+            "-f",
+            "./cad_mesh.stl",
+            "-H",
+            "172.17.0.2",
+            "-p",
+            "8080",
+            "--remotehost",
+            "172.17.0.3",
+        ]);
+        let Ok(Invocation::Server(cfg, log)) = inv else {
+            panic!("{inv:?}")
+        };
+        assert_eq!(cfg.host, "172.17.0.2");
+        assert_eq!(cfg.port, 8080);
+        assert_eq!(cfg.remotehost.as_deref(), Some("172.17.0.3"));
+        assert_eq!(cfg.output, PathBuf::from("output.stl"));
+        assert_eq!(log.file, PathBuf::from("server.log"));
+        assert!(!cfg.once);
+    }
+
+    #[test]
+    fn seed_client_invocation_and_short_flags() {
+        let inv = parse(&["-c", "-f", "output.stl", "-H", "172.17.0.2", "-p", "8080"]);
+        let Ok(Invocation::Client(cfg, log)) = inv else {
+            panic!("{inv:?}")
+        };
+        assert_eq!(cfg.zmq_port, 8081);
+        assert_eq!(cfg.zmq_mode, ZmqMode::Auto);
+        assert_eq!(log.file, PathBuf::from("client.log"));
+    }
+
+    #[test]
+    fn output_follows_extension() {
+        assert_eq!(
+            default_output(Path::new("/data/big.bin")),
+            PathBuf::from("output.bin")
+        );
+        assert_eq!(default_output(Path::new("mesh")), PathBuf::from("output"));
+    }
+
+    #[test]
+    fn bad_combinations_are_refused() {
+        assert!(parse(&["-f", "x"]).unwrap_err().contains("choose a role"));
+        assert!(parse(&["-s", "-c", "-f", "x"]).is_err());
+        assert!(parse(&["-s"]).unwrap_err().contains("-f"));
+        assert!(
+            parse(&["-c", "-f", "x", "--once"])
+                .unwrap_err()
+                .contains("server option")
+        );
+        assert!(
+            parse(&["-s", "-f", "x", "--zmq-mode", "bind"])
+                .unwrap_err()
+                .contains("client option")
+        );
+        assert!(
+            parse(&["-c", "-f", "x", "-p", "65535"])
+                .unwrap_err()
+                .contains("--zmq-port")
+        );
+        assert!(parse(&["-s", "-f", "x", "-p", "99999"]).is_err());
+        assert!(parse(&["-s", "-f", "x", "--timeout", "0"]).is_err());
+        assert!(parse(&["-s", "-f", "x", "--rate-limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn server_options() {
+        let inv = parse(&[
+            "-s",
+            "-f",
+            "a.stl",
+            "-p",
+            "0",
+            "--once",
+            "--zmq-port",
+            "0",
+            "--rate-limit",
+            "1M",
+            "--output",
+            "x/r.stl",
+            "-vv",
+        ]);
+        let Ok(Invocation::Server(cfg, log)) = inv else {
+            panic!("{inv:?}")
+        };
+        assert_eq!((cfg.port, cfg.zmq_port, cfg.once), (0, Some(0), true));
+        assert_eq!(cfg.rate_limit, Some(1 << 20));
+        assert_eq!(cfg.output, PathBuf::from("x/r.stl"));
+        assert_eq!(log.verbose, 2);
+    }
+
+    #[test]
+    fn demo_subcommand() {
+        assert!(matches!(parse(&["demo"]), Ok(Invocation::Demo(_))));
+        assert!(parse(&["demo", "-s"]).is_err());
+    }
+}

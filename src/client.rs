@@ -1,0 +1,467 @@
+//! Process B: opens the return channel, receives the file over the data channel while checking
+//! size, CRC-32 and BLAKE3, saves it, and sends it back to A under A's flow-control credit.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, info_span, warn};
+
+use crate::error::{Error, Leg, Result, TransportError};
+use crate::files::{StagedFile, available_space, parent_dir};
+use crate::integrity::{Digest, Hasher};
+use crate::protocol::data::{DataMsg, ErrorCode, VERSION};
+use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, Stream, data_header};
+use crate::protocol::{PROTOCOL_VERSION, Token, hex};
+use crate::shutdown::Shutdown;
+use crate::transport::tcp::Conn;
+use crate::transport::zmq::{ReturnChannel, ZmqMode};
+use crate::units;
+
+/// Bytes read from the socket at a time.
+const RECV_CHUNK: usize = 1 << 20;
+
+/// Everything process B needs, validated.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Where the received file goes.
+    pub out: PathBuf,
+    /// A's address.
+    pub host: String,
+    /// A's TCP port.
+    pub port: u16,
+    /// The return channel's port: A's (to connect) or ours (to bind).
+    pub zmq_port: u16,
+    /// How the return channel is wired.
+    pub zmq_mode: ZmqMode,
+    /// How long any wait on A may make no progress (also the connect timeout).
+    pub timeout: Duration,
+}
+
+/// What a successful client run proved.
+#[derive(Debug, Clone)]
+pub struct ClientReport {
+    /// The name A gave the file (informational).
+    pub name: String,
+    /// Digest of the file, verified on arrival and accepted by A on return.
+    pub digest: Digest,
+    /// Time of the data leg.
+    pub data_time: Duration,
+    /// Time of the return leg.
+    pub return_time: Duration,
+}
+
+/// Runs one round trip against A.
+pub fn run(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<ClientReport> {
+    let span = info_span!("session", server = %format!("{}:{}", cfg.host, cfg.port));
+    let _enter = span.enter();
+    let mut token: Token = [0; 16];
+    getrandom::fill(&mut token)
+        .map_err(|e| Error::ReturnSetup(format!("no randomness for a session token: {e}")))?;
+    let ctx = zmq::Context::new();
+    let mut chan = ReturnChannel::open(
+        &ctx,
+        &token,
+        cfg.zmq_mode,
+        &cfg.host,
+        cfg.zmq_port,
+        cfg.timeout,
+        shutdown.clone(),
+    )?;
+    info!(session = %hex(&token[..4]), wiring = %chan.describe(), "return channel opened");
+    let conn = connect(cfg, shutdown)?;
+    let mut s = Session { conn, cfg };
+    let res = s.run(&mut chan, &token);
+    if let Err(e) = &res {
+        s.tell_peer(e);
+    }
+    res
+}
+
+fn connect(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<Conn> {
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|source| Error::Connect {
+            addr: addr.clone(),
+            source,
+        })?
+        .collect();
+    let mut last = None;
+    for a in &addrs {
+        match TcpStream::connect_timeout(a, cfg.timeout) {
+            Ok(stream) => {
+                info!(server = %a, "connected to the data channel");
+                return Conn::new(stream, cfg.timeout, shutdown.clone()).map_err(|source| {
+                    Error::Connect {
+                        addr: addr.clone(),
+                        source,
+                    }
+                });
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(Error::NoServer { addr }),
+        Some(source) => Err(Error::Connect { addr, source }),
+        None => Err(Error::Connect {
+            addr,
+            source: io::Error::new(io::ErrorKind::NotFound, "name resolved to no address"),
+        }),
+    }
+}
+
+struct Session<'a> {
+    conn: Conn,
+    cfg: &'a ClientConfig,
+}
+
+impl Session<'_> {
+    fn stage(&self, what: &str) -> String {
+        format!("{what} (server {})", self.conn.peer())
+    }
+
+    fn recv(&mut self, stage: &str) -> Result<DataMsg> {
+        match self.conn.recv() {
+            Ok(DataMsg::Error { reason, .. }) => Err(Error::Refused {
+                stage: self.stage(stage),
+                reason,
+            }),
+            Ok(m) => Ok(m),
+            Err(e) => Err(Error::transport(self.stage(stage), e)),
+        }
+    }
+
+    fn send(&mut self, msg: &DataMsg, stage: &str) -> Result<()> {
+        self.conn
+            .send(msg)
+            .map_err(|e| Error::transport(self.stage(stage), e))
+    }
+
+    fn unexpected(&self, stage: &str, got: &DataMsg) -> Error {
+        Error::Protocol {
+            stage: self.stage(stage),
+            detail: format!("got {}", got.kind()),
+        }
+    }
+
+    /// Best effort: tell A why we stop, without waiting long.
+    fn tell_peer(&mut self, e: &Error) {
+        if matches!(
+            e,
+            Error::Refused { .. }
+                | Error::Mismatch { .. }
+                | Error::Transport {
+                    source: TransportError::Closed,
+                    ..
+                }
+        ) {
+            return;
+        }
+        self.conn.set_idle(Duration::from_secs(1));
+        let _ = self.conn.send(&DataMsg::Error {
+            code: ErrorCode::Internal,
+            reason: format!("client: {e}"),
+        });
+    }
+
+    fn run(&mut self, chan: &mut ReturnChannel, token: &Token) -> Result<ClientReport> {
+        self.handshake(chan, token)?;
+        let (name, digest, data_time, file) = self.data_leg()?;
+        println!("Done! - RX");
+        self.conn.finish();
+        let started = Instant::now();
+        return_file(chan, file, &digest, self.cfg)?;
+        let return_time = started.elapsed();
+        println!("Done! - TX");
+        // Bye lets A finish at once instead of waiting; if it is lost A still has its verdict.
+        let _ = chan.send(zmq::Message::from(&ReturnMsg::Bye.to_bytes()[..]));
+        Ok(ClientReport {
+            name,
+            digest,
+            data_time,
+            return_time,
+        })
+    }
+
+    fn handshake(&mut self, chan: &mut ReturnChannel, token: &Token) -> Result<()> {
+        let hello = DataMsg::Hello {
+            version: VERSION,
+            token: *token,
+            return_port: chan.bound_port().unwrap_or(0),
+        };
+        self.send(&hello, "sending Hello")?;
+        let topology = match self.recv("waiting for the server's Welcome")? {
+            DataMsg::Welcome { version, topology } if version == VERSION => topology,
+            DataMsg::Welcome { version, .. } => {
+                return Err(Error::Refused {
+                    stage: self.stage("handshake"),
+                    reason: format!(
+                        "server speaks protocol version {version}; this client speaks {VERSION}"
+                    ),
+                });
+            }
+            other => return Err(self.unexpected("waiting for Welcome", &other)),
+        };
+        chan.use_topology(topology, &self.cfg.host)?;
+        debug!(?topology, wiring = %chan.describe(), "return channel wired");
+        let hello = ReturnMsg::Hello {
+            version: PROTOCOL_VERSION,
+            token: *token,
+        }
+        .to_bytes();
+        let setup_err = |what: &str, e: TransportError| match e {
+            TransportError::Interrupted => Error::Interrupted,
+            e => Error::ReturnSetup(format!("{what} ({}): {e}", chan.describe())),
+        };
+        chan.send(zmq::Message::from(&hello[..]))
+            .map_err(|e| setup_err("no server took our Hello", e))?;
+        let ack = chan
+            .recv()
+            .map_err(|e| setup_err("no answer from the server", e))?;
+        match ReturnMsg::decode(&ack) {
+            Ok(ReturnMsg::HelloAck { .. }) => {}
+            Ok(ReturnMsg::Abort { reason }) => {
+                return Err(Error::Refused {
+                    stage: self.stage("return channel handshake"),
+                    reason,
+                });
+            }
+            Ok(other) => {
+                return Err(Error::Protocol {
+                    stage: self.stage("return channel handshake"),
+                    detail: format!("got {}", other.kind()),
+                });
+            }
+            Err(e) => {
+                return Err(Error::transport(
+                    self.stage("return channel handshake"),
+                    e.into(),
+                ));
+            }
+        }
+        info!(wiring = %chan.describe(), "return channel up");
+        self.send(&DataMsg::Ready, "sending Ready")
+    }
+
+    fn data_leg(&mut self) -> Result<(String, Digest, Duration, File)> {
+        let (size, name) = match self.recv("waiting for the file header")? {
+            DataMsg::Header { size, name } => (size, name),
+            other => return Err(self.unexpected("waiting for Header", &other)),
+        };
+        // The name is shown, escaped, and never used as a path: B writes where -f says.
+        info!(name = ?name, size, "header received");
+        let out = self.cfg.out.clone();
+        let out_err = |path: PathBuf| move |source| Error::Output { path, source };
+        let dir = parent_dir(&out);
+        if let Ok(free) = available_space(dir)
+            && free < size
+        {
+            let reason = format!(
+                "not enough space in {}: {} free, file is {}",
+                dir.display(),
+                units::bytes(free),
+                units::bytes(size)
+            );
+            let _ = self.conn.send(&DataMsg::Refuse {
+                reason: reason.clone(),
+            });
+            return Err(Error::Output {
+                path: out,
+                source: io::Error::new(io::ErrorKind::StorageFull, reason),
+            });
+        }
+        let mut staged = match StagedFile::create(&out) {
+            Ok(f) => f,
+            Err(source) => {
+                let _ = self.conn.send(&DataMsg::Refuse {
+                    reason: format!("client cannot create its output file: {source}"),
+                });
+                return Err(Error::Output { path: out, source });
+            }
+        };
+        let temp = staged.temp_path().to_path_buf();
+        self.send(&DataMsg::Accept, "accepting the file")?;
+        let started = Instant::now();
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; RECV_CHUNK];
+        while hasher.size() < size {
+            let want = (size - hasher.size()).min(buf.len() as u64) as usize;
+            let n = self.conn.read_some(&mut buf[..want]).map_err(|e| {
+                Error::transport(
+                    self.stage(&format!(
+                        "receiving {name:?}: {} of {size} bytes arrived",
+                        hasher.size()
+                    )),
+                    e,
+                )
+            })?;
+            hasher.update(&buf[..n]);
+            staged
+                .file()
+                .write_all(&buf[..n])
+                .map_err(out_err(temp.clone()))?;
+        }
+        let data_time = started.elapsed();
+        let expected = match self.recv("waiting for the trailer")? {
+            DataMsg::Trailer { crc32, blake3 } => Digest {
+                size,
+                crc32,
+                blake3,
+            },
+            other => return Err(self.unexpected("waiting for Trailer", &other)),
+        };
+        let got = hasher.finish();
+        info!(
+            bytes = size, crc32 = got.crc32, blake3 = %got.blake3_hex(), duration = %units::millis(data_time),
+            rate = %units::rate(size, data_time), "data leg received"
+        );
+        if let Some(diff) = got.mismatch(&expected) {
+            let detail = format!("received file differs from what the server sent: {diff}");
+            let _ = self.conn.send(&DataMsg::Verdict {
+                ok: false,
+                reason: detail.clone(),
+            });
+            return Err(Error::Mismatch {
+                leg: Leg::Data,
+                detail,
+            });
+        }
+        let committed = staged.file().flush().and_then(|()| staged.commit());
+        let file = match committed {
+            Ok(f) => f,
+            Err(source) => {
+                let _ = self.conn.send(&DataMsg::Verdict {
+                    ok: false,
+                    reason: format!("client cannot save the file: {source}"),
+                });
+                return Err(Error::Output { path: out, source });
+            }
+        };
+        self.send(
+            &DataMsg::Verdict {
+                ok: true,
+                reason: String::new(),
+            },
+            "sending the verdict",
+        )?;
+        info!(output = %out.display(), "data leg verified and saved");
+        Ok((name, got, data_time, file))
+    }
+}
+
+/// Sends `file` back over the return channel, never exceeding A's credit, then waits for A's verdict.
+fn return_file(
+    chan: &ReturnChannel,
+    mut file: File,
+    digest: &Digest,
+    cfg: &ClientConfig,
+) -> Result<()> {
+    let stage = "return leg";
+    let t = |e| Error::transport(stage, e);
+    let size = digest.size;
+    file.rewind().map_err(|source| Error::Output {
+        path: cfg.out.clone(),
+        source,
+    })?;
+    let msg = |m: ReturnMsg<'_>| zmq::Message::from(&m.to_bytes()[..]);
+    chan.send(msg(ReturnMsg::Offer {
+        stream: Stream::File,
+        size,
+    }))
+    .map_err(t)?;
+    let started = Instant::now();
+    let mut credit: u64 = 0;
+    let mut offset: u64 = 0;
+    while offset < size {
+        let need = (size - offset).min(MAX_CHUNK as u64);
+        // Take every waiting message, and block for one when credit is short.
+        let mut next = chan.try_recv().map_err(t)?;
+        if next.is_none() && credit < need {
+            next = Some(chan.recv().map_err(t)?);
+        }
+        if let Some(frame) = next {
+            match ReturnMsg::decode(&frame).map_err(|e| t(e.into()))? {
+                ReturnMsg::Credit {
+                    stream: Stream::File,
+                    bytes,
+                } => credit = credit.saturating_add(bytes),
+                ReturnMsg::Result {
+                    ok: false, reason, ..
+                }
+                | ReturnMsg::Abort { reason } => {
+                    return Err(Error::Refused {
+                        stage: stage.into(),
+                        reason,
+                    });
+                }
+                other => {
+                    let detail = format!("unexpected {} while sending", other.kind());
+                    return Err(Error::Protocol {
+                        stage: stage.into(),
+                        detail,
+                    });
+                }
+            }
+            continue;
+        }
+        // Only whole chunks (or the last piece): a credit-aligned sender keeps A's queue bounded.
+        let n = need as usize;
+        let mut m = zmq::Message::with_size(DATA_HEADER_LEN + n);
+        m[..DATA_HEADER_LEN].copy_from_slice(&data_header(Stream::File, offset));
+        file.read_exact(&mut m[DATA_HEADER_LEN..])
+            .map_err(|source| Error::Output {
+                path: cfg.out.clone(),
+                source,
+            })?;
+        chan.send(m).map_err(t)?;
+        credit -= need;
+        offset += need;
+    }
+    chan.send(msg(ReturnMsg::End {
+        stream: Stream::File,
+        crc32: digest.crc32,
+        blake3: digest.blake3,
+    }))
+    .map_err(t)?;
+    loop {
+        let frame = chan.recv().map_err(t)?;
+        match ReturnMsg::decode(&frame).map_err(|e| t(e.into()))? {
+            ReturnMsg::Credit { .. } => {}
+            ReturnMsg::Result {
+                stream: Stream::File,
+                ok: true,
+                ..
+            } => break,
+            ReturnMsg::Result {
+                ok: false, reason, ..
+            } => {
+                return Err(Error::Mismatch {
+                    leg: Leg::Return,
+                    detail: reason,
+                });
+            }
+            ReturnMsg::Abort { reason } => {
+                return Err(Error::Refused {
+                    stage: stage.into(),
+                    reason,
+                });
+            }
+            other => {
+                return Err(Error::Protocol {
+                    stage: stage.into(),
+                    detail: format!("expected Result, got {}", other.kind()),
+                });
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    info!(bytes = size, duration = %units::millis(elapsed), rate = %units::rate(size, elapsed), "return leg sent; server verified it");
+    if elapsed > cfg.timeout {
+        warn!("return leg took longer than the idle timeout; the link is slow");
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Files that appear only when complete: bytes go to a hidden temporary file in the destination's
+//! directory, and only a verified file is renamed into place. Dropping a [`StagedFile`] that was
+//! not committed removes the temporary file, on errors and on interruption alike.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+/// A file being written to a temporary name beside its final destination.
+pub struct StagedFile {
+    tmp: NamedTempFile,
+    dest: PathBuf,
+}
+
+impl StagedFile {
+    /// Creates `.NAME.XXXXXX.part` in the directory of `dest`. Renaming within one directory is
+    /// atomic, which is why the temporary file is not put in /tmp.
+    pub fn create(dest: &Path) -> io::Result<Self> {
+        let dir = parent_dir(dest);
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".part")
+            .tempfile_in(dir)?;
+        Ok(StagedFile {
+            tmp,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// The open temporary file.
+    pub fn file(&mut self) -> &mut File {
+        self.tmp.as_file_mut()
+    }
+
+    /// The temporary file's path, for messages.
+    pub fn temp_path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Where the file will land.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Renames the temporary file to its destination, replacing any file there, and returns the
+    /// still-open file.
+    pub fn commit(self) -> io::Result<File> {
+        let dest = self.dest;
+        self.tmp.persist(&dest).map_err(|e| e.error)
+    }
+}
+
+/// The directory a path lives in; `.` for a bare file name.
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Bytes free for an unprivileged writer in the file system holding `dir`.
+pub fn available_space(dir: &Path) -> io::Result<u64> {
+    fs4::available_space(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn uncommitted_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.stl");
+        {
+            let mut f = StagedFile::create(&dest).unwrap();
+            f.file().write_all(b"partial").unwrap();
+            assert!(f.temp_path().exists());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn committed_file_lands_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.stl");
+        std::fs::write(&dest, b"old").unwrap();
+        let mut f = StagedFile::create(&dest).unwrap();
+        f.file().write_all(b"new").unwrap();
+        f.commit().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn bare_name_lives_in_cwd() {
+        assert_eq!(parent_dir(Path::new("output.stl")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/b.stl")), Path::new("a"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The `machinaftp` binary: parse arguments, set up logging and signals, run, map the outcome to
+//! an exit status. Everything else lives in the library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use machinaftp::cli::{Cli, Invocation, LogConfig};
+use machinaftp::error::{Error, exit};
+use machinaftp::shutdown::Shutdown;
+use machinaftp::{client, demo, logging, server, units};
+
+fn main() -> ExitCode {
+    let invocation = match Cli::parse().into_command() {
+        Ok(inv) => inv,
+        Err(msg) => {
+            eprintln!("machinaftp: error: {msg}\n  hint: see `machinaftp --help`");
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    let shutdown = Shutdown::new();
+    if let Err(e) = shutdown.install_signal_handlers() {
+        eprintln!("machinaftp: warning: cannot install signal handlers: {e}");
+    }
+    let outcome = match invocation {
+        Invocation::Demo(args) => demo::run(&args),
+        Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown)),
+        Invocation::Client(cfg, log) => with_logging(&log, || run_client(&cfg, &shutdown)),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("machinaftp: error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("  hint: {hint}");
+            }
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn with_logging(log: &LogConfig, run: impl FnOnce() -> Result<i32, Error>) -> Result<i32, Error> {
+    logging::init(&log.file, logging::console_level(log.verbose, log.quiet)).map_err(|source| {
+        Error::Output {
+            path: log.file.clone(),
+            source,
+        }
+    })?;
+    run()
+}
+
+fn run_server(cfg: server::ServerConfig, shutdown: &Shutdown) -> Result<i32, Error> {
+    let srv = server::Server::bind(cfg)?;
+    // Tests and scripts wait for this line instead of sleeping; flush so they see it at once.
+    println!("{}", srv.ready_line());
+    let _ = std::io::stdout().flush();
+    srv.run(shutdown)?;
+    Ok(exit::OK)
+}
+
+fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown) -> Result<i32, Error> {
+    let r = client::run(cfg, shutdown)?;
+    println!(
+        "verified: {} ({}) received intact and returned intact to the server, CRC-32 {}, BLAKE3 {}…; \
+         data {} ({}), return {} ({})",
+        cfg.out.display(),
+        units::bytes(r.digest.size),
+        r.digest.crc32,
+        &r.digest.blake3_hex()[..16],
+        units::millis(r.data_time),
+        units::rate(r.digest.size, r.data_time),
+        units::millis(r.return_time),
+        units::rate(r.digest.size, r.return_time),
+    );
+    Ok(exit::OK)
+}

@@ -1,0 +1,474 @@
+//! Messages of the data channel (TCP, A listens, B connects). See `docs/PROTOCOL.md`.
+//!
+//! Every control message is a frame: one type byte, a u32 big-endian payload length, the payload.
+//! The file's bytes themselves are not framed: after `Accept` exactly `Header.size` raw bytes follow,
+//! then a `Trailer` frame.
+
+use super::wire::{DecodeError, Reader, put_str16};
+use super::{MAGIC, PROTOCOL_VERSION, Token};
+
+/// Length of a frame header: type byte plus u32 payload length.
+pub const FRAME_HEADER_LEN: usize = 5;
+/// The largest control-message payload either side accepts; bounds what a hostile peer can make
+/// us allocate before we have checked anything.
+pub const MAX_FRAME_PAYLOAD: usize = 16 * 1024;
+/// Longest file name carried in a header, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+/// Longest human-readable reason carried in a refusal, verdict or error.
+pub const MAX_REASON_LEN: usize = 2048;
+
+/// How the return channel is wired for this session, as announced by A in `Welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// A's ROUTER listens on this port of A's host; B's DEALER connects to it.
+    Listen { zmq_port: u16 },
+    /// A runs with `--remotehost`: B's DEALER is bound and A's ROUTER connects to it.
+    Remote,
+}
+
+/// Why one side ended the session early; carried in `Error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A is at its client limit; try again later.
+    Busy = 1,
+    /// The peers share no protocol version.
+    Version = 2,
+    /// The peer sent something the protocol does not allow here.
+    Protocol = 3,
+    /// The return channel could not be established.
+    ReturnChannel = 4,
+    /// A local failure (file unreadable, disk full, shutting down...).
+    Internal = 5,
+}
+
+impl ErrorCode {
+    fn from_u8(v: u8) -> Result<Self, DecodeError> {
+        Ok(match v {
+            1 => ErrorCode::Busy,
+            2 => ErrorCode::Version,
+            3 => ErrorCode::Protocol,
+            4 => ErrorCode::ReturnChannel,
+            5 => ErrorCode::Internal,
+            _ => {
+                return Err(DecodeError::BadValue {
+                    field: "error code",
+                    value: u64::from(v),
+                });
+            }
+        })
+    }
+}
+
+/// One control message of the data channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataMsg {
+    /// B -> A, first frame: who B is and where its return socket is bound (0 if it is not).
+    Hello {
+        version: u16,
+        token: Token,
+        return_port: u16,
+    },
+    /// A -> B: the version A will speak and how the return channel is wired.
+    Welcome { version: u16, topology: Topology },
+    /// B -> A: the return channel is established; A may offer the file.
+    Ready,
+    /// A -> B: the file on offer. `name` is informational only and never used as a path.
+    Header { size: u64, name: String },
+    /// B -> A: send the bytes.
+    Accept,
+    /// B -> A: B will not take this file, and why.
+    Refuse { reason: String },
+    /// A -> B, after the raw bytes: the checksums A computed while sending.
+    Trailer { crc32: u32, blake3: [u8; 32] },
+    /// B -> A: whether what B received matches the header and trailer.
+    Verdict { ok: bool, reason: String },
+    /// Either way: the session ends now, and why.
+    Error { code: ErrorCode, reason: String },
+}
+
+const T_HELLO: u8 = 0x01;
+const T_WELCOME: u8 = 0x02;
+const T_READY: u8 = 0x03;
+const T_HEADER: u8 = 0x04;
+const T_ACCEPT: u8 = 0x05;
+const T_REFUSE: u8 = 0x06;
+const T_TRAILER: u8 = 0x07;
+const T_VERDICT: u8 = 0x08;
+const T_ERROR: u8 = 0x09;
+
+impl DataMsg {
+    /// A short name for logs and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DataMsg::Hello { .. } => "Hello",
+            DataMsg::Welcome { .. } => "Welcome",
+            DataMsg::Ready => "Ready",
+            DataMsg::Header { .. } => "Header",
+            DataMsg::Accept => "Accept",
+            DataMsg::Refuse { .. } => "Refuse",
+            DataMsg::Trailer { .. } => "Trailer",
+            DataMsg::Verdict { .. } => "Verdict",
+            DataMsg::Error { .. } => "Error",
+        }
+    }
+
+    /// Appends the whole frame (header and payload) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        let ty = match self {
+            DataMsg::Hello {
+                version,
+                token,
+                return_port,
+            } => {
+                out.extend_from_slice(&MAGIC);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(token);
+                out.extend_from_slice(&return_port.to_be_bytes());
+                T_HELLO
+            }
+            DataMsg::Welcome { version, topology } => {
+                out.extend_from_slice(&MAGIC);
+                out.extend_from_slice(&version.to_be_bytes());
+                match topology {
+                    Topology::Listen { zmq_port } => {
+                        out.push(0);
+                        out.extend_from_slice(&zmq_port.to_be_bytes());
+                    }
+                    Topology::Remote => {
+                        out.push(1);
+                        out.extend_from_slice(&0u16.to_be_bytes());
+                    }
+                }
+                T_WELCOME
+            }
+            DataMsg::Ready => T_READY,
+            DataMsg::Header { size, name } => {
+                out.extend_from_slice(&size.to_be_bytes());
+                put_str16(out, name, MAX_NAME_LEN);
+                T_HEADER
+            }
+            DataMsg::Accept => T_ACCEPT,
+            DataMsg::Refuse { reason } => {
+                put_str16(out, reason, MAX_REASON_LEN);
+                T_REFUSE
+            }
+            DataMsg::Trailer { crc32, blake3 } => {
+                out.extend_from_slice(&crc32.to_be_bytes());
+                out.extend_from_slice(blake3);
+                T_TRAILER
+            }
+            DataMsg::Verdict { ok, reason } => {
+                out.push(u8::from(*ok));
+                put_str16(out, reason, MAX_REASON_LEN);
+                T_VERDICT
+            }
+            DataMsg::Error { code, reason } => {
+                out.push(*code as u8);
+                put_str16(out, reason, MAX_REASON_LEN);
+                T_ERROR
+            }
+        };
+        let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+        out[start] = ty;
+        out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The frame as a fresh vector.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes one payload whose type byte and length came from the frame header.
+    pub fn decode(ty: u8, payload: &[u8]) -> Result<DataMsg, DecodeError> {
+        let mut r = Reader::new(payload);
+        let msg = match ty {
+            T_HELLO => {
+                check_magic(&mut r)?;
+                let version = r.u16("version")?;
+                let token = r.array("token")?;
+                let return_port = r.u16("return port")?;
+                r.finish("Hello")?;
+                DataMsg::Hello {
+                    version,
+                    token,
+                    return_port,
+                }
+            }
+            T_WELCOME => {
+                check_magic(&mut r)?;
+                let version = r.u16("version")?;
+                let mode = r.u8("topology")?;
+                let zmq_port = r.u16("zmq port")?;
+                r.finish("Welcome")?;
+                let topology = match mode {
+                    0 => Topology::Listen { zmq_port },
+                    1 => Topology::Remote,
+                    v => {
+                        return Err(DecodeError::BadValue {
+                            field: "topology",
+                            value: u64::from(v),
+                        });
+                    }
+                };
+                DataMsg::Welcome { version, topology }
+            }
+            T_READY => {
+                r.finish("Ready")?;
+                DataMsg::Ready
+            }
+            T_HEADER => {
+                let size = r.u64("size")?;
+                let name = r.str16("name")?;
+                r.finish("Header")?;
+                if name.len() > MAX_NAME_LEN {
+                    return Err(DecodeError::TooLong {
+                        len: name.len(),
+                        max: MAX_NAME_LEN,
+                    });
+                }
+                DataMsg::Header { size, name }
+            }
+            T_ACCEPT => {
+                r.finish("Accept")?;
+                DataMsg::Accept
+            }
+            T_REFUSE => {
+                let reason = r.str16("reason")?;
+                r.finish("Refuse")?;
+                DataMsg::Refuse { reason }
+            }
+            T_TRAILER => {
+                let crc32 = r.u32("crc32")?;
+                let blake3 = r.array("blake3")?;
+                r.finish("Trailer")?;
+                DataMsg::Trailer { crc32, blake3 }
+            }
+            T_VERDICT => {
+                let ok = r.flag("ok")?;
+                let reason = r.str16("reason")?;
+                r.finish("Verdict")?;
+                DataMsg::Verdict { ok, reason }
+            }
+            T_ERROR => {
+                let code = ErrorCode::from_u8(r.u8("error code")?)?;
+                let reason = r.str16("reason")?;
+                r.finish("Error")?;
+                DataMsg::Error { code, reason }
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        Ok(msg)
+    }
+}
+
+fn check_magic(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+    let magic: [u8; 4] = r.array("magic")?;
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    Ok(())
+}
+
+/// Splits a frame header into its type and payload length, refusing oversized payloads before any
+/// allocation happens.
+pub fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<(u8, usize), DecodeError> {
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    if len > MAX_FRAME_PAYLOAD {
+        return Err(DecodeError::TooLong {
+            len,
+            max: MAX_FRAME_PAYLOAD,
+        });
+    }
+    Ok((h[0], len))
+}
+
+/// Decodes the first frame in `buf`. `Ok(None)` means more bytes are needed; `Ok(Some((msg, n)))`
+/// says the frame used `n` bytes. Used by tests and the fuzz target to exercise framing on raw bytes.
+pub fn parse_frame(buf: &[u8]) -> Result<Option<(DataMsg, usize)>, DecodeError> {
+    let Some(head) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let (ty, len) = parse_frame_header(head)?;
+    let Some(payload) = buf[FRAME_HEADER_LEN..].get(..len) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        DataMsg::decode(ty, payload)?,
+        FRAME_HEADER_LEN + len,
+    )))
+}
+
+/// The version this build speaks, exported for the handshake.
+pub const VERSION: u16 = PROTOCOL_VERSION;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_messages() -> Vec<DataMsg> {
+        vec![
+            DataMsg::Hello {
+                version: 1,
+                token: [7; 16],
+                return_port: 8081,
+            },
+            DataMsg::Welcome {
+                version: 1,
+                topology: Topology::Listen { zmq_port: 9 },
+            },
+            DataMsg::Welcome {
+                version: 1,
+                topology: Topology::Remote,
+            },
+            DataMsg::Ready,
+            DataMsg::Header {
+                size: 714_884,
+                name: "cad_mesh.stl".into(),
+            },
+            DataMsg::Header {
+                size: 0,
+                name: String::new(),
+            },
+            DataMsg::Accept,
+            DataMsg::Refuse {
+                reason: "disk full".into(),
+            },
+            DataMsg::Trailer {
+                crc32: 1_445_675_924,
+                blake3: [0xab; 32],
+            },
+            DataMsg::Verdict {
+                ok: true,
+                reason: String::new(),
+            },
+            DataMsg::Verdict {
+                ok: false,
+                reason: "crc".into(),
+            },
+            DataMsg::Error {
+                code: ErrorCode::Busy,
+                reason: "busy".into(),
+            },
+            DataMsg::Error {
+                code: ErrorCode::Version,
+                reason: "v".into(),
+            },
+            DataMsg::Error {
+                code: ErrorCode::Protocol,
+                reason: "p".into(),
+            },
+            DataMsg::Error {
+                code: ErrorCode::ReturnChannel,
+                reason: "r".into(),
+            },
+            DataMsg::Error {
+                code: ErrorCode::Internal,
+                reason: "i".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for msg in all_messages() {
+            let bytes = msg.to_bytes();
+            assert_eq!(
+                parse_frame(&bytes),
+                Ok(Some((msg.clone(), bytes.len()))),
+                "{msg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_asks_for_more_or_errs_never_panics() {
+        for msg in all_messages() {
+            let bytes = msg.to_bytes();
+            for cut in 0..bytes.len() {
+                assert_eq!(parse_frame(&bytes[..cut]), Ok(None), "{msg:?} cut at {cut}");
+                // A payload cut short but framed as complete is an error, not a panic.
+                let mut short = bytes[..cut.max(FRAME_HEADER_LEN)].to_vec();
+                let plen = (short.len() - FRAME_HEADER_LEN) as u32;
+                short[1..5].copy_from_slice(&plen.to_be_bytes());
+                if short.len() < bytes.len() {
+                    assert!(parse_frame(&short).is_err(), "{msg:?} shortened to {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = DataMsg::Accept.to_bytes();
+        bytes.push(0);
+        bytes[4] = 1;
+        assert_eq!(
+            parse_frame(&bytes),
+            Err(DecodeError::Trailing {
+                message: "Accept",
+                extra: 1
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_rejected_before_allocation() {
+        let bytes = [T_HEADER, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            parse_frame(&bytes),
+            Err(DecodeError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_magic_and_unknown_type() {
+        let mut hello = DataMsg::Hello {
+            version: 1,
+            token: [1; 16],
+            return_port: 0,
+        }
+        .to_bytes();
+        hello[5] = b'X';
+        assert!(matches!(parse_frame(&hello), Err(DecodeError::BadMagic(_))));
+        assert_eq!(
+            parse_frame(&[0x7f, 0, 0, 0, 0]),
+            Err(DecodeError::UnknownType(0x7f))
+        );
+        // An HTTP client hitting the port gets an error, not a hang or a huge allocation.
+        assert!(parse_frame(b"GET / HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A cheap deterministic sweep; the fuzz target does the thorough job.
+        let mut state = 0x1234_5678_u32;
+        for _ in 0..20_000 {
+            let len = (state % 64) as usize;
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                buf.push(state as u8);
+            }
+            if let Some(b) = buf.first_mut() {
+                *b %= 12;
+            }
+            let _ = parse_frame(&buf);
+        }
+    }
+
+    #[test]
+    fn long_names_are_cut_not_unencodable() {
+        let name = "n".repeat(MAX_NAME_LEN * 3);
+        let bytes = DataMsg::Header { size: 1, name }.to_bytes();
+        let Some((DataMsg::Header { name, .. }, _)) = parse_frame(&bytes).unwrap() else {
+            panic!("not a header");
+        };
+        assert_eq!(name.len(), MAX_NAME_LEN);
+    }
+}

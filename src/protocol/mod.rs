@@ -1,0 +1,30 @@
+//! The wire protocol, pure: message types and their encodings, bytes in and messages out, no
+//! sockets. `docs/PROTOCOL.md` is the normative description; these modules implement it.
+//!
+//! - [`data`]: the TCP data channel on which A sends the file to B.
+//! - [`ret`]: the ZeroMQ return channel on which B sends it (and the CSV) back to A.
+
+pub mod data;
+pub mod ret;
+pub mod wire;
+
+pub use wire::DecodeError;
+
+/// Bytes that open every handshake message, so a stray client is told apart at once.
+pub const MAGIC: [u8; 4] = *b"MFTP";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A random session identifier chosen by B; it ties the data channel to the return channel.
+pub type Token = [u8; 16];
+
+/// Lower-case hex, for tokens and digests in logs.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -1,0 +1,746 @@
+//! Process A: serves one file to every client over the data channel, takes it back over the
+//! return channel, and proves the returned copy identical to what it sent.
+//!
+//! One accept loop, one thread per client (bounded by `max_clients`), one hub thread owning the
+//! ZeroMQ ROUTER. Every wait is bounded by the idle timeout and watches the shutdown flag.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::error::{Error, Leg, Result, TransportError};
+use crate::files::StagedFile;
+use crate::integrity::{Digest, Hasher};
+use crate::protocol::data::{DataMsg, ErrorCode, VERSION};
+use crate::protocol::hex;
+use crate::protocol::ret::{ReturnMsg, Stream};
+use crate::shutdown::{Shutdown, TICK};
+use crate::transport::tcp::Conn;
+use crate::transport::zmq::{CREDIT_WINDOW, Hub, HubWiring, SessionLink, endpoint};
+use crate::units;
+
+/// Bytes read from the file and written to the socket at a time.
+const SEND_CHUNK: usize = 1 << 20;
+
+/// Everything process A needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The file to serve.
+    pub file: PathBuf,
+    /// Address to listen on.
+    pub host: String,
+    /// TCP port (0: any free port).
+    pub port: u16,
+    /// ZeroMQ port; `None` means PORT + 1 (or any free port when PORT is 0).
+    pub zmq_port: Option<u16>,
+    /// `--remotehost`: connect the return channel to the client instead of listening.
+    pub remotehost: Option<String>,
+    /// Where the returned copy is saved.
+    pub output: PathBuf,
+    /// Exit after the first round trip.
+    pub once: bool,
+    /// Clients served at once; more are told the server is busy.
+    pub max_clients: usize,
+    /// How long any wait on a peer may make no progress.
+    pub timeout: Duration,
+    /// Cap on the data channel's sending rate, bytes per second.
+    pub rate_limit: Option<u64>,
+}
+
+/// What a finished round trip proved.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Digest of what was sent (and, verified equal, of what came back).
+    pub digest: Digest,
+    /// Time of the data leg.
+    pub data_time: Duration,
+    /// Time of the return leg.
+    pub return_time: Duration,
+    /// Where the returned copy was saved.
+    pub output: PathBuf,
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    cfg: Arc<ServerConfig>,
+    listener: TcpListener,
+    hub: Hub,
+    _ctx: zmq::Context,
+}
+
+impl Server {
+    /// Checks the input file and binds both channels; nothing is accepted until [`Server::run`].
+    pub fn bind(cfg: ServerConfig) -> Result<Server> {
+        check_input(&cfg.file)?;
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| Error::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let tcp_port = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?
+            .port();
+        let ctx = zmq::Context::new();
+        let wiring = match &cfg.remotehost {
+            Some(host) => HubWiring::Remote(host.clone()),
+            None => {
+                let port =
+                    match (cfg.zmq_port, cfg.port) {
+                        (Some(0), _) | (None, 0) => "*".to_owned(),
+                        (Some(p), _) => p.to_string(),
+                        (None, _) => tcp_port.checked_add(1).map(|p| p.to_string()).ok_or_else(
+                            || {
+                                Error::Usage(
+                                    "-p 65535 leaves no room for the default --zmq-port (PORT + 1)"
+                                        .into(),
+                                )
+                            },
+                        )?,
+                    };
+                HubWiring::Bind(endpoint(&cfg.host, &port))
+            }
+        };
+        let hub = Hub::start(&ctx, wiring)?;
+        Ok(Server {
+            cfg: Arc::new(cfg),
+            listener,
+            hub,
+            _ctx: ctx,
+        })
+    }
+
+    /// The bound data-channel address.
+    pub fn tcp_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The line printed when A accepts: `ready tcp=HOST:PORT zmq=HOST:PORT` (or `zmq=connect:HOST`).
+    pub fn ready_line(&self) -> String {
+        let tcp = self.tcp_addr().map(|a| a.to_string()).unwrap_or_default();
+        let zmq = match (self.hub.local_port(), &self.cfg.remotehost) {
+            (Some(p), _) => format!("{}:{p}", bracket(&self.cfg.host)),
+            (None, Some(h)) => format!("connect:{h}"),
+            (None, None) => String::new(),
+        };
+        format!("ready tcp={tcp} zmq={zmq}")
+    }
+
+    /// Serves until `shutdown` is set, or, with `once`, until the first round trip ends.
+    pub fn run(self, shutdown: &Shutdown) -> Result<()> {
+        let Server {
+            cfg,
+            listener,
+            hub,
+            _ctx,
+        } = self;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::Bind {
+                addr: cfg.host.clone(),
+                source,
+            })?;
+        info!(
+            file = %cfg.file.display(), tcp = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            topology = ?hub.topology(), "serving"
+        );
+        let hub = Arc::new(hub);
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut workers: Vec<JoinHandle<()>> = Vec::new();
+        let result = loop {
+            if shutdown.is_set() {
+                info!("stop requested; finishing");
+                break Ok(());
+            }
+            let (stream, peer) = match listener.accept() {
+                Ok(conn) => conn,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_readable(&listener, TICK);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: the listener itself is fine, so wait
+                    // a tick and keep serving rather than dying.
+                    error!("accept failed: {e}");
+                    std::thread::sleep(TICK);
+                    continue;
+                }
+            };
+            info!(%peer, "accepted connection");
+            if cfg.once {
+                break run_session(stream, peer, &cfg, &hub, shutdown).map(|_| ());
+            }
+            workers.retain(|w| !w.is_finished());
+            if active.load(Ordering::SeqCst) >= cfg.max_clients {
+                warn!(%peer, limit = cfg.max_clients, "too many clients; refusing");
+                refuse_busy(stream, cfg.max_clients);
+                continue;
+            }
+            active.fetch_add(1, Ordering::SeqCst);
+            let (cfg, hub, active, shutdown) = (
+                Arc::clone(&cfg),
+                Arc::clone(&hub),
+                Arc::clone(&active),
+                shutdown.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("client-{peer}"))
+                .spawn(move || {
+                    // Failures are logged inside; a long-running server only counts them.
+                    let _ = run_session(stream, peer, &cfg, &hub, &shutdown);
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+            match spawned {
+                Ok(handle) => workers.push(handle),
+                Err(e) => error!(%peer, "cannot start a worker thread: {e}"),
+            }
+        };
+        for w in workers {
+            let _ = w.join();
+        }
+        if let Ok(hub) = Arc::try_unwrap(hub) {
+            hub.stop();
+        }
+        result
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// Fails early, with the path, if the file cannot be served: the Python version hung instead.
+fn check_input(path: &Path) -> Result<()> {
+    let input = |source| Error::Input {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(input)?;
+    if !meta.is_file() {
+        return Err(input(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    File::open(path).map_err(input)?;
+    Ok(())
+}
+
+fn wait_readable(listener: &TcpListener, timeout: Duration) {
+    let mut fds = [libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `fds` is a valid array of one pollfd for the duration of the call, and the fd
+    // belongs to `listener`, which outlives it.
+    unsafe {
+        libc::poll(fds.as_mut_ptr(), 1, timeout.as_millis() as libc::c_int);
+    }
+}
+
+fn refuse_busy(stream: TcpStream, limit: usize) {
+    // Tell the client why instead of letting it wait; the kernel's socket buffer takes this
+    // small frame at once, so the accept loop is not held up.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let msg = DataMsg::Error {
+        code: ErrorCode::Busy,
+        reason: format!("server busy: {limit} clients already being served; try again shortly"),
+    };
+    let _ = (&stream).write_all(&msg.to_bytes());
+}
+
+/// Runs one client's whole session inside a span and logs the outcome.
+fn run_session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    cfg: &ServerConfig,
+    hub: &Hub,
+    shutdown: &Shutdown,
+) -> Result<SessionReport> {
+    let span = info_span!("client", %peer);
+    let _enter = span.enter();
+    let res = Session::start(stream, peer, cfg, shutdown).and_then(|mut s| s.run(hub));
+    match &res {
+        Ok(r) => {
+            info!(digest = %r.digest, output = %r.output.display(), "round trip verified");
+            println!(
+                "verified {peer}: {} ({}) sent and returned identical, CRC-32 {}, BLAKE3 {}…; data {} ({}), return {} ({}); saved {}",
+                cfg.file.display(),
+                units::bytes(r.digest.size),
+                r.digest.crc32,
+                &r.digest.blake3_hex()[..16],
+                units::millis(r.data_time),
+                units::rate(r.digest.size, r.data_time),
+                units::millis(r.return_time),
+                units::rate(r.digest.size, r.return_time),
+                r.output.display()
+            );
+        }
+        Err(e) => {
+            error!("session failed: {e}");
+            println!("FAILED {peer}: {e}");
+        }
+    }
+    res
+}
+
+struct Session<'a> {
+    conn: Conn,
+    peer: SocketAddr,
+    cfg: &'a ServerConfig,
+    shutdown: &'a Shutdown,
+}
+
+impl<'a> Session<'a> {
+    fn start(
+        stream: TcpStream,
+        peer: SocketAddr,
+        cfg: &'a ServerConfig,
+        shutdown: &'a Shutdown,
+    ) -> Result<Self> {
+        let conn = Conn::new(stream, cfg.timeout, shutdown.clone()).map_err(|e| {
+            Error::transport(format!("setting up the connection from {peer}"), e.into())
+        })?;
+        Ok(Session {
+            conn,
+            peer,
+            cfg,
+            shutdown,
+        })
+    }
+
+    fn run(&mut self, hub: &Hub) -> Result<SessionReport> {
+        let res = self.data_leg(hub);
+        let (sent, data_time, link) = match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.tell_peer(&e);
+                return Err(e);
+            }
+        };
+        self.conn.finish();
+        let started = Instant::now();
+        if let Err(e) = self.return_leg(&link, &sent) {
+            if !matches!(e, Error::Refused { .. }) {
+                let _ = link.send(&ReturnMsg::Abort {
+                    reason: e.to_string(),
+                });
+            }
+            return Err(e);
+        }
+        let return_time = started.elapsed();
+        println!("Done! - RX");
+        // B says Bye when it has nothing more to send; waiting for it is a courtesy, not a check.
+        let _ = link.recv(Duration::from_secs(2).min(self.cfg.timeout), self.shutdown);
+        Ok(SessionReport {
+            peer: self.peer,
+            digest: sent,
+            data_time,
+            return_time,
+            output: self.cfg.output.clone(),
+        })
+    }
+
+    /// Best effort: tell the client why the session ends, without waiting long on a bad peer.
+    fn tell_peer(&mut self, e: &Error) {
+        if matches!(
+            e,
+            Error::Refused { .. }
+                | Error::Transport {
+                    source: TransportError::Closed,
+                    ..
+                }
+        ) {
+            return;
+        }
+        let code = match e {
+            Error::Protocol { .. }
+            | Error::Transport {
+                source: TransportError::Decode(_),
+                ..
+            } => ErrorCode::Protocol,
+            Error::ReturnSetup(_) => ErrorCode::ReturnChannel,
+            _ => ErrorCode::Internal,
+        };
+        self.conn.set_idle(Duration::from_secs(1));
+        let _ = self.conn.send(&DataMsg::Error {
+            code,
+            reason: e.to_string(),
+        });
+    }
+
+    fn recv(&mut self, stage: &str) -> Result<DataMsg> {
+        match self.conn.recv() {
+            Ok(DataMsg::Error { reason, .. }) => Err(Error::Refused {
+                stage: self.stage(stage),
+                reason,
+            }),
+            Ok(m) => Ok(m),
+            Err(e) => Err(Error::transport(self.stage(stage), e)),
+        }
+    }
+
+    fn send(&mut self, msg: &DataMsg, stage: &str) -> Result<()> {
+        self.conn
+            .send(msg)
+            .map_err(|e| Error::transport(self.stage(stage), e))
+    }
+
+    fn stage(&self, what: &str) -> String {
+        format!("{what} (client {})", self.peer)
+    }
+
+    fn unexpected(&self, stage: &str, got: &DataMsg) -> Error {
+        Error::Protocol {
+            stage: self.stage(stage),
+            detail: format!("got {}", got.kind()),
+        }
+    }
+
+    fn data_leg(&mut self, hub: &Hub) -> Result<(Digest, Duration, SessionLink)> {
+        let (token, return_port) = match self.recv("waiting for the client's Hello")? {
+            DataMsg::Hello {
+                version,
+                token,
+                return_port,
+            } if version == VERSION => (token, return_port),
+            DataMsg::Hello { version, .. } => {
+                let reason = format!(
+                    "client speaks protocol version {version}; this server speaks {VERSION}"
+                );
+                self.conn.set_idle(Duration::from_secs(1));
+                let _ = self.conn.send(&DataMsg::Error {
+                    code: ErrorCode::Version,
+                    reason: reason.clone(),
+                });
+                return Err(Error::Refused {
+                    stage: self.stage("handshake"),
+                    reason,
+                });
+            }
+            other => return Err(self.unexpected("waiting for the client's Hello", &other)),
+        };
+        debug!(session = %hex(&token[..4]), return_port, "client hello");
+        if self.cfg.remotehost.is_some() && return_port == 0 {
+            return Err(Error::ReturnSetup(format!(
+                "this server runs with --remotehost and must connect to the client's return port, \
+                 but client {} bound none",
+                self.peer
+            )));
+        }
+        let link = hub.register(token, return_port)?;
+        self.send(
+            &DataMsg::Welcome {
+                version: VERSION,
+                topology: hub.topology(),
+            },
+            "sending Welcome",
+        )?;
+        match self.recv("waiting for the client to open the return channel")? {
+            DataMsg::Ready => {}
+            other => return Err(self.unexpected("waiting for Ready", &other)),
+        }
+        // B got its HelloAck from the hub, so the hub has already queued B's Hello for us.
+        let hello = link
+            .recv(self.cfg.timeout, self.shutdown)
+            .map_err(|e| Error::transport(self.stage("return channel handshake"), e))?;
+        if !matches!(ReturnMsg::decode(&hello), Ok(ReturnMsg::Hello { .. })) {
+            return Err(Error::Protocol {
+                stage: self.stage("return channel handshake"),
+                detail: "no Hello".into(),
+            });
+        }
+        info!("return channel up");
+
+        let mut file = File::open(&self.cfg.file).map_err(|source| Error::Input {
+            path: self.cfg.file.clone(),
+            source,
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|source| Error::Input {
+                path: self.cfg.file.clone(),
+                source,
+            })?
+            .len();
+        let name = self
+            .cfg
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.send(
+            &DataMsg::Header {
+                size,
+                name: name.clone(),
+            },
+            "sending the header",
+        )?;
+        match self.recv("waiting for the client to accept the file")? {
+            DataMsg::Accept => {}
+            DataMsg::Refuse { reason } => {
+                return Err(Error::Refused {
+                    stage: self.stage("offering the file"),
+                    reason,
+                });
+            }
+            other => return Err(self.unexpected("waiting for Accept", &other)),
+        }
+        info!(name = %name, size, "sending file");
+        let started = Instant::now();
+        let sent = self.send_bytes(&mut file, size)?;
+        let data_time = started.elapsed();
+        self.send(
+            &DataMsg::Trailer {
+                crc32: sent.crc32,
+                blake3: sent.blake3,
+            },
+            "sending the trailer",
+        )?;
+        info!(
+            bytes = size, crc32 = sent.crc32, blake3 = %sent.blake3_hex(), duration = %units::millis(data_time),
+            rate = %units::rate(size, data_time), "data leg sent"
+        );
+        match self.recv("waiting for the client's verdict")? {
+            DataMsg::Verdict { ok: true, .. } => {}
+            DataMsg::Verdict { ok: false, reason } => {
+                return Err(Error::Mismatch {
+                    leg: Leg::Data,
+                    detail: reason,
+                });
+            }
+            other => return Err(self.unexpected("waiting for the verdict", &other)),
+        }
+        info!("client verified the data leg");
+        println!("Done! - TX");
+        Ok((sent, data_time, link))
+    }
+
+    /// Streams `size` bytes of `file`, hashing as it goes, honouring the rate limit.
+    fn send_bytes(&mut self, file: &mut File, size: u64) -> Result<Digest> {
+        let chunk = match self.cfg.rate_limit {
+            // Small chunks keep a throttled stream smooth instead of bursty.
+            Some(rate) => (rate / 20).clamp(1024, SEND_CHUNK as u64) as usize,
+            None => SEND_CHUNK,
+        };
+        let mut buf = vec![0u8; chunk];
+        let mut hasher = Hasher::new();
+        let started = Instant::now();
+        while hasher.size() < size {
+            let want = (size - hasher.size()).min(buf.len() as u64) as usize;
+            let n = read_full(file, &mut buf[..want]).map_err(|source| Error::Input {
+                path: self.cfg.file.clone(),
+                source,
+            })?;
+            if n == 0 {
+                return Err(Error::Input {
+                    path: self.cfg.file.clone(),
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "file shrank while being sent ({} of {size} bytes read)",
+                            hasher.size()
+                        ),
+                    ),
+                });
+            }
+            hasher.update(&buf[..n]);
+            let sent_so_far = hasher.size();
+            self.conn.write_all(&buf[..n]).map_err(|e| {
+                Error::transport(
+                    self.stage(&format!(
+                        "sending the file ({} of {size} bytes)",
+                        sent_so_far - n as u64
+                    )),
+                    e,
+                )
+            })?;
+            if self.shutdown.is_set() {
+                return Err(Error::Interrupted);
+            }
+            if let Some(rate) = self.cfg.rate_limit {
+                self.throttle(started, hasher.size(), rate)?;
+            }
+        }
+        Ok(hasher.finish())
+    }
+
+    fn throttle(&self, started: Instant, sent: u64, rate: u64) -> Result<()> {
+        let due = Duration::from_secs_f64(sent as f64 / rate.max(1) as f64);
+        while started.elapsed() < due {
+            if self.shutdown.is_set() {
+                return Err(Error::Interrupted);
+            }
+            std::thread::sleep((due - started.elapsed()).min(TICK));
+        }
+        Ok(())
+    }
+
+    fn return_leg(&mut self, link: &SessionLink, sent: &Digest) -> Result<Digest> {
+        let stage = self.stage("return leg");
+        let recv = |what: &str| {
+            link.recv(self.cfg.timeout, self.shutdown)
+                .map_err(|e| Error::transport(format!("{stage}: {what}"), e))
+        };
+        let decode_err = |e| Error::transport(stage.clone(), TransportError::Decode(e));
+        let offer = recv("waiting for the client's Offer")?;
+        let size = match ReturnMsg::decode(&offer).map_err(decode_err)? {
+            ReturnMsg::Offer {
+                stream: Stream::File,
+                size,
+            } => size,
+            ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
+            other => {
+                return Err(Error::Protocol {
+                    stage,
+                    detail: format!("expected Offer, got {}", other.kind()),
+                });
+            }
+        };
+        if size != sent.size {
+            let detail = format!(
+                "the client offers {size} bytes back but {} were sent",
+                sent.size
+            );
+            let _ = link.send(&ReturnMsg::Result {
+                stream: Stream::File,
+                ok: false,
+                reason: detail.clone(),
+            });
+            return Err(Error::Mismatch {
+                leg: Leg::Return,
+                detail,
+            });
+        }
+        let out_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Output { path, source }
+        };
+        let mut staged = StagedFile::create(&self.cfg.output).map_err(out_err(&self.cfg.output))?;
+        let temp = staged.temp_path().to_path_buf();
+        let send = |msg: &ReturnMsg<'_>| {
+            link.send(msg)
+                .map_err(|e| Error::transport(stage.clone(), e))
+        };
+        send(&ReturnMsg::Credit {
+            stream: Stream::File,
+            bytes: CREDIT_WINDOW,
+        })?;
+        let mut hasher = Hasher::new();
+        while hasher.size() < size {
+            let frame = recv(&format!("receiving ({} of {size} bytes)", hasher.size()))?;
+            match ReturnMsg::decode(&frame).map_err(decode_err)? {
+                ReturnMsg::Data {
+                    stream: Stream::File,
+                    offset,
+                    payload,
+                } if offset == hasher.size()
+                    && payload.len() as u64 <= size - offset
+                    && !payload.is_empty() =>
+                {
+                    staged.file().write_all(payload).map_err(out_err(&temp))?;
+                    hasher.update(payload);
+                    send(&ReturnMsg::Credit {
+                        stream: Stream::File,
+                        bytes: payload.len() as u64,
+                    })?;
+                }
+                ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
+                ReturnMsg::Data {
+                    offset, payload, ..
+                } => {
+                    return Err(Error::Protocol {
+                        stage,
+                        detail: format!(
+                            "Data for bytes {offset}..{} when {} of {size} had arrived",
+                            offset + payload.len() as u64,
+                            hasher.size()
+                        ),
+                    });
+                }
+                other => {
+                    return Err(Error::Protocol {
+                        stage,
+                        detail: format!("expected Data, got {}", other.kind()),
+                    });
+                }
+            }
+        }
+        let end = recv("waiting for End")?;
+        let claimed = match ReturnMsg::decode(&end).map_err(decode_err)? {
+            ReturnMsg::End {
+                stream: Stream::File,
+                crc32,
+                blake3,
+            } => Digest {
+                size,
+                crc32,
+                blake3,
+            },
+            ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
+            other => {
+                return Err(Error::Protocol {
+                    stage,
+                    detail: format!("expected End, got {}", other.kind()),
+                });
+            }
+        };
+        let got = hasher.finish();
+        info!(bytes = size, crc32 = got.crc32, blake3 = %got.blake3_hex(), "return leg received");
+        if let Some(diff) = got.mismatch(sent) {
+            let detail = format!("returned copy differs from what was sent: {diff}");
+            let _ = send(&ReturnMsg::Result {
+                stream: Stream::File,
+                ok: false,
+                reason: detail.clone(),
+            });
+            return Err(Error::Mismatch {
+                leg: Leg::Return,
+                detail,
+            });
+        }
+        if let Some(diff) = claimed.mismatch(sent) {
+            // The bytes are right but B's own record of them is not: B is buggy; say so.
+            warn!("client's End digests disagree with what was sent: {diff}");
+        }
+        staged.file().flush().map_err(out_err(&temp))?;
+        staged.commit().map_err(out_err(&self.cfg.output))?;
+        send(&ReturnMsg::Result {
+            stream: Stream::File,
+            ok: true,
+            reason: String::new(),
+        })?;
+        info!(output = %self.cfg.output.display(), "returned copy verified identical and saved");
+        Ok(got)
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
