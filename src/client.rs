@@ -285,6 +285,7 @@ impl Session<'_> {
         };
         let temp = staged.temp_path().to_path_buf();
         self.send(&DataMsg::Accept, "accepting the file")?;
+        info!(temp = %temp.display(), "accepted; receiving");
         let started = Instant::now();
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; RECV_CHUNK];

@@ -23,9 +23,12 @@ impl StagedFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // tempfile's default 0600 would make delivered files unreadable to colleagues; ask for
+        // 0666 and let the umask decide, as for any file a program creates.
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".part")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(dir)?;
         Ok(StagedFile {
             tmp,

@@ -25,6 +25,9 @@ pub const ROTATE_BYTES: usize = 10 * 1024 * 1024;
 /// Rotated files kept beside the current one.
 pub const ROTATE_KEEP: usize = 5;
 
+/// Target of the final error event, which goes to the log file but not the console.
+pub const EXIT_TARGET: &str = "machinaftp::exit";
+
 /// The line format shared by the log file and the console.
 pub struct LineFormat;
 
@@ -115,7 +118,11 @@ pub fn init(log_file: &Path, console: LevelFilter) -> io::Result<()> {
         .event_format(LineFormat)
         .with_ansi(false)
         .with_writer(io::stderr)
-        .with_filter(console);
+        .with_filter(console)
+        // main prints the final error itself, with a hint; the file still records it.
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+            m.target() != EXIT_TARGET
+        }));
     let subscriber = Registry::default().with(file_layer).with(console_layer);
     tracing::subscriber::set_global_default(subscriber).map_err(io::Error::other)
 }

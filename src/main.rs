@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!(target: logging::EXIT_TARGET, "{e}");
             eprintln!("machinaftp: error: {e}");
             if let Some(hint) = e.hint() {
                 eprintln!("  hint: {hint}");

@@ -95,19 +95,21 @@ impl Server {
         let wiring = match &cfg.remotehost {
             Some(host) => HubWiring::Remote(host.clone()),
             None => {
-                let port =
-                    match (cfg.zmq_port, cfg.port) {
-                        (Some(0), _) | (None, 0) => "*".to_owned(),
-                        (Some(p), _) => p.to_string(),
-                        (None, _) => tcp_port.checked_add(1).map(|p| p.to_string()).ok_or_else(
-                            || {
+                let port = match (cfg.zmq_port, cfg.port) {
+                    (Some(0), _) | (None, 0) => "*".to_owned(),
+                    (Some(p), _) => p.to_string(),
+                    (None, _) => {
+                        tcp_port
+                            .checked_add(1)
+                            .map(|p| p.to_string())
+                            .ok_or_else(|| {
                                 Error::Usage(
                                     "-p 65535 leaves no room for the default --zmq-port (PORT + 1)"
                                         .into(),
                                 )
-                            },
-                        )?,
-                    };
+                            })?
+                    }
+                };
                 HubWiring::Bind(endpoint(&cfg.host, &port))
             }
         };

@@ -45,6 +45,9 @@ impl Conn {
     /// Reads at least one byte into `buf`; `Closed` on end of stream.
     pub fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
         let started = Instant::now();
+        // Checked on every call, not only when blocked: a peer streaming steadily must not be
+        // able to delay a stop until the transfer ends.
+        self.check_stop()?;
         loop {
             match self.stream.read(buf) {
                 Ok(0) if !buf.is_empty() => return Err(TransportError::Closed),
@@ -69,6 +72,7 @@ impl Conn {
     /// Writes all of `buf`.
     pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), TransportError> {
         let mut started = Instant::now();
+        self.check_stop()?;
         while !buf.is_empty() {
             match self.stream.write(buf) {
                 Ok(0) => return Err(TransportError::Closed),
@@ -118,6 +122,14 @@ impl Conn {
     /// Half-closes the write side so the peer sees a clean end of stream.
     pub fn finish(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn check_stop(&self) -> Result<(), TransportError> {
+        if self.shutdown.is_set() {
+            Err(TransportError::Interrupted)
+        } else {
+            Ok(())
+        }
     }
 
     fn check_wait(&self, since: Instant) -> Result<(), TransportError> {

@@ -220,6 +220,9 @@ impl ReturnChannel {
 
     fn wait(&self, events: zmq::PollEvents) -> Result<(), TransportError> {
         let started = Instant::now();
+        if self.shutdown.is_set() {
+            return Err(TransportError::Interrupted);
+        }
         loop {
             let mut items = [self.sock.as_poll_item(events)];
             zmq::poll(&mut items, TICK.as_millis() as i64)?;

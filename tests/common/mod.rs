@@ -1,0 +1,265 @@
+//! Helpers for integration tests: real `machinaftp` processes on 127.0.0.1 with port 0, each in
+//! its own temporary directory. Readiness is the server's `ready` line, never a sleep; every wait
+//! has a deadline so a broken build fails instead of hanging.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any single wait in a test.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_machinaftp")
+}
+
+/// `../shared` beside the repository.
+pub fn shared(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("shared")
+        .join(name)
+}
+
+/// A child process whose output lines arrive on channels; killed if the test drops it.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Receiver<String>,
+    pub stderr: Receiver<String>,
+    pub dir: PathBuf,
+}
+
+fn pump(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Proc {
+    pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(bin())
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start machinaftp");
+        let stdout = pump(child.stdout.take().unwrap());
+        let stderr = pump(child.stderr.take().unwrap());
+        Proc {
+            child,
+            stdout,
+            stderr,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Waits for a stdout line satisfying `pred`; panics with what was seen on timeout or exit.
+    pub fn wait_stdout(&self, pred: impl Fn(&str) -> bool) -> String {
+        wait_line(&self.stdout, pred, "stdout")
+    }
+
+    /// Waits for a stderr line satisfying `pred`.
+    pub fn wait_stderr(&self, pred: impl Fn(&str) -> bool) -> String {
+        wait_line(&self.stderr, pred, "stderr")
+    }
+
+    /// Waits for exit (bounded) and returns the status with all remaining output.
+    pub fn finish(mut self) -> Finished {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!("process did not exit within {DEADLINE:?}");
+            }
+            // Polling an exit status, not waiting for readiness: the child ends on its own.
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let drain = |rx: &Receiver<String>| {
+            let mut v = Vec::new();
+            while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+                v.push(l);
+            }
+            v.join("\n")
+        };
+        Finished {
+            status,
+            stdout: drain(&self.stdout),
+            stderr: drain(&self.stderr),
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_line(rx: &Receiver<String>, pred: impl Fn(&str) -> bool, what: &str) -> String {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while let Some(left) = DEADLINE.checked_sub(start.elapsed()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if pred(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!("no matching line on {what}; saw:\n{}", seen.join("\n"));
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A running server and the ports from its `ready` line.
+pub struct Server {
+    pub proc: Proc,
+    pub tcp_port: String,
+    pub zmq_port: Option<String>,
+}
+
+impl Server {
+    /// Starts `machinaftp --server -f FILE -H 127.0.0.1 -p 0 EXTRA...` in `dir`.
+    pub fn start(dir: &Path, file: &Path, extra: &[&str]) -> Server {
+        let file = file.to_str().unwrap();
+        let mut args = vec!["--server", "-f", file, "-H", "127.0.0.1", "-p", "0"];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(dir, &args);
+        let ready = proc.wait_stdout(|l| l.starts_with("ready "));
+        let port_of = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(|a| a.rsplit(':').next().unwrap().to_owned())
+        };
+        let tcp_port = port_of("tcp=").expect("tcp port in ready line");
+        let zmq_port = port_of("zmq=").filter(|p| p.parse::<u16>().is_ok());
+        Server {
+            proc,
+            tcp_port,
+            zmq_port,
+        }
+    }
+
+    /// Client arguments that reach this server.
+    pub fn client_args<'a>(&'a self, out: &'a str) -> Vec<&'a str> {
+        let mut v = vec![
+            "--client",
+            "-f",
+            out,
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &self.tcp_port,
+        ];
+        if let Some(z) = &self.zmq_port {
+            v.extend_from_slice(&["--zmq-port", z]);
+        }
+        v
+    }
+}
+
+/// Runs a client to completion.
+pub fn client(dir: &Path, args: &[&str]) -> Finished {
+    Proc::spawn(dir, args).finish()
+}
+
+/// A fresh directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Writes `size` pseudo-random bytes, streaming.
+pub fn write_random(path: &Path, size: u64, seed: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut s = seed | 1;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = size;
+    while left > 0 {
+        for chunk in buf.chunks_mut(8) {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            chunk.copy_from_slice(&s.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+}
+
+/// Whether two files have identical contents (streamed).
+pub fn same_contents(a: &Path, b: &Path) -> bool {
+    let hash = |p: &Path| {
+        let mut h = blake3::Hasher::new();
+        std::io::copy(&mut std::fs::File::open(p).unwrap(), &mut h).unwrap();
+        h.finalize()
+    };
+    std::fs::metadata(a).unwrap().len() == std::fs::metadata(b).unwrap().len() && hash(a) == hash(b)
+}
+
+/// Names of files in `dir` (not recursive).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Asserts that no temporary `.part` file is left in `dir`.
+pub fn assert_no_partials(dir: &Path) {
+    let left: Vec<_> = files_in(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".part"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "temporary files left in {}: {left:?}",
+        dir.display()
+    );
+}

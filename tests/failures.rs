@@ -1,0 +1,264 @@
+//! Faults and hostile input: clear errors, non-zero exits, no partial files, and a server that
+//! keeps serving others.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::*;
+
+#[test]
+fn missing_input_file_fails_at_once() {
+    let a = tempdir();
+    let out = client(
+        a.path(),
+        &[
+            "--server",
+            "-f",
+            "no-such.stl",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            "0",
+        ],
+    );
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("no-such.stl") && out.stderr.contains("No such file"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stdout.contains("ready"),
+        "must not start serving: {out:?}"
+    );
+}
+
+#[test]
+fn no_server_listening() {
+    // A socket bound but not listening: connecting to its port is refused, with no race for a
+    // "free" port.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let port = sock
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .unwrap()
+        .port()
+        .to_string();
+    let b = tempdir();
+    let out = client(
+        b.path(),
+        &[
+            "--client",
+            "-f",
+            "out.stl",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--zmq-mode",
+            "connect",
+        ],
+    );
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("no server is listening at 127.0.0.1:{port}")),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("hint:"), "{out:?}");
+    assert_eq!(files_in(b.path()), ["client.log"]);
+}
+
+fn big_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("big.bin");
+    write_random(&p, 20_000_000, 7);
+    p
+}
+
+/// A throttled server so that a transfer is surely in progress when the test strikes.
+fn slow_server(dir: &std::path::Path, file: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--rate-limit", "2M", "--timeout", "10"];
+    args.extend_from_slice(extra);
+    Server::start(dir, file, &args)
+}
+
+#[test]
+fn server_killed_mid_transfer() {
+    let (a, b) = (tempdir(), tempdir());
+    let big = big_file(a.path());
+    let srv = slow_server(a.path(), &big, &["--once"]);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let cli = Proc::spawn(b.path(), &args);
+    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    srv.proc.signal(libc::SIGKILL);
+    let out = cli.finish();
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr.contains("receiving") && out.stderr.contains("closed the connection"),
+        "{out:?}"
+    );
+    assert!(!b.path().join("big.bin").exists());
+    assert_no_partials(b.path());
+}
+
+#[test]
+fn server_interrupted_mid_transfer_stops_cleanly() {
+    let (a, b) = (tempdir(), tempdir());
+    let big = big_file(a.path());
+    let srv = slow_server(a.path(), &big, &[]);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let cli = Proc::spawn(b.path(), &args);
+    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    srv.proc.signal(libc::SIGTERM);
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "SIGTERM is a clean stop: {s:?}");
+    let out = cli.finish();
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert_no_partials(a.path());
+    assert_no_partials(b.path());
+    assert!(!b.path().join("big.bin").exists());
+}
+
+#[test]
+fn client_interrupted_mid_transfer_cleans_up_and_server_keeps_serving() {
+    let (a, b, c) = (tempdir(), tempdir(), tempdir());
+    let big = big_file(a.path());
+    let srv = slow_server(a.path(), &big, &[]);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let cli = Proc::spawn(b.path(), &args);
+    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    cli.signal(libc::SIGINT);
+    let out = cli.finish();
+    assert_eq!(out.code(), Some(130), "{out:?}");
+    assert!(out.stderr.contains("interrupted"), "{out:?}");
+    assert_eq!(
+        files_in(b.path()),
+        ["client.log"],
+        "no partial or final file"
+    );
+    srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
+    // The same server still serves the next client in full.
+    let out = client(c.path(), &srv.client_args("big.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(same_contents(&big, &c.path().join("big.bin")));
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
+}
+
+#[test]
+fn client_killed_mid_transfer_server_keeps_serving() {
+    let (a, b, c) = (tempdir(), tempdir(), tempdir());
+    let big = big_file(a.path());
+    let srv = slow_server(a.path(), &big, &[]);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let cli = Proc::spawn(b.path(), &args);
+    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    cli.signal(libc::SIGKILL);
+    drop(cli.finish());
+    let failed = srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
+    assert!(failed.contains("sending the file"), "{failed}");
+    let out = client(c.path(), &srv.client_args("big.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
+    assert_no_partials(a.path());
+}
+
+#[test]
+fn once_server_reports_failure_with_nonzero_exit() {
+    let (a, b) = (tempdir(), tempdir());
+    let big = big_file(a.path());
+    let srv = slow_server(a.path(), &big, &["--once"]);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let cli = Proc::spawn(b.path(), &args);
+    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    cli.signal(libc::SIGTERM);
+    assert_eq!(cli.finish().code(), Some(130));
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(3), "{s:?}");
+    assert!(s.stderr.contains("machinaftp: error:"), "{s:?}");
+    assert_no_partials(a.path());
+}
+
+#[test]
+fn garbage_and_idle_clients_do_not_stall_others() {
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--timeout", "3"]);
+    let addr = format!("127.0.0.1:{}", srv.tcp_port);
+    // An HTTP client on the wrong port gets a protocol error frame and is dropped.
+    let mut http = TcpStream::connect(&addr).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // A frame claiming a 4 GiB payload is refused before anything is allocated.
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    huge.write_all(&[0x01, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    // An idle client says nothing at all.
+    let _idle = TcpStream::connect(&addr).unwrap();
+    let out = client(b.path(), &srv.client_args("output.stl"));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "a real client is served meanwhile: {out:?}"
+    );
+    for mut s in [http, huge] {
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        assert_eq!(
+            reply.first(),
+            Some(&0x09),
+            "an Error frame comes back: {reply:?}"
+        );
+    }
+    // The idle client is dropped once the timeout passes, and that is logged.
+    let failed = srv.proc.wait_stdout(|l| l.contains("sent nothing for 3 s"));
+    assert!(failed.starts_with("FAILED"), "{failed}");
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
+}
+
+#[test]
+fn busy_server_says_so() {
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(
+        a.path(),
+        &mesh,
+        &["--max-clients", "1", "--timeout", "20", "-v"],
+    );
+    // Hold the only slot with a connection that has not said Hello yet.
+    let hold = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
+    srv.proc.wait_stderr(|l| l.contains("accepted connection"));
+    let out = client(b.path(), &srv.client_args("output.stl"));
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("server busy"), "{out:?}");
+    assert_eq!(files_in(b.path()), ["client.log"]);
+    drop(hold);
+}
+
+#[test]
+fn client_refuses_to_overwrite_through_a_missing_directory() {
+    let (a, b) = (tempdir(), tempdir());
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--once"]);
+    let out = client(b.path(), &srv.client_args("no/such/dir/out.stl"));
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("no/such/dir/out.stl"), "{out:?}");
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(3), "{s:?}");
+    assert!(s.stdout.contains("refused"), "A learns why: {s:?}");
+}

@@ -1,0 +1,195 @@
+//! End-to-end round trips with the real binary as A and B on 127.0.0.1.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn cad_mesh_default_topology() {
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    let out = client(b.path(), &srv.client_args("output.stl"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("Done! - RX") && out.stdout.contains("Done! - TX"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("CRC-32 1445675924"), "{out:?}");
+    let srv = srv.proc.finish();
+    assert_eq!(srv.code(), Some(0), "{srv:?}");
+    assert!(
+        srv.stdout.contains("Done! - TX") && srv.stdout.contains("Done! - RX"),
+        "{srv:?}"
+    );
+    assert!(same_contents(&mesh, &b.path().join("output.stl")));
+    assert!(same_contents(&mesh, &a.path().join("output.stl")));
+    // The log records the connection, the checksum the Python version logged, and the verdicts.
+    let log = std::fs::read_to_string(a.path().join("server.log")).unwrap();
+    assert!(log.contains("accepted connection"), "{log}");
+    assert!(log.contains("crc32=1445675924"), "{log}");
+    assert!(log.contains("returned copy verified identical"), "{log}");
+    let line = log.lines().next().unwrap();
+    assert!(
+        line.contains(" - server - INFO - "),
+        "python-style log line: {line}"
+    );
+    let clog = std::fs::read_to_string(b.path().join("client.log")).unwrap();
+    assert!(
+        clog.contains("header received") && clog.contains("size=714884"),
+        "{clog}"
+    );
+    assert_eq!(files_in(b.path()), ["client.log", "output.stl"]);
+}
+
+#[test]
+fn cad_mesh_remotehost_topology() {
+    // The Python version's wiring: B binds its return port, A connects to it.
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once", "--remotehost", "127.0.0.1"]);
+    assert!(
+        srv.zmq_port.is_none(),
+        "no ZeroMQ port is bound by A in this topology"
+    );
+    // B binds an ephemeral return port (0) and tells A which one in its Hello.
+    let out = client(
+        b.path(),
+        &[
+            "--client",
+            "-f",
+            "output.stl",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &srv.tcp_port,
+            "--zmq-port",
+            "0",
+        ],
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let srv = srv.proc.finish();
+    assert_eq!(srv.code(), Some(0), "{srv:?}");
+    assert!(same_contents(&mesh, &a.path().join("output.stl")));
+    assert!(same_contents(&mesh, &b.path().join("output.stl")));
+}
+
+#[test]
+fn zero_byte_file() {
+    let (a, b) = (tempdir(), tempdir());
+    let empty = a.path().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let srv = Server::start(a.path(), &empty, &["--once"]);
+    let out = client(b.path(), &srv.client_args("got.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(srv.proc.finish().code(), Some(0));
+    assert_eq!(
+        std::fs::metadata(b.path().join("got.bin")).unwrap().len(),
+        0
+    );
+    // Default output name follows the served file's extension.
+    assert_eq!(
+        std::fs::metadata(a.path().join("output.bin"))
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn hundred_megabyte_file() {
+    let (a, b) = (tempdir(), tempdir());
+    let big = a.path().join("big.bin");
+    write_random(&big, 100_000_000, 42);
+    let srv = Server::start(a.path(), &big, &["--once", "--output", "returned.bin"]);
+    let out = client(b.path(), &srv.client_args("big.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(srv.proc.finish().code(), Some(0));
+    assert!(same_contents(&big, &b.path().join("big.bin")));
+    assert!(same_contents(&big, &a.path().join("returned.bin")));
+}
+
+#[test]
+fn several_clients_at_once() {
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &[]);
+    let dirs: Vec<_> = (0..4).map(|_| tempdir()).collect();
+    let clients: Vec<_> = dirs
+        .iter()
+        .map(|d| Proc::spawn(d.path(), &srv.client_args("output.stl")))
+        .collect();
+    for (c, d) in clients.into_iter().zip(&dirs) {
+        let out = c.finish();
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        assert!(same_contents(&mesh, &d.path().join("output.stl")));
+    }
+    // A long-running server stops cleanly on SIGTERM and exits 0.
+    srv.proc.signal(libc::SIGTERM);
+    let done = srv.proc.finish();
+    assert_eq!(done.code(), Some(0), "{done:?}");
+    assert_eq!(
+        done.stdout.matches("verified 127.0.0.1").count(),
+        4,
+        "{done:?}"
+    );
+    assert!(same_contents(&mesh, &a.path().join("output.stl")));
+    assert_no_partials(a.path());
+}
+
+#[test]
+fn seed_invocations_work_as_written() {
+    // `python3 ./src/runner.py --server -f ./cad_mesh.stl -H ... -p ... --remotehost ...` with
+    // our binary in its place, and the client's invocation unchanged. Only the ports differ, as
+    // tests must not assume free ports.
+    let (a, b) = (tempdir(), tempdir());
+    std::fs::copy(shared("cad_mesh.stl"), a.path().join("cad_mesh.stl")).unwrap();
+    let srv = Proc::spawn(
+        a.path(),
+        &[
+            "--server",
+            "-f",
+            "./cad_mesh.stl",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--remotehost",
+            "127.0.0.1",
+            "--once",
+        ],
+    );
+    let ready = srv.wait_stdout(|l| l.starts_with("ready "));
+    let port = ready
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = client(
+        b.path(),
+        &[
+            "--client",
+            "-f",
+            "output.stl",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "--zmq-port",
+            "0",
+        ],
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let srv = srv.finish();
+    assert_eq!(srv.code(), Some(0), "{srv:?}");
+    let lines: Vec<_> = srv.stdout.lines().collect();
+    assert!(
+        lines.contains(&"Done! - TX") && lines.contains(&"Done! - RX"),
+        "{srv:?}"
+    );
+    assert!(a.path().join("output.stl").exists() && a.path().join("server.log").exists());
+    assert!(b.path().join("output.stl").exists() && b.path().join("client.log").exists());
+}
