@@ -465,7 +465,11 @@ mod tests {
     #[test]
     fn worked_example_in_protocol_md() {
         // docs/PROTOCOL.md shows these bytes; keep the document honest.
-        let bytes = DataMsg::Header { size: 714_884, name: "cad_mesh.stl".into() }.to_bytes();
+        let bytes = DataMsg::Header {
+            size: 714_884,
+            name: "cad_mesh.stl".into(),
+        }
+        .to_bytes();
         let expected: Vec<u8> = [
             &[0x04, 0, 0, 0, 0x16][..],
             &[0, 0, 0, 0, 0, 0x0a, 0xe8, 0x84],
@@ -474,7 +478,11 @@ mod tests {
         ]
         .concat();
         assert_eq!(bytes, expected);
-        let trailer = DataMsg::Trailer { crc32: 1_445_675_924, blake3: [0; 32] }.to_bytes();
+        let trailer = DataMsg::Trailer {
+            crc32: 1_445_675_924,
+            blake3: [0; 32],
+        }
+        .to_bytes();
         assert_eq!(&trailer[5..9], &[0x56, 0x2b, 0x43, 0x94]);
     }
 

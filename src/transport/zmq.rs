@@ -414,6 +414,13 @@ impl Hub {
 
     fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the hub now rather than at its next poll tick, so a `--once` server exits promptly.
+        if let Ok(push) = self.shared.ctx.socket(zmq::PUSH) {
+            let _ = push.set_linger(0);
+            if push.connect(&self.shared.inproc).is_ok() {
+                let _ = push.send(&b"wake"[..], zmq::DONTWAIT);
+            }
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -443,8 +450,9 @@ fn hub_loop(router: zmq::Socket, pull: zmq::Socket, shared: &HubShared) {
         }
         // A bounded batch per turn keeps one busy peer from starving the command queue.
         for _ in 0..64 {
-            match router.recv_multipart(zmq::DONTWAIT) {
-                Ok(parts) => hub_inbound(&router, shared, parts),
+            match recv_routed(&router) {
+                Ok(Some((peer, frame))) => hub_inbound(&router, shared, peer, frame),
+                Ok(None) => {}
                 Err(_) => break,
             }
         }
@@ -497,6 +505,7 @@ fn hub_command(
             }
             *n += 1;
         }
+        [cmd] if cmd == b"wake" => {}
         [cmd, ep] if cmd == b"disconnect" => {
             let ep = String::from_utf8_lossy(ep).into_owned();
             if let Some(n) = remote_refs.get_mut(&ep) {
@@ -511,12 +520,31 @@ fn hub_command(
     }
 }
 
-fn hub_inbound(router: &zmq::Socket, shared: &HubShared, parts: Vec<Vec<u8>>) {
-    // Anything but [routing id, one frame] is not from a DEALER speaking this protocol.
-    let Ok([peer, frame]) = <[Vec<u8>; 2]>::try_from(parts) else {
-        tracing::debug!("return channel: dropped a message with an unexpected frame count");
-        return;
-    };
+/// Receives one `[routing id, frame]` message without copying the frame (it is handed to the
+/// session as the `zmq::Message` libzmq filled). `Ok(None)`: a message of another shape arrived
+/// and was dropped, since a DEALER speaking this protocol sends exactly one frame.
+fn recv_routed(router: &zmq::Socket) -> Result<Option<(Vec<u8>, zmq::Message)>, zmq::Error> {
+    let peer = router.recv_msg(zmq::DONTWAIT)?;
+    let mut parts = 1;
+    let mut frame = None;
+    while router.get_rcvmore()? {
+        let m = router.recv_msg(0)?;
+        parts += 1;
+        frame = Some(m);
+    }
+    match frame {
+        Some(frame) if parts == 2 => Ok(Some((peer.to_vec(), frame))),
+        _ => {
+            tracing::debug!(
+                parts,
+                "return channel: dropped a message with an unexpected frame count"
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn hub_inbound(router: &zmq::Socket, shared: &HubShared, peer: Vec<u8>, frame: zmq::Message) {
     if let Ok(ReturnMsg::Hello { version, token }) = ReturnMsg::decode(&frame) {
         let reply = {
             let mut reg = shared.registry();
@@ -559,7 +587,7 @@ fn hub_inbound(router: &zmq::Socket, shared: &HubShared, parts: Vec<Vec<u8>>) {
         return;
     };
     if let Some(tx) = &route.tx {
-        match tx.try_send(zmq::Message::from(frame)) {
+        match tx.try_send(frame) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 tracing::warn!(session = %hex(&token[..4]), "client sent beyond its credit; session dropped");
