@@ -107,6 +107,22 @@ fn hundred_megabyte_file() {
     assert_eq!(srv.proc.finish().code(), Some(0));
     assert!(same_contents(&big, &b.path().join("big.bin")));
     assert!(same_contents(&big, &a.path().join("returned.bin")));
+    // Streaming, not loading: no child of this test binary (every one is a machinaftp process)
+    // ever came near the size of the file.
+    let peak_kib = max_child_rss_kib();
+    assert!(
+        peak_kib < 64 * 1024,
+        "a process peaked at {peak_kib} KiB moving a 100 MB file"
+    );
+}
+
+fn max_child_rss_kib() -> i64 {
+    // SAFETY: getrusage writes into the struct we pass and has no other preconditions.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru.ru_maxrss
+    }
 }
 
 #[test]
