@@ -102,6 +102,25 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 pub enum Command {
     /// Run A and B on loopback with a built-in sample mesh and show that the copy is verified
     Demo(DemoArgs),
+    /// Write every vertex of an STL file (binary or ASCII) as `x,y,z` CSV lines with 4 decimals
+    Stl2csv(Stl2csvArgs),
+}
+
+/// Options of `machinaftp stl2csv`.
+#[derive(Debug, Args, Clone)]
+pub struct Stl2csvArgs {
+    /// The STL file to read
+    #[arg(value_name = "INPUT")]
+    pub input: PathBuf,
+    /// Write the CSV here (through a temporary file, renamed when complete) instead of stdout
+    #[arg(short = 'o', long, value_name = "OUTPUT")]
+    pub output: Option<PathBuf>,
+    /// Each distinct vertex once, in order of first appearance
+    #[arg(long)]
+    pub unique: bool,
+    /// Start with an `x,y,z` header line
+    #[arg(long)]
+    pub header: bool,
 }
 
 /// Options of `machinaftp demo`.
@@ -132,13 +151,17 @@ pub enum Invocation {
     Client(ClientConfig, LogConfig),
     /// The loopback demo.
     Demo(DemoArgs),
+    /// The STL to CSV converter.
+    Stl2csv(Stl2csvArgs),
 }
 
 impl Cli {
     /// Checks the combinations clap cannot express and fills in derived defaults.
     pub fn into_command(self) -> Result<Invocation, String> {
-        if let Some(Command::Demo(args)) = self.command {
-            return Ok(Invocation::Demo(args));
+        match self.command {
+            Some(Command::Demo(args)) => return Ok(Invocation::Demo(args)),
+            Some(Command::Stl2csv(args)) => return Ok(Invocation::Stl2csv(args)),
+            None => {}
         }
         let role = match (self.server, self.client) {
             (true, false) => "server",
@@ -329,6 +352,21 @@ mod tests {
         assert_eq!(cfg.rate_limit, Some(1 << 20));
         assert_eq!(cfg.output, PathBuf::from("x/r.stl"));
         assert_eq!(log.verbose, 2);
+    }
+
+    #[test]
+    fn stl2csv_subcommand() {
+        let Ok(Invocation::Stl2csv(a)) =
+            parse(&["stl2csv", "m.stl", "-o", "m.csv", "--unique", "--header"])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (a.input, a.output),
+            (PathBuf::from("m.stl"), Some(PathBuf::from("m.csv")))
+        );
+        assert!(a.unique && a.header);
+        assert!(parse(&["stl2csv"]).is_err());
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub mod exit {
     pub const NETWORK: i32 = 3;
     /// A local file could not be written (disk full, permissions).
     pub const LOCAL_IO: i32 = 4;
+    /// The round trip verified, but the STL could not be converted to CSV (or `stl2csv` failed on
+    /// its input).
+    pub const CSV: i32 = 5;
     /// Interrupted by SIGINT or SIGTERM (128 + 2, the shell's convention for SIGINT).
     pub const INTERRUPTED: i32 = 130;
 }
@@ -151,6 +154,12 @@ pub enum Error {
     /// The return channel could not be set up.
     #[error("return channel: {0}")]
     ReturnSetup(String),
+    /// STL to CSV conversion failed.
+    #[error("{0}")]
+    Convert(#[from] crate::stl::ConvertError),
+    /// The file made its round trip, but its CSV did not (the reason says which side and why).
+    #[error("the file made its round trip intact, but its CSV did not: {0}")]
+    Csv(String),
     /// SIGINT/SIGTERM stopped the run.
     #[error("interrupted by a signal; temporary files were removed")]
     Interrupted,
@@ -174,6 +183,9 @@ impl Error {
             Error::Mismatch { .. } => exit::MISMATCH,
             Error::Input { .. } | Error::Usage(_) | Error::Bind { .. } => exit::USAGE,
             Error::Output { .. } => exit::LOCAL_IO,
+            Error::Convert(crate::stl::ConvertError::Open { .. }) => exit::USAGE,
+            Error::Convert(crate::stl::ConvertError::Write { .. }) => exit::LOCAL_IO,
+            Error::Convert(crate::stl::ConvertError::Stl { .. }) | Error::Csv(_) => exit::CSV,
             Error::Interrupted => exit::INTERRUPTED,
             Error::NoServer { .. }
             | Error::Connect { .. }
@@ -211,7 +223,12 @@ impl Error {
             Error::Mismatch { .. } => {
                 "the bytes were corrupted in transit or on disk; run the transfer again"
             }
-            Error::Output { .. } => "check free space and permissions in the destination directory",
+            Error::Output { .. } | Error::Convert(crate::stl::ConvertError::Write { .. }) => {
+                "check free space and permissions in the destination directory"
+            }
+            Error::Convert(crate::stl::ConvertError::Stl { .. }) => {
+                "the file is not valid STL at the place named; fix or re-export it"
+            }
             _ => return None,
         })
     }

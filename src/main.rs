@@ -5,9 +5,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use machinaftp::cli::{Cli, Invocation, LogConfig};
+use machinaftp::cli::{Cli, Invocation, LogConfig, Stl2csvArgs};
 use machinaftp::error::{Error, exit};
 use machinaftp::shutdown::Shutdown;
+use machinaftp::stl::{self, ConvertError, CsvOptions};
 use machinaftp::{client, demo, logging, server, units};
 
 fn main() -> ExitCode {
@@ -24,11 +25,18 @@ fn main() -> ExitCode {
     }
     let outcome = match invocation {
         Invocation::Demo(args) => demo::run(&args),
+        Invocation::Stl2csv(args) => run_stl2csv(&args),
         Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown)),
         Invocation::Client(cfg, log) => with_logging(&log, || run_client(&cfg, &shutdown)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
+        // A closed pipe (`stl2csv m.stl | head`) is the reader's choice, not a failure.
+        Err(Error::Convert(ConvertError::Write { source, .. }))
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!(target: logging::EXIT_TARGET, "{e}");
             eprintln!("machinaftp: error: {e}");
@@ -73,5 +81,30 @@ fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown) -> Result<i32, Er
         units::millis(r.return_time),
         units::rate(r.digest.size, r.return_time),
     );
+    Ok(exit::OK)
+}
+
+fn run_stl2csv(args: &Stl2csvArgs) -> Result<i32, Error> {
+    let opts = CsvOptions {
+        unique: args.unique,
+        header: args.header,
+    };
+    let summary = match &args.output {
+        Some(out) => stl::convert(&args.input, out, opts)?.read,
+        None => {
+            let stdout = std::io::stdout().lock();
+            let out = std::io::BufWriter::with_capacity(1 << 16, stdout);
+            stl::convert_to(
+                &args.input,
+                out,
+                std::path::Path::new("standard output"),
+                opts,
+            )?
+            .0
+        }
+    };
+    for w in &summary.warnings {
+        eprintln!("machinaftp: warning: {}: {w}", args.input.display());
+    }
     Ok(exit::OK)
 }
