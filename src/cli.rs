@@ -54,6 +54,18 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = ZmqMode::Auto, value_name = "MODE")]
     pub zmq_mode: ZmqMode,
 
+    /// Client: where the vertex CSV goes when the file is STL [default: FILENAME with extension .csv]
+    #[arg(long, value_name = "PATH", conflicts_with = "no_csv")]
+    pub csv: Option<PathBuf>,
+
+    /// Client: do not make or return a vertex CSV
+    #[arg(long)]
+    pub no_csv: bool,
+
+    /// Server: where the returned CSV is saved [default: --output with extension .csv]
+    #[arg(long, value_name = "PATH")]
+    pub csv_output: Option<PathBuf>,
+
     /// Server: exit after the first round trip; status 0 only if both legs verified
     #[arg(long)]
     pub once: bool,
@@ -188,7 +200,18 @@ impl Cli {
             if self.zmq_mode != ZmqMode::Auto {
                 return Err("--zmq-mode is a client option".into());
             }
+            for (set, flag) in [(self.csv.is_some(), "--csv"), (self.no_csv, "--no-csv")] {
+                if set {
+                    return Err(format!(
+                        "{flag} is a client option; the server's is --csv-output"
+                    ));
+                }
+            }
             let output = self.output.unwrap_or_else(|| default_output(&filename));
+            let csv_output = self.csv_output.unwrap_or_else(|| csv_beside(&output));
+            if csv_output == output {
+                return Err("--csv-output must differ from --output".into());
+            }
             Ok(Invocation::Server(
                 ServerConfig {
                     file: filename,
@@ -197,6 +220,7 @@ impl Cli {
                     zmq_port: self.zmq_port,
                     remotehost: self.remotehost,
                     output,
+                    csv_output,
                     once: self.once,
                     max_clients: self.max_clients as usize,
                     timeout,
@@ -210,6 +234,7 @@ impl Cli {
                 (self.once, "--once"),
                 (self.output.is_some(), "--output"),
                 (self.rate_limit.is_some(), "--rate-limit"),
+                (self.csv_output.is_some(), "--csv-output"),
             ] {
                 if set {
                     return Err(format!(
@@ -224,6 +249,14 @@ impl Cli {
                     .checked_add(1)
                     .ok_or("-p 65535 leaves no room for the default --zmq-port (PORT + 1); give --zmq-port")?,
             };
+            let csv = match (self.no_csv, self.csv) {
+                (true, _) => None,
+                (false, Some(p)) => Some(p),
+                (false, None) => Some(csv_beside(&filename)),
+            };
+            if csv.as_ref() == Some(&filename) {
+                return Err("--csv must differ from -f/--filename".into());
+            }
             Ok(Invocation::Client(
                 ClientConfig {
                     out: filename,
@@ -232,6 +265,7 @@ impl Cli {
                     zmq_port,
                     zmq_mode: self.zmq_mode,
                     timeout,
+                    csv,
                 },
                 log,
             ))
@@ -244,6 +278,19 @@ pub fn default_output(served: &Path) -> PathBuf {
     match served.extension() {
         Some(ext) => PathBuf::from(format!("output.{}", ext.to_string_lossy())),
         None => PathBuf::from("output"),
+    }
+}
+
+/// The CSV's default path: the file's path with extension `.csv` (`output.stl` -> `output.csv`),
+/// or `.vertices.csv` appended when the file itself ends in `.csv`.
+pub fn csv_beside(file: &Path) -> PathBuf {
+    let p = file.with_extension("csv");
+    if p == file {
+        let mut s = file.as_os_str().to_owned();
+        s.push(".vertices.csv");
+        PathBuf::from(s)
+    } else {
+        p
     }
 }
 
@@ -279,6 +326,7 @@ mod tests {
         assert_eq!(cfg.port, 8080);
         assert_eq!(cfg.remotehost.as_deref(), Some("172.17.0.3"));
         assert_eq!(cfg.output, PathBuf::from("output.stl"));
+        assert_eq!(cfg.csv_output, PathBuf::from("output.csv"));
         assert_eq!(log.file, PathBuf::from("server.log"));
         assert!(!cfg.once);
     }
@@ -291,7 +339,42 @@ mod tests {
         };
         assert_eq!(cfg.zmq_port, 8081);
         assert_eq!(cfg.zmq_mode, ZmqMode::Auto);
+        assert_eq!(cfg.csv, Some(PathBuf::from("output.csv")));
         assert_eq!(log.file, PathBuf::from("client.log"));
+    }
+
+    #[test]
+    fn csv_options() {
+        let Ok(Invocation::Client(cfg, _)) = parse(&["-c", "-f", "m.stl", "--no-csv"]) else {
+            panic!()
+        };
+        assert_eq!(cfg.csv, None);
+        let Ok(Invocation::Client(cfg, _)) = parse(&["-c", "-f", "m.stl", "--csv", "v.csv"]) else {
+            panic!()
+        };
+        assert_eq!(cfg.csv, Some(PathBuf::from("v.csv")));
+        assert!(parse(&["-c", "-f", "m.stl", "--csv", "m.stl"]).is_err());
+        assert!(parse(&["-c", "-f", "m.stl", "--csv", "v.csv", "--no-csv"]).is_err());
+        assert!(
+            parse(&["-s", "-f", "m.stl", "--no-csv"])
+                .unwrap_err()
+                .contains("client option")
+        );
+        assert!(
+            parse(&["-c", "-f", "m.stl", "--csv-output", "x"])
+                .unwrap_err()
+                .contains("server option")
+        );
+        assert_eq!(
+            csv_beside(Path::new("d/out.csv")),
+            PathBuf::from("d/out.csv.vertices.csv")
+        );
+        let Ok(Invocation::Server(cfg, _)) =
+            parse(&["-s", "-f", "m.stl", "--output", "r/back.stl"])
+        else {
+            panic!()
+        };
+        assert_eq!(cfg.csv_output, PathBuf::from("r/back.csv"));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::protocol::data::{DataMsg, ErrorCode, VERSION};
 use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, Stream, data_header};
 use crate::protocol::{PROTOCOL_VERSION, Token, hex};
 use crate::shutdown::Shutdown;
+use crate::stl::{self, Converted, CsvOptions};
 use crate::transport::tcp::Conn;
 use crate::transport::zmq::{ReturnChannel, ZmqMode};
 use crate::units;
@@ -38,6 +39,8 @@ pub struct ClientConfig {
     pub zmq_mode: ZmqMode,
     /// How long any wait on A may make no progress (also the connect timeout).
     pub timeout: Duration,
+    /// Where the vertex CSV goes when the file is STL; `None` with `--no-csv`.
+    pub csv: Option<PathBuf>,
 }
 
 /// What a successful client run proved.
@@ -51,6 +54,22 @@ pub struct ClientReport {
     pub data_time: Duration,
     /// Time of the return leg.
     pub return_time: Duration,
+    /// What became of the CSV.
+    pub csv: CsvOutcome,
+}
+
+/// What became of the vertex CSV in a round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsvOutcome {
+    /// Made, returned and verified by A.
+    Returned {
+        /// Where B saved it.
+        path: PathBuf,
+        /// Vertex lines.
+        rows: u64,
+    },
+    /// Not made, and not expected: the file is not STL, or `--no-csv`.
+    NotMade(String),
 }
 
 /// Runs one round trip against A.
@@ -174,17 +193,81 @@ impl Session<'_> {
         println!("Done! - RX");
         self.conn.finish();
         let started = Instant::now();
-        return_file(chan, file, &digest, self.cfg)?;
-        let return_time = started.elapsed();
+        let cfg = self.cfg;
+        // The CSV is made on a second thread while the file travels back: both only read the
+        // saved file, and the two cores are used at once.
+        let span = tracing::Span::current();
+        let (sent, made) = std::thread::scope(|scope| {
+            let maker = scope.spawn(|| span.in_scope(|| make_csv(cfg)));
+            let sent =
+                send_stream(chan, Stream::File, file, &digest, cfg).map(|()| started.elapsed());
+            // A conversion thread cannot panic on input; if it did, report it as a failure.
+            let made = maker
+                .join()
+                .unwrap_or_else(|_| Err(Error::Csv("the CSV converter crashed".into())));
+            (sent, made)
+        });
+        let return_time = sent?;
         println!("Done! - TX");
-        // Bye lets A finish at once instead of waiting; if it is lost A still has its verdict.
+        let csv = self.csv_leg(chan, made);
+        // Bye lets A finish at once instead of waiting; if it is lost A still has its verdicts.
         let _ = chan.send(zmq::Message::from(&ReturnMsg::Bye.to_bytes()[..]));
         Ok(ClientReport {
             name,
             digest,
             data_time,
             return_time,
+            csv: csv?,
         })
+    }
+
+    /// Sends the CSV (or says why there is none) and returns what became of it; a CSV that
+    /// should exist but could not be made is an error after A has been told.
+    fn csv_leg(
+        &mut self,
+        chan: &ReturnChannel,
+        made: Result<Option<(PathBuf, Converted)>>,
+    ) -> Result<CsvOutcome> {
+        let skip = |failed: bool, reason: &str| {
+            let msg = ReturnMsg::Skip {
+                stream: Stream::Csv,
+                failed,
+                reason: reason.to_owned(),
+            };
+            chan.send(zmq::Message::from(&msg.to_bytes()[..]))
+                .map_err(|e| Error::transport("return leg (CSV)", e))
+        };
+        match made {
+            Ok(Some((path, converted))) => {
+                let file = File::open(&path).map_err(|source| Error::Output {
+                    path: path.clone(),
+                    source,
+                })?;
+                send_stream(chan, Stream::Csv, file, &converted.csv.digest, self.cfg)?;
+                info!(csv = %path.display(), rows = converted.csv.rows, "CSV returned; server verified it");
+                Ok(CsvOutcome::Returned {
+                    path,
+                    rows: converted.csv.rows,
+                })
+            }
+            Ok(None) => {
+                let reason = match &self.cfg.csv {
+                    None => "disabled with --no-csv".to_owned(),
+                    Some(_) => "the file is not STL".to_owned(),
+                };
+                info!("no CSV: {reason}");
+                skip(false, &reason)?;
+                Ok(CsvOutcome::NotMade(reason))
+            }
+            Err(e) => {
+                warn!("CSV failed: {e}");
+                skip(true, &e.to_string())?;
+                Err(match e {
+                    Error::Interrupted => e,
+                    e => Error::Csv(e.to_string()),
+                })
+            }
+        }
     }
 
     fn handshake(&mut self, chan: &mut ReturnChannel, token: &Token) -> Result<()> {
@@ -354,14 +437,43 @@ impl Session<'_> {
     }
 }
 
-/// Sends `file` back over the return channel, never exceeding A's credit, then waits for A's verdict.
-fn return_file(
+/// Converts the received file to CSV if it is STL and a CSV is wanted. `Ok(None)`: no CSV is
+/// due (not STL, or disabled); `Err`: the file is STL but not valid.
+fn make_csv(cfg: &ClientConfig) -> Result<Option<(PathBuf, Converted)>> {
+    let Some(path) = &cfg.csv else {
+        return Ok(None);
+    };
+    match stl::is_stl(&cfg.out) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(source) => {
+            return Err(Error::Output {
+                path: cfg.out.clone(),
+                source,
+            });
+        }
+    }
+    let converted = stl::convert(&cfg.out, path, CsvOptions::default())?;
+    for w in &converted.read.warnings {
+        warn!("{}: {w}", cfg.out.display());
+    }
+    info!(csv = %path.display(), facets = converted.read.facets, rows = converted.csv.rows, "CSV written");
+    Ok(Some((path.clone(), converted)))
+}
+
+/// Sends `file` as `stream` over the return channel, never exceeding A's credit, then waits for
+/// A's verdict. `digest` is what B knows the bytes to be; A checks them itself.
+fn send_stream(
     chan: &ReturnChannel,
+    stream: Stream,
     mut file: File,
     digest: &Digest,
     cfg: &ClientConfig,
 ) -> Result<()> {
-    let stage = "return leg";
+    let stage = match stream {
+        Stream::File => "return leg (file)",
+        Stream::Csv => "return leg (CSV)",
+    };
     let t = |e| Error::transport(stage, e);
     let size = digest.size;
     file.rewind().map_err(|source| Error::Output {
@@ -369,11 +481,8 @@ fn return_file(
         source,
     })?;
     let msg = |m: ReturnMsg<'_>| zmq::Message::from(&m.to_bytes()[..]);
-    chan.send(msg(ReturnMsg::Offer {
-        stream: Stream::File,
-        size,
-    }))
-    .map_err(t)?;
+    chan.send(msg(ReturnMsg::Offer { stream, size }))
+        .map_err(t)?;
     let started = Instant::now();
     let mut credit: u64 = 0;
     let mut offset: u64 = 0;
@@ -386,10 +495,9 @@ fn return_file(
         }
         if let Some(frame) = next {
             match ReturnMsg::decode(&frame).map_err(|e| t(e.into()))? {
-                ReturnMsg::Credit {
-                    stream: Stream::File,
-                    bytes,
-                } => credit = credit.saturating_add(bytes),
+                ReturnMsg::Credit { stream: s, bytes } if s == stream => {
+                    credit = credit.saturating_add(bytes)
+                }
                 ReturnMsg::Result {
                     ok: false, reason, ..
                 }
@@ -412,7 +520,7 @@ fn return_file(
         // Only whole chunks (or the last piece): a credit-aligned sender keeps A's queue bounded.
         let n = need as usize;
         let mut m = zmq::Message::with_size(DATA_HEADER_LEN + n);
-        m[..DATA_HEADER_LEN].copy_from_slice(&data_header(Stream::File, offset));
+        m[..DATA_HEADER_LEN].copy_from_slice(&data_header(stream, offset));
         file.read_exact(&mut m[DATA_HEADER_LEN..])
             .map_err(|source| Error::Output {
                 path: cfg.out.clone(),
@@ -423,7 +531,7 @@ fn return_file(
         offset += need;
     }
     chan.send(msg(ReturnMsg::End {
-        stream: Stream::File,
+        stream,
         crc32: digest.crc32,
         blake3: digest.blake3,
     }))
@@ -433,16 +541,19 @@ fn return_file(
         match ReturnMsg::decode(&frame).map_err(|e| t(e.into()))? {
             ReturnMsg::Credit { .. } => {}
             ReturnMsg::Result {
-                stream: Stream::File,
+                stream: s,
                 ok: true,
                 ..
-            } => break,
+            } if s == stream => break,
             ReturnMsg::Result {
                 ok: false, reason, ..
             } => {
-                return Err(Error::Mismatch {
-                    leg: Leg::Return,
-                    detail: reason,
+                return Err(match stream {
+                    Stream::File => Error::Mismatch {
+                        leg: Leg::Return,
+                        detail: reason,
+                    },
+                    Stream::Csv => Error::Csv(format!("the server rejected it: {reason}")),
                 });
             }
             ReturnMsg::Abort { reason } => {
@@ -452,17 +563,15 @@ fn return_file(
                 });
             }
             other => {
+                let detail = format!("expected Result, got {}", other.kind());
                 return Err(Error::Protocol {
                     stage: stage.into(),
-                    detail: format!("expected Result, got {}", other.kind()),
+                    detail,
                 });
             }
         }
     }
     let elapsed = started.elapsed();
-    info!(bytes = size, duration = %units::millis(elapsed), rate = %units::rate(size, elapsed), "return leg sent; server verified it");
-    if elapsed > cfg.timeout {
-        warn!("return leg took longer than the idle timeout; the link is slow");
-    }
+    info!(stream = stream.name(), bytes = size, duration = %units::millis(elapsed), rate = %units::rate(size, elapsed), "sent back; server verified it");
     Ok(())
 }

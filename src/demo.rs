@@ -63,7 +63,6 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         "-p",
         "0",
         "--once",
-        "-v",
     ];
     println!("\n[A] $ machinaftp {}   (in a/)", server_args.join(" "));
     let mut server = spawn(&exe, &server_args, &a)?;
@@ -93,7 +92,6 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         &tcp,
         "--zmq-port",
         &zmq,
-        "-v",
     ];
     println!("[B] $ machinaftp {}   (in b/)", client_args.join(" "));
     let client = spawn(&exe, &client_args, &b)?;
@@ -120,6 +118,8 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         ("a/sample.stl  (A's original)", a.join("sample.stl")),
         ("b/output.stl  (B's received copy)", b.join("output.stl")),
         ("a/output.stl  (A's returned copy)", a.join("output.stl")),
+        ("b/output.csv  (B's vertex CSV)", b.join("output.csv")),
+        ("a/output.csv  (A's returned CSV)", a.join("output.csv")),
     ] {
         match digest(&path) {
             Ok((size, d)) => println!("  {label:38} {size:>9} bytes  BLAKE3 {}", &d[..16]),
@@ -133,10 +133,16 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         && client_out.status.success()
         && original.is_some()
         && original == same(&b.join("output.stl"))
-        && original == same(&a.join("output.stl"));
+        && original == same(&a.join("output.stl"))
+        && same(&b.join("output.csv")).is_some()
+        && same(&b.join("output.csv")) == same(&a.join("output.csv"));
     if verified {
+        let rows = std::fs::read(b.join("output.csv"))
+            .map(|c| c.iter().filter(|&&x| x == b'\n').count())
+            .unwrap_or(0);
         println!(
-            "\nVERIFIED: A's returned copy and B's copy are byte-for-byte identical to the original (exit 0 on both sides)."
+            "\nVERIFIED: A's returned copy and B's copy are byte-for-byte identical to the original, and the \
+             vertex CSV ({rows} lines, one per vertex of each facet) reached A intact (exit 0 on both sides)."
         );
         Ok(exit::OK)
     } else {

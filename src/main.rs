@@ -69,9 +69,18 @@ fn run_server(cfg: server::ServerConfig, shutdown: &Shutdown) -> Result<i32, Err
 
 fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown) -> Result<i32, Error> {
     let r = client::run(cfg, shutdown)?;
+    let csv = match &r.csv {
+        client::CsvOutcome::Returned { path, rows } => {
+            format!(
+                "CSV {} ({rows} vertices) returned and verified",
+                path.display()
+            )
+        }
+        client::CsvOutcome::NotMade(why) => format!("no CSV ({why})"),
+    };
     println!(
         "verified: {} ({}) received intact and returned intact to the server, CRC-32 {}, BLAKE3 {}…; \
-         data {} ({}), return {} ({})",
+         data {} ({}), return {} ({}); {csv}",
         cfg.out.display(),
         units::bytes(r.digest.size),
         r.digest.crc32,

@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub remotehost: Option<String>,
     /// Where the returned copy is saved.
     pub output: PathBuf,
+    /// Where the returned vertex CSV is saved.
+    pub csv_output: PathBuf,
     /// Exit after the first round trip.
     pub once: bool,
     /// Clients served at once; more are told the server is busy.
@@ -68,6 +70,19 @@ pub struct SessionReport {
     pub return_time: Duration,
     /// Where the returned copy was saved.
     pub output: PathBuf,
+    /// What became of the vertex CSV.
+    pub csv: CsvResult,
+}
+
+/// The vertex CSV's fate in one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsvResult {
+    /// Received, verified against the client's digests, and saved here.
+    Saved(PathBuf, Digest),
+    /// None was due: the file is not STL, or the client has CSVs turned off.
+    NotMade(String),
+    /// The file is STL but the client could not convert it, or the CSV did not arrive intact.
+    Failed(String),
 }
 
 /// A bound server, ready to run.
@@ -181,7 +196,10 @@ impl Server {
             };
             info!(%peer, "accepted connection");
             if cfg.once {
-                break run_session(stream, peer, &cfg, &hub, shutdown).map(|_| ());
+                break run_session(stream, peer, &cfg, &hub, shutdown).and_then(|r| match r.csv {
+                    CsvResult::Failed(why) => Err(Error::Csv(why)),
+                    _ => Ok(()),
+                });
             }
             workers.retain(|w| !w.is_finished());
             if active.load(Ordering::SeqCst) >= cfg.max_clients {
@@ -281,8 +299,17 @@ fn run_session(
     match &res {
         Ok(r) => {
             info!(digest = %r.digest, output = %r.output.display(), "round trip verified");
+            let csv = match &r.csv {
+                CsvResult::Saved(path, d) => format!(
+                    "CSV verified, saved {} ({})",
+                    path.display(),
+                    units::bytes(d.size)
+                ),
+                CsvResult::NotMade(why) => format!("no CSV ({why})"),
+                CsvResult::Failed(why) => format!("CSV FAILED: {why}"),
+            };
             println!(
-                "verified {peer}: {} ({}) sent and returned identical, CRC-32 {}, BLAKE3 {}…; data {} ({}), return {} ({}); saved {}",
+                "verified {peer}: {} ({}) sent and returned identical, CRC-32 {}, BLAKE3 {}…; data {} ({}), return {} ({}); saved {}; {csv}",
                 cfg.file.display(),
                 units::bytes(r.digest.size),
                 r.digest.crc32,
@@ -348,6 +375,15 @@ impl<'a> Session<'a> {
         }
         let return_time = started.elapsed();
         println!("Done! - RX");
+        let csv = match self.csv_leg(&link) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = link.send(&ReturnMsg::Abort {
+                    reason: e.to_string(),
+                });
+                return Err(e);
+            }
+        };
         // B says Bye when it has nothing more to send; waiting for it is a courtesy, not a check.
         let _ = link.recv(Duration::from_secs(2).min(self.cfg.timeout), self.shutdown);
         Ok(SessionReport {
@@ -356,6 +392,7 @@ impl<'a> Session<'a> {
             data_time,
             return_time,
             output: self.cfg.output.clone(),
+            csv,
         })
     }
 
@@ -594,15 +631,20 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    fn decode<'m>(&self, stage: &str, frame: &'m zmq::Message) -> Result<ReturnMsg<'m>> {
+        ReturnMsg::decode(frame).map_err(|e| Error::transport(stage, TransportError::Decode(e)))
+    }
+
+    fn next_frame(&self, link: &SessionLink, stage: &str, what: &str) -> Result<zmq::Message> {
+        link.recv(self.cfg.timeout, self.shutdown)
+            .map_err(|e| Error::transport(format!("{stage}: {what}"), e))
+    }
+
+    /// The file comes back: it must match what was sent, byte for byte (by size and digests).
     fn return_leg(&mut self, link: &SessionLink, sent: &Digest) -> Result<Digest> {
-        let stage = self.stage("return leg");
-        let recv = |what: &str| {
-            link.recv(self.cfg.timeout, self.shutdown)
-                .map_err(|e| Error::transport(format!("{stage}: {what}"), e))
-        };
-        let decode_err = |e| Error::transport(stage.clone(), TransportError::Decode(e));
-        let offer = recv("waiting for the client's Offer")?;
-        let size = match ReturnMsg::decode(&offer).map_err(decode_err)? {
+        let stage = self.stage("return leg (file)");
+        let offer = self.next_frame(link, &stage, "waiting for the client's Offer")?;
+        let size = match self.decode(&stage, &offer)? {
             ReturnMsg::Offer {
                 stream: Stream::File,
                 size,
@@ -630,84 +672,12 @@ impl<'a> Session<'a> {
                 detail,
             });
         }
-        let out_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Output { path, source }
-        };
-        let mut staged = StagedFile::create(&self.cfg.output).map_err(out_err(&self.cfg.output))?;
-        let temp = staged.temp_path().to_path_buf();
-        let send = |msg: &ReturnMsg<'_>| {
-            link.send(msg)
-                .map_err(|e| Error::transport(stage.clone(), e))
-        };
-        send(&ReturnMsg::Credit {
-            stream: Stream::File,
-            bytes: CREDIT_WINDOW,
-        })?;
-        let mut hasher = Hasher::new();
-        while hasher.size() < size {
-            let frame = recv(&format!("receiving ({} of {size} bytes)", hasher.size()))?;
-            match ReturnMsg::decode(&frame).map_err(decode_err)? {
-                ReturnMsg::Data {
-                    stream: Stream::File,
-                    offset,
-                    payload,
-                } if offset == hasher.size()
-                    && payload.len() as u64 <= size - offset
-                    && !payload.is_empty() =>
-                {
-                    staged.file().write_all(payload).map_err(out_err(&temp))?;
-                    hasher.update(payload);
-                    send(&ReturnMsg::Credit {
-                        stream: Stream::File,
-                        bytes: payload.len() as u64,
-                    })?;
-                }
-                ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
-                ReturnMsg::Data {
-                    offset, payload, ..
-                } => {
-                    return Err(Error::Protocol {
-                        stage,
-                        detail: format!(
-                            "Data for bytes {offset}..{} when {} of {size} had arrived",
-                            offset + payload.len() as u64,
-                            hasher.size()
-                        ),
-                    });
-                }
-                other => {
-                    return Err(Error::Protocol {
-                        stage,
-                        detail: format!("expected Data, got {}", other.kind()),
-                    });
-                }
-            }
-        }
-        let end = recv("waiting for End")?;
-        let claimed = match ReturnMsg::decode(&end).map_err(decode_err)? {
-            ReturnMsg::End {
-                stream: Stream::File,
-                crc32,
-                blake3,
-            } => Digest {
-                size,
-                crc32,
-                blake3,
-            },
-            ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
-            other => {
-                return Err(Error::Protocol {
-                    stage,
-                    detail: format!("expected End, got {}", other.kind()),
-                });
-            }
-        };
-        let got = hasher.finish();
+        let (got, claimed, staged) =
+            self.receive_stream(link, Stream::File, size, &self.cfg.output, &stage)?;
         info!(bytes = size, crc32 = got.crc32, blake3 = %got.blake3_hex(), "return leg received");
         if let Some(diff) = got.mismatch(sent) {
             let detail = format!("returned copy differs from what was sent: {diff}");
-            let _ = send(&ReturnMsg::Result {
+            let _ = link.send(&ReturnMsg::Result {
                 stream: Stream::File,
                 ok: false,
                 reason: detail.clone(),
@@ -721,15 +691,191 @@ impl<'a> Session<'a> {
             // The bytes are right but B's own record of them is not: B is buggy; say so.
             warn!("client's End digests disagree with what was sent: {diff}");
         }
-        staged.file().flush().map_err(out_err(&temp))?;
-        staged.commit().map_err(out_err(&self.cfg.output))?;
-        send(&ReturnMsg::Result {
-            stream: Stream::File,
-            ok: true,
-            reason: String::new(),
-        })?;
+        self.commit(link, Stream::File, staged, &stage)?;
         info!(output = %self.cfg.output.display(), "returned copy verified identical and saved");
         Ok(got)
+    }
+
+    /// The vertex CSV comes back (or word of why it does not): it must arrive as B wrote it.
+    fn csv_leg(&mut self, link: &SessionLink) -> Result<CsvResult> {
+        let stage = self.stage("return leg (CSV)");
+        let offer = self.next_frame(link, &stage, "waiting for the CSV")?;
+        let size = match self.decode(&stage, &offer)? {
+            ReturnMsg::Offer {
+                stream: Stream::Csv,
+                size,
+            } => size,
+            ReturnMsg::Skip {
+                stream: Stream::Csv,
+                failed: false,
+                reason,
+            } => {
+                info!("no CSV: {reason}");
+                return Ok(CsvResult::NotMade(reason));
+            }
+            ReturnMsg::Skip {
+                stream: Stream::Csv,
+                failed: true,
+                reason,
+            } => {
+                warn!("the client could not make the CSV: {reason}");
+                return Ok(CsvResult::Failed(format!(
+                    "the client could not make it: {reason}"
+                )));
+            }
+            ReturnMsg::Bye => return Ok(CsvResult::NotMade("the client sent none".into())),
+            ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
+            other => {
+                let detail = format!("expected a CSV Offer, got {}", other.kind());
+                return Err(Error::Protocol { stage, detail });
+            }
+        };
+        let (got, claimed, staged) =
+            self.receive_stream(link, Stream::Csv, size, &self.cfg.csv_output, &stage)?;
+        if let Some(diff) = got.mismatch(&claimed) {
+            let detail = format!("the CSV was damaged in transit: {diff}");
+            let _ = link.send(&ReturnMsg::Result {
+                stream: Stream::Csv,
+                ok: false,
+                reason: detail.clone(),
+            });
+            return Ok(CsvResult::Failed(detail));
+        }
+        self.commit(link, Stream::Csv, staged, &stage)?;
+        info!(csv = %self.cfg.csv_output.display(), bytes = size, crc32 = got.crc32, "CSV verified and saved");
+        Ok(CsvResult::Saved(self.cfg.csv_output.clone(), got))
+    }
+
+    /// Renames a verified file into place and tells the client; a failure to save is reported
+    /// to the client as a negative verdict.
+    fn commit(
+        &self,
+        link: &SessionLink,
+        stream: Stream,
+        mut staged: StagedFile,
+        stage: &str,
+    ) -> Result<()> {
+        let dest = staged.dest().to_path_buf();
+        let saved = staged
+            .file()
+            .flush()
+            .and_then(|()| staged.commit().map(drop));
+        if let Err(source) = saved {
+            let reason = format!("the server cannot save {}: {source}", dest.display());
+            let _ = link.send(&ReturnMsg::Result {
+                stream,
+                ok: false,
+                reason,
+            });
+            return Err(Error::Output { path: dest, source });
+        }
+        link.send(&ReturnMsg::Result {
+            stream,
+            ok: true,
+            reason: String::new(),
+        })
+        .map_err(|e| Error::transport(stage, e))
+    }
+
+    /// Receives `size` bytes of `stream` under credit into a temporary file beside `dest`, and
+    /// returns the digest of what arrived, the digest the client claims, and the uncommitted file.
+    fn receive_stream(
+        &self,
+        link: &SessionLink,
+        stream: Stream,
+        size: u64,
+        dest: &Path,
+        stage: &str,
+    ) -> Result<(Digest, Digest, StagedFile)> {
+        let out_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Output { path, source }
+        };
+        let mut staged = StagedFile::create(dest).map_err(out_err(dest))?;
+        let temp = staged.temp_path().to_path_buf();
+        let send = |msg: &ReturnMsg<'_>| link.send(msg).map_err(|e| Error::transport(stage, e));
+        send(&ReturnMsg::Credit {
+            stream,
+            bytes: CREDIT_WINDOW,
+        })?;
+        let mut hasher = Hasher::new();
+        while hasher.size() < size {
+            let frame = self.next_frame(
+                link,
+                stage,
+                &format!("receiving ({} of {size} bytes)", hasher.size()),
+            )?;
+            match self.decode(stage, &frame)? {
+                ReturnMsg::Data {
+                    stream: s,
+                    offset,
+                    payload,
+                } if s == stream
+                    && offset == hasher.size()
+                    && payload.len() as u64 <= size - offset
+                    && !payload.is_empty() =>
+                {
+                    staged.file().write_all(payload).map_err(out_err(&temp))?;
+                    hasher.update(payload);
+                    send(&ReturnMsg::Credit {
+                        stream,
+                        bytes: payload.len() as u64,
+                    })?;
+                }
+                ReturnMsg::Abort { reason } => {
+                    return Err(Error::Refused {
+                        stage: stage.into(),
+                        reason,
+                    });
+                }
+                ReturnMsg::Data {
+                    offset, payload, ..
+                } => {
+                    let detail = format!(
+                        "Data for bytes {offset}..{} when {} of {size} had arrived",
+                        offset + payload.len() as u64,
+                        hasher.size()
+                    );
+                    return Err(Error::Protocol {
+                        stage: stage.into(),
+                        detail,
+                    });
+                }
+                other => {
+                    let detail = format!("expected Data, got {}", other.kind());
+                    return Err(Error::Protocol {
+                        stage: stage.into(),
+                        detail,
+                    });
+                }
+            }
+        }
+        let end = self.next_frame(link, stage, "waiting for End")?;
+        let claimed = match self.decode(stage, &end)? {
+            ReturnMsg::End {
+                stream: s,
+                crc32,
+                blake3,
+            } if s == stream => Digest {
+                size,
+                crc32,
+                blake3,
+            },
+            ReturnMsg::Abort { reason } => {
+                return Err(Error::Refused {
+                    stage: stage.into(),
+                    reason,
+                });
+            }
+            other => {
+                let detail = format!("expected End, got {}", other.kind());
+                return Err(Error::Protocol {
+                    stage: stage.into(),
+                    detail,
+                });
+            }
+        };
+        Ok((hasher.finish(), claimed, staged))
     }
 }
 

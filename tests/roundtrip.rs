@@ -24,6 +24,21 @@ fn cad_mesh_default_topology() {
     );
     assert!(same_contents(&mesh, &b.path().join("output.stl")));
     assert!(same_contents(&mesh, &a.path().join("output.stl")));
+    // B made the vertex CSV and A received it intact: both equal the reference byte for byte.
+    let reference = shared("cad_mesh.csv");
+    assert!(
+        same_contents(&reference, &b.path().join("output.csv")),
+        "B's CSV"
+    );
+    assert!(
+        same_contents(&reference, &a.path().join("output.csv")),
+        "A's CSV"
+    );
+    assert!(
+        out.stdout
+            .contains("CSV output.csv (42888 vertices) returned and verified"),
+        "{out:?}"
+    );
     // The log records the connection, the checksum the Python version logged, and the verdicts.
     let log = std::fs::read_to_string(a.path().join("server.log")).unwrap();
     assert!(log.contains("accepted connection"), "{log}");
@@ -39,7 +54,10 @@ fn cad_mesh_default_topology() {
         clog.contains("header received") && clog.contains("size=714884"),
         "{clog}"
     );
-    assert_eq!(files_in(b.path()), ["client.log", "output.stl"]);
+    assert_eq!(
+        files_in(b.path()),
+        ["client.log", "output.csv", "output.stl"]
+    );
 }
 
 #[test]
@@ -72,6 +90,10 @@ fn cad_mesh_remotehost_topology() {
     assert_eq!(srv.code(), Some(0), "{srv:?}");
     assert!(same_contents(&mesh, &a.path().join("output.stl")));
     assert!(same_contents(&mesh, &b.path().join("output.stl")));
+    assert!(same_contents(
+        &shared("cad_mesh.csv"),
+        &a.path().join("output.csv")
+    ));
 }
 
 #[test]
@@ -208,4 +230,85 @@ fn seed_invocations_work_as_written() {
     );
     assert!(a.path().join("output.stl").exists() && a.path().join("server.log").exists());
     assert!(b.path().join("output.stl").exists() && b.path().join("client.log").exists());
+}
+
+#[test]
+fn invalid_stl_makes_its_round_trip_but_its_csv_fails() {
+    let (a, b) = (tempdir(), tempdir());
+    let bad = shared("stl-corpus/openscad_toomanyvertices.stl");
+    let srv = Server::start(a.path(), &bad, &["--once"]);
+    let out = client(b.path(), &srv.client_args("output.stl"));
+    assert_eq!(out.code(), Some(5), "{out:?}");
+    assert!(
+        out.stdout.contains("Done! - RX") && out.stdout.contains("Done! - TX"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("the file made its round trip intact, but its CSV did not"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("more than 3 vertices"), "{out:?}");
+    let srv = srv.proc.finish();
+    assert_eq!(srv.code(), Some(5), "{srv:?}");
+    assert!(srv.stdout.contains("CSV FAILED"), "{srv:?}");
+    assert!(same_contents(&bad, &a.path().join("output.stl")));
+    assert!(same_contents(&bad, &b.path().join("output.stl")));
+    assert!(!a.path().join("output.csv").exists() && !b.path().join("output.csv").exists());
+    assert_no_partials(a.path());
+    assert_no_partials(b.path());
+}
+
+#[test]
+fn non_stl_file_has_no_csv_and_succeeds() {
+    let (a, b) = (tempdir(), tempdir());
+    let data = a.path().join("data.bin");
+    write_random(&data, 300_000, 3);
+    let srv = Server::start(a.path(), &data, &["--once"]);
+    let out = client(b.path(), &srv.client_args("data.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("no CSV (the file is not STL)"),
+        "{out:?}"
+    );
+    let srv = srv.proc.finish();
+    assert_eq!(srv.code(), Some(0), "{srv:?}");
+    assert!(!a.path().join("output.csv").exists());
+    assert_eq!(files_in(b.path()), ["client.log", "data.bin"]);
+}
+
+#[test]
+fn csv_paths_and_no_csv() {
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--csv-output", "returned-vertices.csv"]);
+    let mut args = srv.client_args("mesh.stl");
+    args.extend_from_slice(&["--csv", "vertices.csv"]);
+    let out = client(b.path(), &args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(same_contents(
+        &shared("cad_mesh.csv"),
+        &b.path().join("vertices.csv")
+    ));
+    assert!(same_contents(
+        &shared("cad_mesh.csv"),
+        &a.path().join("returned-vertices.csv")
+    ));
+    let c = tempdir();
+    let mut args = srv.client_args("mesh.stl");
+    args.push("--no-csv");
+    let out = client(c.path(), &args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("no CSV (disabled with --no-csv)"),
+        "{out:?}"
+    );
+    assert_eq!(files_in(c.path()), ["client.log", "mesh.stl"]);
+    srv.proc.signal(libc::SIGTERM);
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0));
+    assert!(
+        s.stdout.contains("no CSV (disabled with --no-csv)"),
+        "{s:?}"
+    );
 }

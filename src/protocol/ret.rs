@@ -79,6 +79,13 @@ pub enum ReturnMsg<'a> {
     Bye,
     /// Either way: the session is over because of `reason`.
     Abort { reason: String },
+    /// B -> A: `stream` will not be sent; `failed` says whether that is a failure (the file is
+    /// STL but could not be converted) or expected (not STL, or disabled).
+    Skip {
+        stream: Stream,
+        failed: bool,
+        reason: String,
+    },
 }
 
 const T_HELLO: u8 = 0x11;
@@ -90,6 +97,7 @@ const T_END: u8 = 0x16;
 const T_RESULT: u8 = 0x17;
 const T_BYE: u8 = 0x18;
 const T_ABORT: u8 = 0x19;
+const T_SKIP: u8 = 0x1a;
 
 impl<'a> ReturnMsg<'a> {
     /// A short name for logs and error messages.
@@ -104,6 +112,7 @@ impl<'a> ReturnMsg<'a> {
             ReturnMsg::Result { .. } => "Result",
             ReturnMsg::Bye => "Bye",
             ReturnMsg::Abort { .. } => "Abort",
+            ReturnMsg::Skip { .. } => "Skip",
         }
     }
 
@@ -160,6 +169,16 @@ impl<'a> ReturnMsg<'a> {
             ReturnMsg::Bye => out.push(T_BYE),
             ReturnMsg::Abort { reason } => {
                 out.push(T_ABORT);
+                put_str16(&mut out, reason, MAX_REASON_LEN);
+            }
+            ReturnMsg::Skip {
+                stream,
+                failed,
+                reason,
+            } => {
+                out.push(T_SKIP);
+                out.push(*stream as u8);
+                out.push(u8::from(*failed));
                 put_str16(&mut out, reason, MAX_REASON_LEN);
             }
         }
@@ -244,6 +263,17 @@ impl<'a> ReturnMsg<'a> {
                 let reason = r.str16("reason")?;
                 r.finish("Abort")?;
                 ReturnMsg::Abort { reason }
+            }
+            T_SKIP => {
+                let stream = Stream::from_u8(r.u8("stream")?)?;
+                let failed = r.flag("failed")?;
+                let reason = r.str16("reason")?;
+                r.finish("Skip")?;
+                ReturnMsg::Skip {
+                    stream,
+                    failed,
+                    reason,
+                }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
