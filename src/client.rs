@@ -243,7 +243,11 @@ impl Session<'_> {
                     path: path.clone(),
                     source,
                 })?;
-                send_stream(chan, Stream::Csv, file, &converted.csv.digest, self.cfg)?;
+                let digest = converted
+                    .csv
+                    .digest
+                    .ok_or_else(|| Error::Csv("no digest was computed".into()))?;
+                send_stream(chan, Stream::Csv, file, &digest, self.cfg)?;
                 info!(csv = %path.display(), rows = converted.csv.rows, "CSV returned; server verified it");
                 Ok(CsvOutcome::Returned {
                     path,
@@ -453,7 +457,14 @@ fn make_csv(cfg: &ClientConfig) -> Result<Option<(PathBuf, Converted)>> {
             });
         }
     }
-    let converted = stl::convert(&cfg.out, path, CsvOptions::default())?;
+    let converted = stl::convert(
+        &cfg.out,
+        path,
+        CsvOptions {
+            digest: true,
+            ..CsvOptions::default()
+        },
+    )?;
     for w in &converted.read.warnings {
         warn!("{}: {w}", cfg.out.display());
     }

@@ -97,6 +97,7 @@ fn run_stl2csv(args: &Stl2csvArgs) -> Result<i32, Error> {
     let opts = CsvOptions {
         unique: args.unique,
         header: args.header,
+        digest: false,
     };
     let summary = match &args.output {
         Some(out) => stl::convert(&args.input, out, opts)?.read,

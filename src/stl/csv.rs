@@ -13,14 +13,29 @@ use std::io::{self, Write};
 
 use crate::integrity::{Digest, Hasher};
 
-/// Appends `v` formatted as C's `%.4f` would.
-pub fn push_fixed4(out: &mut Vec<u8>, v: f32) {
+/// Longest output of [`write_fixed4`]: `-` and 39 integer digits of `f32::MAX`, `.`, 4 digits.
+pub const MAX_FIXED4: usize = 48;
+
+/// Pairs of decimal digits "00".."99", so each division step yields two digits.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+fn pair(n: usize) -> [u8; 2] {
+    [PAIRS[2 * n], PAIRS[2 * n + 1]]
+}
+
+/// Writes `v` as C's `%.4f` would at the start of `dst` (at least [`MAX_FIXED4`] bytes) and
+/// returns the number of bytes written.
+pub fn write_fixed4(dst: &mut [u8], v: f32) -> usize {
+    let dst = &mut dst[..MAX_FIXED4];
     let bits = v.to_bits();
     let exp = ((bits >> 23) & 0xff) as i32;
     let frac = u64::from(bits & 0x7f_ffff);
     if exp == 0xff {
-        push_slow(out, v);
-        return;
+        return write_slow(dst, v);
     }
     // Subnormals have no implicit leading bit and the minimum exponent.
     let (m, e) = if exp == 0 {
@@ -31,8 +46,7 @@ pub fn push_fixed4(out: &mut Vec<u8>, v: f32) {
     let scaled = m * 10_000; // < 2^38
     let q = if e >= 0 {
         if e > 25 {
-            push_slow(out, v);
-            return;
+            return write_slow(dst, v);
         }
         scaled << e
     } else {
@@ -50,37 +64,59 @@ pub fn push_fixed4(out: &mut Vec<u8>, v: f32) {
             }
         }
     };
+    let mut pos = 0;
     if bits >> 31 == 1 {
-        out.push(b'-');
+        dst[0] = b'-';
+        pos = 1;
     }
-    push_u64(out, q / 10_000);
-    let f = (q % 10_000) as u16;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (f / 1000) as u8,
-        b'0' + (f / 100 % 10) as u8,
-        b'0' + (f / 10 % 10) as u8,
-        b'0' + (f % 10) as u8,
-    ]);
-}
-
-fn push_slow(out: &mut Vec<u8>, v: f32) {
-    // std's fixed-precision formatting is exact (it falls back to big-integer arithmetic).
-    let _ = write!(out, "{v:.4}");
-}
-
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    let mut int = q / 10_000;
+    let f = (q % 10_000) as usize;
+    // Mesh coordinates are mostly below 10^4: compare first, divide only for the rare rest.
+    let digits = match int {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => {
+            let mut d = 5;
+            let mut t = int / 100_000;
+            while t > 0 {
+                t /= 10;
+                d += 1;
+            }
+            d
         }
+    };
+    let mut end = pos + digits;
+    while int >= 100 {
+        dst[end - 2..end].copy_from_slice(&pair((int % 100) as usize));
+        int /= 100;
+        end -= 2;
     }
-    out.extend_from_slice(&digits[i..]);
+    if int >= 10 {
+        dst[end - 2..end].copy_from_slice(&pair(int as usize));
+    } else {
+        dst[end - 1] = b'0' + int as u8;
+    }
+    let at = pos + digits;
+    dst[at] = b'.';
+    dst[at + 1..at + 3].copy_from_slice(&pair(f / 100));
+    dst[at + 3..at + 5].copy_from_slice(&pair(f % 100));
+    at + 5
+}
+
+/// Appends `v` formatted as C's `%.4f` would.
+pub fn push_fixed4(out: &mut Vec<u8>, v: f32) {
+    let mut tmp = [0u8; MAX_FIXED4];
+    let n = write_fixed4(&mut tmp, v);
+    out.extend_from_slice(&tmp[..n]);
+}
+
+fn write_slow(dst: &mut [u8], v: f32) -> usize {
+    // std's fixed-precision formatting is exact (it falls back to big-integer arithmetic).
+    let mut cur = std::io::Cursor::new(dst);
+    let _ = write!(cur, "{v:.4}");
+    cur.position() as usize
 }
 
 /// What the CSV writer produced.
@@ -88,36 +124,48 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 pub struct CsvSummary {
     /// Vertex lines written (header excluded).
     pub rows: u64,
-    /// Digest of every byte written.
-    pub digest: Digest,
+    /// Digest of every byte written, when asked for.
+    pub digest: Option<Digest>,
 }
 
-/// Writes vertex lines through a buffer, hashing what it writes.
+/// Writes vertex lines through a block buffer.
 pub struct CsvWriter<W: Write> {
     inner: W,
-    buf: Vec<u8>,
+    buf: Box<[u8]>,
+    pos: usize,
     seen: Option<HashSet<[u32; 3]>>,
     rows: u64,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
 }
 
 const FLUSH_AT: usize = 64 * 1024;
+/// One line at most: three numbers, two commas, a newline.
+const MAX_LINE: usize = 3 * MAX_FIXED4 + 3;
 
 impl<W: Write> CsvWriter<W> {
     /// A writer; `unique` keeps only the first occurrence of each distinct vertex (compared by
     /// exact value, so `0.0` and `-0.0` count as one), `header` starts with an `x,y,z` line.
     pub fn new(inner: W, unique: bool, header: bool) -> Self {
-        let mut buf = Vec::with_capacity(FLUSH_AT + 128);
+        let mut buf = vec![0u8; FLUSH_AT + MAX_LINE].into_boxed_slice();
+        let mut pos = 0;
         if header {
-            buf.extend_from_slice(b"x,y,z\n");
+            buf[..6].copy_from_slice(b"x,y,z\n");
+            pos = 6;
         }
         CsvWriter {
             inner,
             buf,
+            pos,
             seen: unique.then(HashSet::new),
             rows: 0,
-            hasher: Hasher::new(),
+            hasher: None,
         }
+    }
+
+    /// Also computes the digest of everything written (to send the CSV on without reading it again).
+    pub fn with_digest(mut self) -> Self {
+        self.hasher = Some(Hasher::new());
+        self
     }
 
     /// Writes one vertex line (or nothing, for a repeat in unique mode).
@@ -129,23 +177,30 @@ impl<W: Write> CsvWriter<W> {
                 return Ok(());
             }
         }
-        push_fixed4(&mut self.buf, v[0]);
-        self.buf.push(b',');
-        push_fixed4(&mut self.buf, v[1]);
-        self.buf.push(b',');
-        push_fixed4(&mut self.buf, v[2]);
-        self.buf.push(b'\n');
+        let line = &mut self.buf[self.pos..self.pos + MAX_LINE];
+        let mut n = write_fixed4(line, v[0]);
+        line[n] = b',';
+        n += 1;
+        n += write_fixed4(&mut line[n..], v[1]);
+        line[n] = b',';
+        n += 1;
+        n += write_fixed4(&mut line[n..], v[2]);
+        line[n] = b'\n';
+        self.pos += n + 1;
         self.rows += 1;
-        if self.buf.len() >= FLUSH_AT {
+        if self.pos >= FLUSH_AT {
             self.flush_buf()?;
         }
         Ok(())
     }
 
     fn flush_buf(&mut self) -> io::Result<()> {
-        self.hasher.update(&self.buf);
-        self.inner.write_all(&self.buf)?;
-        self.buf.clear();
+        let data = &self.buf[..self.pos];
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
+        self.inner.write_all(data)?;
+        self.pos = 0;
         Ok(())
     }
 
@@ -153,11 +208,12 @@ impl<W: Write> CsvWriter<W> {
     pub fn finish(mut self) -> io::Result<(W, CsvSummary)> {
         self.flush_buf()?;
         self.inner.flush()?;
+        let digest = self.hasher.as_ref().map(Hasher::finish);
         Ok((
             self.inner,
             CsvSummary {
                 rows: self.rows,
-                digest: self.hasher.finish(),
+                digest,
             },
         ))
     }
@@ -221,7 +277,7 @@ mod tests {
 
     #[test]
     fn writer_dedups_and_hashes() {
-        let mut w = CsvWriter::new(Vec::new(), true, true);
+        let mut w = CsvWriter::new(Vec::new(), true, true).with_digest();
         for v in [
             [1.0, 2.0, 3.0],
             [1.0, 2.0, 3.0],
@@ -236,7 +292,8 @@ mod tests {
             "x,y,z\n1.0000,2.0000,3.0000\n0.0000,0.0000,0.0000\n"
         );
         assert_eq!(sum.rows, 2);
-        assert_eq!(sum.digest.size, out.len() as u64);
-        assert_eq!(sum.digest.blake3, *blake3::hash(&out).as_bytes());
+        let digest = sum.digest.unwrap();
+        assert_eq!(digest.size, out.len() as u64);
+        assert_eq!(digest.blake3, *blake3::hash(&out).as_bytes());
     }
 }

@@ -152,6 +152,8 @@ pub struct CsvOptions {
     pub unique: bool,
     /// An `x,y,z` first line.
     pub header: bool,
+    /// Compute the CSV's digest while writing it (to send it on without reading it again).
+    pub digest: bool,
 }
 
 /// What [`convert`] did.
@@ -223,6 +225,9 @@ pub fn convert_to<W: io::Write>(
         source,
     })?;
     let mut writer = csv::CsvWriter::new(out, opts.unique, opts.header);
+    if opts.digest {
+        writer = writer.with_digest();
+    }
     let mut write_failure = None;
     let res = read(io::BufReader::with_capacity(1 << 16, file), |facet| {
         facet
