@@ -262,3 +262,55 @@ fn client_refuses_to_overwrite_through_a_missing_directory() {
     assert_eq!(s.code(), Some(3), "{s:?}");
     assert!(s.stdout.contains("refused"), "A learns why: {s:?}");
 }
+
+/// A 1 MiB tmpfs, unmounted on drop; `None` where mounting is not allowed.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(at: std::path::PathBuf) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=1m",
+                "tmpfs",
+                at.to_str().unwrap(),
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("disk_full: cannot mount a tmpfs here (needs root); not run");
+        }
+        ok.then_some(SmallDisk(at))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_is_refused_with_a_reason() {
+    let (a, b) = (tempdir(), tempdir());
+    let Some(disk) = SmallDisk::new(b.path().join("small")) else {
+        return;
+    };
+    let big = a.path().join("big.bin");
+    write_random(&big, 3_000_000, 5);
+    let srv = Server::start(a.path(), &big, &["--once"]);
+    let target = disk.0.join("big.bin");
+    let out = client(b.path(), &srv.client_args(target.to_str().unwrap()));
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("not enough space"), "{out:?}");
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(3), "{s:?}");
+    assert!(
+        s.stdout.contains("the peer refused: not enough space"),
+        "A is told why: {s:?}"
+    );
+    assert!(files_in(&disk.0).is_empty());
+}

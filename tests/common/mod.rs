@@ -47,14 +47,19 @@ fn pump(r: impl Read + Send + 'static) -> Receiver<String> {
 
 impl Proc {
     pub fn spawn(dir: &Path, args: &[&str]) -> Proc {
-        let mut child = Command::new(bin())
+        Proc::spawn_program(bin(), dir, args)
+    }
+
+    /// Starts another program (e.g. `ip netns exec ... machinaftp`) the same way.
+    pub fn spawn_program(program: &str, dir: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
             .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start machinaftp");
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
         let stdout = pump(child.stdout.take().unwrap());
         let stderr = pump(child.stderr.take().unwrap());
         Proc {
