@@ -204,6 +204,16 @@ impl<W: Write> CsvWriter<W> {
         Ok(())
     }
 
+    /// Flushes what is buffered and hands over the output so far, leaving an empty one in its place
+    /// (the parallel formatter's workers reuse one writer for many batches).
+    pub fn take_inner(&mut self) -> io::Result<W>
+    where
+        W: Default,
+    {
+        self.flush_buf()?;
+        Ok(std::mem::take(&mut self.inner))
+    }
+
     /// Flushes everything and returns the writer with what was written.
     pub fn finish(mut self) -> io::Result<(W, CsvSummary)> {
         self.flush_buf()?;

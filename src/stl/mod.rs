@@ -12,6 +12,7 @@
 pub mod ascii;
 pub mod binary;
 pub mod csv;
+mod pipeline;
 pub mod sample;
 
 use std::fs::File;
@@ -224,39 +225,44 @@ pub fn convert_to<W: io::Write>(
         path: input.to_path_buf(),
         source,
     })?;
+    let reader = io::BufReader::with_capacity(1 << 16, file);
+    let result = if opts.unique {
+        // Deduplication depends on order, so it stays on one thread.
+        sequential(reader, out, opts)
+    } else {
+        pipeline::convert(reader, out, opts.header, opts.digest)
+    };
+    result.map_err(|(e, write_failed)| match e {
+        // An I/O error while writing is the output's fault, not the input's.
+        StlError::Io(source) if write_failed => ConvertError::Write {
+            path: out_name.to_path_buf(),
+            source,
+        },
+        source => ConvertError::Stl {
+            path: input.to_path_buf(),
+            source,
+        },
+    })
+}
+
+fn sequential<R: Read + Seek, W: io::Write>(
+    r: R,
+    out: W,
+    opts: CsvOptions,
+) -> Result<(ReadSummary, csv::CsvSummary), (StlError, bool)> {
     let mut writer = csv::CsvWriter::new(out, opts.unique, opts.header);
     if opts.digest {
         writer = writer.with_digest();
     }
-    let mut write_failure = None;
-    let res = read(io::BufReader::with_capacity(1 << 16, file), |facet| {
+    let mut write_failed = false;
+    let summary = read(r, |facet| {
         facet
             .iter()
             .try_for_each(|v| writer.vertex(v))
-            .inspect_err(|e| {
-                write_failure = Some(e.kind());
-            })
-    });
-    let summary = match res {
-        Ok(s) => s,
-        // An I/O error raised by our own callback is a write failure, not a bad input.
-        Err(StlError::Io(e)) if write_failure.is_some() => {
-            return Err(ConvertError::Write {
-                path: out_name.to_path_buf(),
-                source: e,
-            });
-        }
-        Err(source) => {
-            return Err(ConvertError::Stl {
-                path: input.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let (_, csv) = writer.finish().map_err(|source| ConvertError::Write {
-        path: out_name.to_path_buf(),
-        source,
-    })?;
+            .inspect_err(|_| write_failed = true)
+    })
+    .map_err(|e| (e, write_failed))?;
+    let (_, csv) = writer.finish().map_err(|e| (StlError::Io(e), true))?;
     Ok((summary, csv))
 }
 
