@@ -111,3 +111,22 @@ fn not_stl_and_missing_input() {
     assert_eq!(run.code(), Some(2), "{run:?}");
     assert!(run.stderr.contains("nope.stl"), "{run:?}");
 }
+
+#[test]
+fn full_output_is_a_write_error_not_a_bad_input() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["stl2csv", shared("cad_mesh.stl").to_str().unwrap()])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("cannot write standard output") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+}
