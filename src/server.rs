@@ -23,6 +23,7 @@ use crate::protocol::data::{DataMsg, ErrorCode, VERSION};
 use crate::protocol::hex;
 use crate::protocol::ret::{ReturnMsg, Stream};
 use crate::shutdown::{Shutdown, TICK};
+use crate::stl::{self, CsvOptions};
 use crate::transport::tcp::Conn;
 use crate::transport::zmq::{CREDIT_WINDOW, Hub, HubWiring, SessionLink, endpoint};
 use crate::units;
@@ -365,17 +366,31 @@ impl<'a> Session<'a> {
         };
         self.conn.finish();
         let started = Instant::now();
-        if let Err(e) = self.return_leg(&link, &sent) {
-            if !matches!(e, Error::Refused { .. }) {
-                let _ = link.send(&ReturnMsg::Abort {
-                    reason: e.to_string(),
-                });
+        let file = self.cfg.file.clone();
+        let span = tracing::Span::current();
+        let legs = std::thread::scope(|scope| {
+            // While the file comes back, derive the CSV B should return from our own original,
+            // so the CSV is checked against what A knows, not only against what B claims.
+            let expected = scope.spawn(move || span.in_scope(|| expected_csv(&file)));
+            let returned = self.return_leg(&link, &sent).map(|_| started.elapsed());
+            let expected = expected
+                .join()
+                .unwrap_or_else(|_| ExpectedCsv::Unknown("the converter crashed".into()));
+            returned.map(|t| (t, expected))
+        });
+        let (return_time, expected) = match legs {
+            Ok(v) => v,
+            Err(e) => {
+                if !matches!(e, Error::Refused { .. }) {
+                    let _ = link.send(&ReturnMsg::Abort {
+                        reason: e.to_string(),
+                    });
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let return_time = started.elapsed();
+        };
         println!("Done! - RX");
-        let csv = match self.csv_leg(&link) {
+        let csv = match self.csv_leg(&link, expected) {
             Ok(c) => c,
             Err(e) => {
                 let _ = link.send(&ReturnMsg::Abort {
@@ -697,7 +712,7 @@ impl<'a> Session<'a> {
     }
 
     /// The vertex CSV comes back (or word of why it does not): it must arrive as B wrote it.
-    fn csv_leg(&mut self, link: &SessionLink) -> Result<CsvResult> {
+    fn csv_leg(&mut self, link: &SessionLink, expected: ExpectedCsv) -> Result<CsvResult> {
         let stage = self.stage("return leg (CSV)");
         let offer = self.next_frame(link, &stage, "waiting for the CSV")?;
         let size = match self.decode(&stage, &offer)? {
@@ -732,8 +747,19 @@ impl<'a> Session<'a> {
         };
         let (got, claimed, staged) =
             self.receive_stream(link, Stream::Csv, size, &self.cfg.csv_output, &stage)?;
-        if let Some(diff) = got.mismatch(&claimed) {
-            let detail = format!("the CSV was damaged in transit: {diff}");
+        let problem = match (&expected, got.mismatch(&claimed)) {
+            (_, Some(diff)) => Some(format!("the CSV was damaged in transit: {diff}")),
+            (ExpectedCsv::Digest(own), None) => got.mismatch(own).map(|diff| {
+                format!("the CSV differs from the server's own conversion of the original: {diff}")
+            }),
+            (ExpectedCsv::NotStl, None) => {
+                Some("the client sent a CSV for a file that is not STL".into())
+            }
+            (ExpectedCsv::Unknown(why), None) => {
+                Some(format!("the server cannot check the CSV: {why}"))
+            }
+        };
+        if let Some(detail) = problem {
             let _ = link.send(&ReturnMsg::Result {
                 stream: Stream::Csv,
                 ok: false,
@@ -876,6 +902,36 @@ impl<'a> Session<'a> {
             }
         };
         Ok((hasher.finish(), claimed, staged))
+    }
+}
+
+/// What A expects of the returned CSV, derived from its own original.
+#[derive(Debug)]
+enum ExpectedCsv {
+    /// The digest of the CSV of the original.
+    Digest(Digest),
+    /// The original is not STL: no CSV should come.
+    NotStl,
+    /// The original could not be converted (or read); a CSV cannot be checked.
+    Unknown(String),
+}
+
+fn expected_csv(file: &Path) -> ExpectedCsv {
+    match stl::is_stl(file) {
+        Ok(false) => return ExpectedCsv::NotStl,
+        Err(e) => return ExpectedCsv::Unknown(format!("cannot read {}: {e}", file.display())),
+        Ok(true) => {}
+    }
+    let opts = CsvOptions {
+        digest: true,
+        ..CsvOptions::default()
+    };
+    match stl::convert_to(file, io::sink(), Path::new("(digest only)"), opts) {
+        Ok((_, csv)) => csv.digest.map_or_else(
+            || ExpectedCsv::Unknown("no digest".into()),
+            ExpectedCsv::Digest,
+        ),
+        Err(e) => ExpectedCsv::Unknown(format!("the original is not valid STL: {e}")),
     }
 }
 

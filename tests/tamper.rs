@@ -1,0 +1,243 @@
+//! A dishonest client, written against docs/PROTOCOL.md with raw sockets, must not fool A: a
+//! returned copy with a flipped byte (but the right digests claimed) and a tampered CSV (with
+//! digests that match the tampering) are both rejected, and nothing is saved.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use machinaftp::integrity::{Digest, Hasher};
+use machinaftp::protocol::data::{DataMsg, FRAME_HEADER_LEN, parse_frame_header};
+use machinaftp::protocol::ret::{MAX_CHUNK, ReturnMsg, Stream};
+use machinaftp::stl::{self, CsvOptions};
+
+fn recv_frame(s: &mut TcpStream) -> DataMsg {
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    s.read_exact(&mut head).unwrap();
+    let (ty, len) = parse_frame_header(&head).unwrap();
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).unwrap();
+    DataMsg::decode(ty, &payload).unwrap()
+}
+
+fn digest_of(bytes: &[u8]) -> Digest {
+    let mut h = Hasher::new();
+    h.update(bytes);
+    h.finish()
+}
+
+struct Fake {
+    dealer: zmq::Socket,
+    _ctx: zmq::Context,
+}
+
+impl Fake {
+    fn send(&self, m: &ReturnMsg<'_>) {
+        self.dealer.send(m.to_bytes(), 0).unwrap();
+    }
+
+    fn recv(&self) -> ReturnMsg<'static> {
+        let m = self.dealer.recv_bytes(0).unwrap();
+        // Leak: a test process sends a handful of small frames.
+        ReturnMsg::decode(Box::leak(m.into_boxed_slice())).unwrap()
+    }
+
+    /// Sends `bytes` as `stream` under A's credit, claiming `claimed`, and returns A's Result.
+    fn send_stream(&self, stream: Stream, bytes: &[u8], claimed: &Digest) -> ReturnMsg<'static> {
+        self.send(&ReturnMsg::Offer {
+            stream,
+            size: bytes.len() as u64,
+        });
+        let mut credit = 0u64;
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            let n = (bytes.len() - offset).min(MAX_CHUNK);
+            while credit < n as u64 {
+                match self.recv() {
+                    ReturnMsg::Credit { bytes, .. } => credit += bytes,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            self.send(&ReturnMsg::Data {
+                stream,
+                offset: offset as u64,
+                payload: &bytes[offset..offset + n],
+            });
+            credit -= n as u64;
+            offset += n;
+        }
+        self.send(&ReturnMsg::End {
+            stream,
+            crc32: claimed.crc32,
+            blake3: claimed.blake3,
+        });
+        loop {
+            match self.recv() {
+                ReturnMsg::Credit { .. } => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Runs one dishonest session against A and returns A's verdicts on the file and the CSV.
+fn dishonest_session(
+    tcp: &str,
+    zmq_port: &str,
+    mesh: &Path,
+    flip_file: bool,
+    flip_csv: bool,
+) -> Vec<String> {
+    let token = [0x5a; 16];
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    let mut id = vec![b'B'];
+    id.extend_from_slice(&token);
+    dealer.set_identity(&id).unwrap();
+    dealer.set_rcvtimeo(30_000).unwrap();
+    dealer.set_linger(1000).unwrap();
+    dealer
+        .connect(&format!("tcp://127.0.0.1:{zmq_port}"))
+        .unwrap();
+    let fake = Fake { dealer, _ctx: ctx };
+
+    let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(
+        &DataMsg::Hello {
+            version: 1,
+            token,
+            return_port: 0,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
+    assert!(matches!(
+        recv_frame(&mut s),
+        DataMsg::Welcome { version: 1, .. }
+    ));
+    fake.send(&ReturnMsg::Hello { version: 1, token });
+    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { version: 1 }));
+    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
+    let DataMsg::Header { size, .. } = recv_frame(&mut s) else {
+        panic!("no header")
+    };
+    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
+    let mut file = vec![0u8; size as usize];
+    s.read_exact(&mut file).unwrap();
+    assert!(matches!(recv_frame(&mut s), DataMsg::Trailer { .. }));
+    s.write_all(
+        &DataMsg::Verdict {
+            ok: true,
+            reason: String::new(),
+        }
+        .to_bytes(),
+    )
+    .unwrap();
+
+    let honest = digest_of(&file);
+    let mut verdicts = Vec::new();
+    let mut back = file.clone();
+    if flip_file {
+        back[1000] ^= 0x01;
+    }
+    // The file: the honest digests are claimed whatever was sent.
+    match fake.send_stream(Stream::File, &back, &honest) {
+        ReturnMsg::Result { ok, reason, .. } => verdicts.push(format!("file ok={ok} {reason}")),
+        other => panic!("unexpected {other:?}"),
+    }
+    if !flip_file {
+        let mut csv = Vec::new();
+        let opts = CsvOptions::default();
+        stl::convert_to(mesh, &mut csv, Path::new("memory"), opts).unwrap();
+        if flip_csv {
+            let at = csv
+                .iter()
+                .position(|b| b.is_ascii_digit() && *b != b'9')
+                .unwrap();
+            csv[at] += 1;
+        }
+        // Digests that match what is sent, so only A's own knowledge can catch the lie.
+        match fake.send_stream(Stream::Csv, &csv, &digest_of(&csv)) {
+            ReturnMsg::Result { ok, reason, .. } => verdicts.push(format!("csv ok={ok} {reason}")),
+            other => panic!("unexpected {other:?}"),
+        }
+        fake.send(&ReturnMsg::Bye);
+    }
+    verdicts
+}
+
+#[test]
+fn flipped_byte_in_the_returned_file_is_rejected() {
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    let v = dishonest_session(
+        &srv.tcp_port,
+        srv.zmq_port.as_deref().unwrap(),
+        &mesh,
+        true,
+        false,
+    );
+    assert!(
+        v[0].starts_with("file ok=false returned copy differs"),
+        "{v:?}"
+    );
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(1), "{s:?}");
+    assert!(
+        s.stderr.contains("checksum mismatch on the return leg"),
+        "{s:?}"
+    );
+    assert_eq!(files_in(a.path()), ["server.log"]);
+}
+
+#[test]
+fn tampered_csv_with_matching_digests_is_rejected() {
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    let v = dishonest_session(
+        &srv.tcp_port,
+        srv.zmq_port.as_deref().unwrap(),
+        &mesh,
+        false,
+        true,
+    );
+    assert_eq!(v[0], "file ok=true ", "{v:?}");
+    assert!(
+        v[1].starts_with("csv ok=false the CSV differs from the server's own conversion"),
+        "{v:?}"
+    );
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(5), "{s:?}");
+    assert!(a.path().join("output.stl").exists());
+    assert!(!a.path().join("output.csv").exists());
+    assert_no_partials(a.path());
+}
+
+#[test]
+fn honest_raw_client_is_accepted() {
+    // The same hand-written client without lies: the protocol document suffices for a peer.
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    let v = dishonest_session(
+        &srv.tcp_port,
+        srv.zmq_port.as_deref().unwrap(),
+        &mesh,
+        false,
+        false,
+    );
+    assert_eq!(v, ["file ok=true ", "csv ok=true "]);
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "{s:?}");
+    assert!(same_contents(
+        &shared("cad_mesh.csv"),
+        &a.path().join("output.csv")
+    ));
+}
