@@ -45,11 +45,6 @@ fn main() {
     println!("{:<28}{:>10}{:>12}{:>10}", "hasher", "ms", "MiB/s", "share");
     for (name, d) in &rows {
         let s = d.as_secs_f64();
-        println!(
-            "{name:<28}{:>10.1}{:>12.0}{:>9.0}%",
-            s * 1e3,
-            TOTAL_MIB as f64 / s,
-            100.0 * s / base
-        );
+        println!("{name:<28}{:>10.1}{:>12.0}{:>9.0}%", s * 1e3, TOTAL_MIB as f64 / s, 100.0 * s / base);
     }
 }

@@ -16,10 +16,8 @@ use crate::units::parse_size;
 /// copies identical with CRC-32 and BLAKE3.
 #[derive(Debug, Parser)]
 #[command(name = "machinaftp", version, args_conflicts_with_subcommands = true)]
-#[command(
-    after_help = "Examples:\n  machinaftp --server -f cad_mesh.stl -H 0.0.0.0 -p 8080\n  \
-machinaftp --client -f output.stl -H 192.168.1.20 -p 8080\n  machinaftp demo"
-)]
+#[command(after_help = "Examples:\n  machinaftp --server -f cad_mesh.stl -H 0.0.0.0 -p 8080\n  \
+machinaftp --client -f output.stl -H 192.168.1.20 -p 8080\n  machinaftp demo")]
 pub struct Cli {
     /// Start the server process (A): serve FILENAME to clients
     #[arg(short = 's', long, conflicts_with = "client")]
@@ -94,7 +92,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_clients: u64,
 
-    /// Server: cap the data channel's rate, in bytes per second (e.g. 500K, 10M)
+    /// Server: cap the data channel's rate, in bytes per second (K, M, G are 1024-based: 10M = 10 MiB/s)
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate_limit: Option<u64>,
 
@@ -179,19 +177,14 @@ impl Cli {
             (true, false) => "server",
             (false, true) => "client",
             _ => {
-                return Err(
-                    "choose a role: --server (-s) or --client (-c), or run `machinaftp demo`"
-                        .into(),
-                );
+                return Err("choose a role: --server (-s) or --client (-c), or run `machinaftp demo`".into());
             }
         };
         let Some(filename) = self.filename else {
             return Err(format!("--{role} needs -f/--filename"));
         };
         let log = LogConfig {
-            file: self
-                .log_file
-                .unwrap_or_else(|| PathBuf::from(format!("{role}.log"))),
+            file: self.log_file.unwrap_or_else(|| PathBuf::from(format!("{role}.log"))),
             verbose: self.verbose,
             quiet: self.quiet,
         };
@@ -202,9 +195,7 @@ impl Cli {
             }
             for (set, flag) in [(self.csv.is_some(), "--csv"), (self.no_csv, "--no-csv")] {
                 if set {
-                    return Err(format!(
-                        "{flag} is a client option; the server's is --csv-output"
-                    ));
+                    return Err(format!("{flag} is a client option; the server's is --csv-output"));
                 }
             }
             let output = self.output.unwrap_or_else(|| default_output(&filename));
@@ -237,10 +228,16 @@ impl Cli {
                 (self.csv_output.is_some(), "--csv-output"),
             ] {
                 if set {
-                    return Err(format!(
-                        "{flag} is a server option; the client writes to -f/--filename"
-                    ));
+                    let extra = match flag {
+                        "--output" => "; the client writes to -f/--filename",
+                        "--csv-output" => "; the client's is --csv",
+                        _ => "",
+                    };
+                    return Err(format!("{flag} is a server option{extra}"));
                 }
+            }
+            if self.port == 0 {
+                return Err("the client needs the server's port: -p 0 names none".into());
             }
             let zmq_port = match self.zmq_port {
                 Some(p) => p,
@@ -301,9 +298,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Invocation, String> {
         let mut full = vec!["machinaftp"];
         full.extend_from_slice(args);
-        Cli::try_parse_from(full)
-            .map_err(|e| e.to_string())?
-            .into_command()
+        Cli::try_parse_from(full).map_err(|e| e.to_string())?.into_command()
     }
 
     #[test]
@@ -319,9 +314,7 @@ mod tests {
             "--remotehost",
             "172.17.0.3",
         ]);
-        let Ok(Invocation::Server(cfg, log)) = inv else {
-            panic!("{inv:?}")
-        };
+        let Ok(Invocation::Server(cfg, log)) = inv else { panic!("{inv:?}") };
         assert_eq!(cfg.host, "172.17.0.2");
         assert_eq!(cfg.port, 8080);
         assert_eq!(cfg.remotehost.as_deref(), Some("172.17.0.3"));
@@ -334,9 +327,7 @@ mod tests {
     #[test]
     fn seed_client_invocation_and_short_flags() {
         let inv = parse(&["-c", "-f", "output.stl", "-H", "172.17.0.2", "-p", "8080"]);
-        let Ok(Invocation::Client(cfg, log)) = inv else {
-            panic!("{inv:?}")
-        };
+        let Ok(Invocation::Client(cfg, log)) = inv else { panic!("{inv:?}") };
         assert_eq!(cfg.zmq_port, 8081);
         assert_eq!(cfg.zmq_mode, ZmqMode::Auto);
         assert_eq!(cfg.csv, Some(PathBuf::from("output.csv")));
@@ -344,45 +335,28 @@ mod tests {
     }
 
     #[test]
+    fn client_needs_a_real_port() {
+        assert!(parse(&["-c", "-f", "x", "-p", "0"]).unwrap_err().contains("-p 0"));
+    }
+
+    #[test]
     fn csv_options() {
-        let Ok(Invocation::Client(cfg, _)) = parse(&["-c", "-f", "m.stl", "--no-csv"]) else {
-            panic!()
-        };
+        let Ok(Invocation::Client(cfg, _)) = parse(&["-c", "-f", "m.stl", "--no-csv"]) else { panic!() };
         assert_eq!(cfg.csv, None);
-        let Ok(Invocation::Client(cfg, _)) = parse(&["-c", "-f", "m.stl", "--csv", "v.csv"]) else {
-            panic!()
-        };
+        let Ok(Invocation::Client(cfg, _)) = parse(&["-c", "-f", "m.stl", "--csv", "v.csv"]) else { panic!() };
         assert_eq!(cfg.csv, Some(PathBuf::from("v.csv")));
         assert!(parse(&["-c", "-f", "m.stl", "--csv", "m.stl"]).is_err());
         assert!(parse(&["-c", "-f", "m.stl", "--csv", "v.csv", "--no-csv"]).is_err());
-        assert!(
-            parse(&["-s", "-f", "m.stl", "--no-csv"])
-                .unwrap_err()
-                .contains("client option")
-        );
-        assert!(
-            parse(&["-c", "-f", "m.stl", "--csv-output", "x"])
-                .unwrap_err()
-                .contains("server option")
-        );
-        assert_eq!(
-            csv_beside(Path::new("d/out.csv")),
-            PathBuf::from("d/out.csv.vertices.csv")
-        );
-        let Ok(Invocation::Server(cfg, _)) =
-            parse(&["-s", "-f", "m.stl", "--output", "r/back.stl"])
-        else {
-            panic!()
-        };
+        assert!(parse(&["-s", "-f", "m.stl", "--no-csv"]).unwrap_err().contains("client option"));
+        assert!(parse(&["-c", "-f", "m.stl", "--csv-output", "x"]).unwrap_err().contains("server option"));
+        assert_eq!(csv_beside(Path::new("d/out.csv")), PathBuf::from("d/out.csv.vertices.csv"));
+        let Ok(Invocation::Server(cfg, _)) = parse(&["-s", "-f", "m.stl", "--output", "r/back.stl"]) else { panic!() };
         assert_eq!(cfg.csv_output, PathBuf::from("r/back.csv"));
     }
 
     #[test]
     fn output_follows_extension() {
-        assert_eq!(
-            default_output(Path::new("/data/big.bin")),
-            PathBuf::from("output.bin")
-        );
+        assert_eq!(default_output(Path::new("/data/big.bin")), PathBuf::from("output.bin"));
         assert_eq!(default_output(Path::new("mesh")), PathBuf::from("output"));
     }
 
@@ -391,21 +365,9 @@ mod tests {
         assert!(parse(&["-f", "x"]).unwrap_err().contains("choose a role"));
         assert!(parse(&["-s", "-c", "-f", "x"]).is_err());
         assert!(parse(&["-s"]).unwrap_err().contains("-f"));
-        assert!(
-            parse(&["-c", "-f", "x", "--once"])
-                .unwrap_err()
-                .contains("server option")
-        );
-        assert!(
-            parse(&["-s", "-f", "x", "--zmq-mode", "bind"])
-                .unwrap_err()
-                .contains("client option")
-        );
-        assert!(
-            parse(&["-c", "-f", "x", "-p", "65535"])
-                .unwrap_err()
-                .contains("--zmq-port")
-        );
+        assert!(parse(&["-c", "-f", "x", "--once"]).unwrap_err().contains("server option"));
+        assert!(parse(&["-s", "-f", "x", "--zmq-mode", "bind"]).unwrap_err().contains("client option"));
+        assert!(parse(&["-c", "-f", "x", "-p", "65535"]).unwrap_err().contains("--zmq-port"));
         assert!(parse(&["-s", "-f", "x", "-p", "99999"]).is_err());
         assert!(parse(&["-s", "-f", "x", "--timeout", "0"]).is_err());
         assert!(parse(&["-s", "-f", "x", "--rate-limit", "0"]).is_err());
@@ -428,9 +390,7 @@ mod tests {
             "x/r.stl",
             "-vv",
         ]);
-        let Ok(Invocation::Server(cfg, log)) = inv else {
-            panic!("{inv:?}")
-        };
+        let Ok(Invocation::Server(cfg, log)) = inv else { panic!("{inv:?}") };
         assert_eq!((cfg.port, cfg.zmq_port, cfg.once), (0, Some(0), true));
         assert_eq!(cfg.rate_limit, Some(1 << 20));
         assert_eq!(cfg.output, PathBuf::from("x/r.stl"));
@@ -439,15 +399,10 @@ mod tests {
 
     #[test]
     fn stl2csv_subcommand() {
-        let Ok(Invocation::Stl2csv(a)) =
-            parse(&["stl2csv", "m.stl", "-o", "m.csv", "--unique", "--header"])
-        else {
+        let Ok(Invocation::Stl2csv(a)) = parse(&["stl2csv", "m.stl", "-o", "m.csv", "--unique", "--header"]) else {
             panic!()
         };
-        assert_eq!(
-            (a.input, a.output),
-            (PathBuf::from("m.stl"), Some(PathBuf::from("m.csv")))
-        );
+        assert_eq!((a.input, a.output), (PathBuf::from("m.stl"), Some(PathBuf::from("m.csv"))));
         assert!(a.unique && a.header);
         assert!(parse(&["stl2csv"]).is_err());
     }

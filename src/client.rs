@@ -77,18 +77,10 @@ pub fn run(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<ClientReport> {
     let span = info_span!("session", server = %format!("{}:{}", cfg.host, cfg.port));
     let _enter = span.enter();
     let mut token: Token = [0; 16];
-    getrandom::fill(&mut token)
-        .map_err(|e| Error::ReturnSetup(format!("no randomness for a session token: {e}")))?;
+    getrandom::fill(&mut token).map_err(|e| Error::ReturnSetup(format!("no randomness for a session token: {e}")))?;
     let ctx = zmq::Context::new();
-    let mut chan = ReturnChannel::open(
-        &ctx,
-        &token,
-        cfg.zmq_mode,
-        &cfg.host,
-        cfg.zmq_port,
-        cfg.timeout,
-        shutdown.clone(),
-    )?;
+    let mut chan =
+        ReturnChannel::open(&ctx, &token, cfg.zmq_mode, &cfg.host, cfg.zmq_port, cfg.timeout, shutdown.clone())?;
     info!(session = %hex(&token[..4]), wiring = %chan.describe(), "return channel opened");
     let conn = connect(cfg, shutdown)?;
     let mut s = Session { conn, cfg };
@@ -101,24 +93,15 @@ pub fn run(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<ClientReport> {
 
 fn connect(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<Conn> {
     let addr = format!("{}:{}", cfg.host, cfg.port);
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|source| Error::Connect {
-            addr: addr.clone(),
-            source,
-        })?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        addr.to_socket_addrs().map_err(|source| Error::Connect { addr: addr.clone(), source })?.collect();
     let mut last = None;
     for a in &addrs {
         match TcpStream::connect_timeout(a, cfg.timeout) {
             Ok(stream) => {
                 info!(server = %a, "connected to the data channel");
-                return Conn::new(stream, cfg.timeout, shutdown.clone()).map_err(|source| {
-                    Error::Connect {
-                        addr: addr.clone(),
-                        source,
-                    }
-                });
+                return Conn::new(stream, cfg.timeout, shutdown.clone())
+                    .map_err(|source| Error::Connect { addr: addr.clone(), source });
             }
             Err(e) => last = Some(e),
         }
@@ -126,10 +109,9 @@ fn connect(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<Conn> {
     match last {
         Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => Err(Error::NoServer { addr }),
         Some(source) => Err(Error::Connect { addr, source }),
-        None => Err(Error::Connect {
-            addr,
-            source: io::Error::new(io::ErrorKind::NotFound, "name resolved to no address"),
-        }),
+        None => {
+            Err(Error::Connect { addr, source: io::Error::new(io::ErrorKind::NotFound, "name resolved to no address") })
+        }
     }
 }
 
@@ -145,46 +127,26 @@ impl Session<'_> {
 
     fn recv(&mut self, stage: &str) -> Result<DataMsg> {
         match self.conn.recv() {
-            Ok(DataMsg::Error { reason, .. }) => Err(Error::Refused {
-                stage: self.stage(stage),
-                reason,
-            }),
+            Ok(DataMsg::Error { reason, .. }) => Err(Error::Refused { stage: self.stage(stage), reason }),
             Ok(m) => Ok(m),
             Err(e) => Err(Error::transport(self.stage(stage), e)),
         }
     }
 
     fn send(&mut self, msg: &DataMsg, stage: &str) -> Result<()> {
-        self.conn
-            .send(msg)
-            .map_err(|e| Error::transport(self.stage(stage), e))
+        self.conn.send(msg).map_err(|e| Error::transport(self.stage(stage), e))
     }
 
     fn unexpected(&self, stage: &str, got: &DataMsg) -> Error {
-        Error::Protocol {
-            stage: self.stage(stage),
-            detail: format!("got {}", got.kind()),
-        }
+        Error::Protocol { stage: self.stage(stage), detail: format!("got {}", got.kind()) }
     }
 
     /// Best effort: tell A why we stop, without waiting long.
     fn tell_peer(&mut self, e: &Error) {
-        if matches!(
-            e,
-            Error::Refused { .. }
-                | Error::Mismatch { .. }
-                | Error::Transport {
-                    source: TransportError::Closed,
-                    ..
-                }
-        ) {
+        if e.peer_knows() {
             return;
         }
-        self.conn.set_idle(Duration::from_secs(1));
-        let _ = self.conn.send(&DataMsg::Error {
-            code: ErrorCode::Internal,
-            reason: format!("client: {e}"),
-        });
+        self.conn.send_final(&DataMsg::Error { code: e.wire_code(), reason: format!("client: {e}") });
     }
 
     fn run(&mut self, chan: &mut ReturnChannel, token: &Token) -> Result<ClientReport> {
@@ -198,13 +160,14 @@ impl Session<'_> {
         // saved file, and the two cores are used at once.
         let span = tracing::Span::current();
         let (sent, made) = std::thread::scope(|scope| {
-            let maker = scope.spawn(|| span.in_scope(|| make_csv(cfg)));
-            let sent =
-                send_stream(chan, Stream::File, file, &digest, cfg).map(|()| started.elapsed());
-            // A conversion thread cannot panic on input; if it did, report it as a failure.
-            let made = maker
-                .join()
-                .unwrap_or_else(|_| Err(Error::Csv("the CSV converter crashed".into())));
+            let (tx, rx) = std::sync::mpsc::channel();
+            scope.spawn(move || drop(tx.send(span.in_scope(|| make_csv(cfg)))));
+            let sent = send_stream(chan, Stream::File, file, &digest, cfg).map(|()| started.elapsed());
+            // Converting may take longer than the file's return: keep A from timing out meanwhile.
+            let made = match &sent {
+                Ok(_) => wait_for_csv(chan, &rx, cfg.timeout),
+                Err(_) => Ok(None),
+            };
             (sent, made)
         });
         let return_time = sent?;
@@ -212,47 +175,23 @@ impl Session<'_> {
         let csv = self.csv_leg(chan, made);
         // Bye lets A finish at once instead of waiting; if it is lost A still has its verdicts.
         let _ = chan.send(zmq::Message::from(&ReturnMsg::Bye.to_bytes()[..]));
-        Ok(ClientReport {
-            name,
-            digest,
-            data_time,
-            return_time,
-            csv: csv?,
-        })
+        Ok(ClientReport { name, digest, data_time, return_time, csv: csv? })
     }
 
     /// Sends the CSV (or says why there is none) and returns what became of it; a CSV that
     /// should exist but could not be made is an error after A has been told.
-    fn csv_leg(
-        &mut self,
-        chan: &ReturnChannel,
-        made: Result<Option<(PathBuf, Converted)>>,
-    ) -> Result<CsvOutcome> {
+    fn csv_leg(&mut self, chan: &ReturnChannel, made: Result<Option<(PathBuf, Converted)>>) -> Result<CsvOutcome> {
         let skip = |failed: bool, reason: &str| {
-            let msg = ReturnMsg::Skip {
-                stream: Stream::Csv,
-                failed,
-                reason: reason.to_owned(),
-            };
-            chan.send(zmq::Message::from(&msg.to_bytes()[..]))
-                .map_err(|e| Error::transport("return leg (CSV)", e))
+            let msg = ReturnMsg::Skip { stream: Stream::Csv, failed, reason: reason.to_owned() };
+            chan.send(zmq::Message::from(&msg.to_bytes()[..])).map_err(|e| Error::transport("return leg (CSV)", e))
         };
         match made {
             Ok(Some((path, converted))) => {
-                let file = File::open(&path).map_err(|source| Error::Output {
-                    path: path.clone(),
-                    source,
-                })?;
-                let digest = converted
-                    .csv
-                    .digest
-                    .ok_or_else(|| Error::Csv("no digest was computed".into()))?;
+                let file = File::open(&path).map_err(|source| Error::Output { path: path.clone(), source })?;
+                let digest = converted.csv.digest.ok_or_else(|| Error::Csv("no digest was computed".into()))?;
                 send_stream(chan, Stream::Csv, file, &digest, self.cfg)?;
                 info!(csv = %path.display(), rows = converted.csv.rows, "CSV returned; server verified it");
-                Ok(CsvOutcome::Returned {
-                    path,
-                    rows: converted.csv.rows,
-                })
+                Ok(CsvOutcome::Returned { path, rows: converted.csv.rows })
             }
             Ok(None) => {
                 let reason = match &self.cfg.csv {
@@ -266,56 +205,62 @@ impl Session<'_> {
             Err(e) => {
                 warn!("CSV failed: {e}");
                 skip(true, &e.to_string())?;
+                // An invalid STL is a CSV failure (exit 5); not being able to write it is a
+                // local I/O failure and keeps its own status.
                 Err(match e {
-                    Error::Interrupted => e,
-                    e => Error::Csv(e.to_string()),
+                    Error::Convert(stl::ConvertError::Stl { .. }) => Error::Csv(e.to_string()),
+                    e => e,
                 })
             }
         }
     }
 
     fn handshake(&mut self, chan: &mut ReturnChannel, token: &Token) -> Result<()> {
-        let hello = DataMsg::Hello {
-            version: VERSION,
-            token: *token,
-            return_port: chan.bound_port().unwrap_or(0),
-        };
+        let hello = DataMsg::Hello { version: VERSION, token: *token, return_port: chan.bound_port().unwrap_or(0) };
         self.send(&hello, "sending Hello")?;
-        let topology = match self.recv("waiting for the server's Welcome")? {
-            DataMsg::Welcome { version, topology } if version == VERSION => topology,
-            DataMsg::Welcome { version, .. } => {
-                return Err(Error::Refused {
+        let welcome = match self.conn.recv() {
+            Ok(m) => m,
+            // Garbage or silence-then-close in answer to Hello: whatever listens there is not
+            // a machinaftp server (a common slip: pointing -p at the server's --zmq-port).
+            Err(TransportError::Decode(e)) => {
+                return Err(Error::Protocol {
                     stage: self.stage("handshake"),
-                    reason: format!(
-                        "server speaks protocol version {version}; this client speaks {VERSION}"
-                    ),
+                    detail: format!("this is not a machinaftp server (its answer is not the protocol: {e}); check -p"),
                 });
             }
+            Err(TransportError::Closed) => {
+                return Err(Error::Protocol {
+                    stage: self.stage("handshake"),
+                    detail: "the connection was closed without an answer; is this a machinaftp server's data port \
+                             (-p, not --zmq-port)?"
+                        .into(),
+                });
+            }
+            Err(e) => return Err(Error::transport(self.stage("waiting for the server's Welcome"), e)),
+        };
+        let topology = match welcome {
+            DataMsg::Welcome { version, topology } if version == VERSION => topology,
+            DataMsg::Welcome { version, .. } => {
+                let reason = format!("server speaks protocol version {version}; this client speaks {VERSION}");
+                self.conn.send_final(&DataMsg::Error { code: ErrorCode::Version, reason: reason.clone() });
+                return Err(Error::Refused { stage: self.stage("handshake"), reason });
+            }
+            DataMsg::Error { reason, .. } => return Err(Error::Refused { stage: self.stage("handshake"), reason }),
             other => return Err(self.unexpected("waiting for Welcome", &other)),
         };
         chan.use_topology(topology, &self.cfg.host)?;
-        debug!(?topology, wiring = %chan.describe(), "return channel wired");
-        let hello = ReturnMsg::Hello {
-            version: PROTOCOL_VERSION,
-            token: *token,
-        }
-        .to_bytes();
+        debug!(%topology, wiring = %chan.describe(), "return channel wired");
+        let hello = ReturnMsg::Hello { version: PROTOCOL_VERSION, token: *token }.to_bytes();
         let setup_err = |what: &str, e: TransportError| match e {
             TransportError::Interrupted => Error::Interrupted,
             e => Error::ReturnSetup(format!("{what} ({}): {e}", chan.describe())),
         };
-        chan.send(zmq::Message::from(&hello[..]))
-            .map_err(|e| setup_err("no server took our Hello", e))?;
-        let ack = chan
-            .recv()
-            .map_err(|e| setup_err("no answer from the server", e))?;
+        chan.send(zmq::Message::from(&hello[..])).map_err(|e| setup_err("no server took our Hello", e))?;
+        let ack = chan.recv().map_err(|e| setup_err("no answer from the server", e))?;
         match ReturnMsg::decode(&ack) {
             Ok(ReturnMsg::HelloAck { .. }) => {}
             Ok(ReturnMsg::Abort { reason }) => {
-                return Err(Error::Refused {
-                    stage: self.stage("return channel handshake"),
-                    reason,
-                });
+                return Err(Error::Refused { stage: self.stage("return channel handshake"), reason });
             }
             Ok(other) => {
                 return Err(Error::Protocol {
@@ -324,10 +269,7 @@ impl Session<'_> {
                 });
             }
             Err(e) => {
-                return Err(Error::transport(
-                    self.stage("return channel handshake"),
-                    e.into(),
-                ));
+                return Err(Error::transport(self.stage("return channel handshake"), e.into()));
             }
         }
         info!(wiring = %chan.describe(), "return channel up");
@@ -353,20 +295,15 @@ impl Session<'_> {
                 units::bytes(free),
                 units::bytes(size)
             );
-            let _ = self.conn.send(&DataMsg::Refuse {
-                reason: reason.clone(),
-            });
-            return Err(Error::Output {
-                path: out,
-                source: io::Error::new(io::ErrorKind::StorageFull, reason),
-            });
+            let _ = self.conn.send(&DataMsg::Refuse { reason: reason.clone() });
+            return Err(Error::Output { path: out, source: io::Error::new(io::ErrorKind::StorageFull, reason) });
         }
         let mut staged = match StagedFile::create(&out) {
             Ok(f) => f,
             Err(source) => {
-                let _ = self.conn.send(&DataMsg::Refuse {
-                    reason: format!("client cannot create its output file: {source}"),
-                });
+                let _ = self
+                    .conn
+                    .send(&DataMsg::Refuse { reason: format!("client cannot create its output file: {source}") });
                 return Err(Error::Output { path: out, source });
             }
         };
@@ -380,64 +317,60 @@ impl Session<'_> {
             let want = (size - hasher.size()).min(buf.len() as u64) as usize;
             let n = self.conn.read_some(&mut buf[..want]).map_err(|e| {
                 Error::transport(
-                    self.stage(&format!(
-                        "receiving {name:?}: {} of {size} bytes arrived",
-                        hasher.size()
-                    )),
+                    self.stage(&format!("receiving {name:?}: {} of {size} bytes arrived", hasher.size())),
                     e,
                 )
             })?;
             hasher.update(&buf[..n]);
-            staged
-                .file()
-                .write_all(&buf[..n])
-                .map_err(out_err(temp.clone()))?;
+            staged.file().write_all(&buf[..n]).map_err(out_err(temp.clone()))?;
         }
         let data_time = started.elapsed();
         let expected = match self.recv("waiting for the trailer")? {
-            DataMsg::Trailer { crc32, blake3 } => Digest {
-                size,
-                crc32,
-                blake3,
-            },
+            DataMsg::Trailer { crc32, blake3 } => Digest { size, crc32, blake3 },
             other => return Err(self.unexpected("waiting for Trailer", &other)),
         };
         let got = hasher.finish();
         info!(
-            bytes = size, crc32 = got.crc32, blake3 = %got.blake3_hex(), duration = %units::millis(data_time),
+            bytes = size, crc32 = got.crc32, blake3 = %got.blake3_hex(), duration = %units::duration(data_time),
             rate = %units::rate(size, data_time), "data leg received"
         );
         if let Some(diff) = got.mismatch(&expected) {
             let detail = format!("received file differs from what the server sent: {diff}");
-            let _ = self.conn.send(&DataMsg::Verdict {
-                ok: false,
-                reason: detail.clone(),
-            });
-            return Err(Error::Mismatch {
-                leg: Leg::Data,
-                detail,
-            });
+            let _ = self.conn.send(&DataMsg::Verdict { ok: false, reason: detail.clone() });
+            return Err(Error::Mismatch { leg: Leg::Data, detail });
         }
         let committed = staged.file().flush().and_then(|()| staged.commit());
         let file = match committed {
             Ok(f) => f,
             Err(source) => {
-                let _ = self.conn.send(&DataMsg::Verdict {
-                    ok: false,
-                    reason: format!("client cannot save the file: {source}"),
-                });
+                let _ = self
+                    .conn
+                    .send(&DataMsg::Verdict { ok: false, reason: format!("client cannot save the file: {source}") });
                 return Err(Error::Output { path: out, source });
             }
         };
-        self.send(
-            &DataMsg::Verdict {
-                ok: true,
-                reason: String::new(),
-            },
-            "sending the verdict",
-        )?;
+        self.send(&DataMsg::Verdict { ok: true, reason: String::new() }, "sending the verdict")?;
         info!(output = %out.display(), "data leg verified and saved");
         Ok((name, got, data_time, file))
+    }
+}
+
+/// Waits for the CSV converter, sending keep-alives to A while it works.
+fn wait_for_csv(
+    chan: &ReturnChannel,
+    rx: &std::sync::mpsc::Receiver<Result<Option<(PathBuf, Converted)>>>,
+    timeout: Duration,
+) -> Result<Option<(PathBuf, Converted)>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let keepalive = zmq::Message::from(&ReturnMsg::KeepAlive.to_bytes()[..]);
+    loop {
+        match rx.recv_timeout(crate::server::keepalive_every(timeout)) {
+            Ok(made) => return made,
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::Csv("the CSV converter crashed".into())),
+            Err(RecvTimeoutError::Timeout) => {
+                chan.send(zmq::Message::from(&keepalive[..])).map_err(|e| Error::transport("return leg (CSV)", e))?;
+            }
+        }
     }
 }
 
@@ -451,20 +384,10 @@ fn make_csv(cfg: &ClientConfig) -> Result<Option<(PathBuf, Converted)>> {
         Ok(true) => {}
         Ok(false) => return Ok(None),
         Err(source) => {
-            return Err(Error::Output {
-                path: cfg.out.clone(),
-                source,
-            });
+            return Err(Error::Output { path: cfg.out.clone(), source });
         }
     }
-    let converted = stl::convert(
-        &cfg.out,
-        path,
-        CsvOptions {
-            digest: true,
-            ..CsvOptions::default()
-        },
-    )?;
+    let converted = stl::convert(&cfg.out, path, CsvOptions { digest: true, ..CsvOptions::default() })?;
     for w in &converted.read.warnings {
         warn!("{}: {w}", cfg.out.display());
     }
@@ -487,13 +410,9 @@ fn send_stream(
     };
     let t = |e| Error::transport(stage, e);
     let size = digest.size;
-    file.rewind().map_err(|source| Error::Output {
-        path: cfg.out.clone(),
-        source,
-    })?;
+    file.rewind().map_err(|source| Error::Output { path: cfg.out.clone(), source })?;
     let msg = |m: ReturnMsg<'_>| zmq::Message::from(&m.to_bytes()[..]);
-    chan.send(msg(ReturnMsg::Offer { stream, size }))
-        .map_err(t)?;
+    chan.send(msg(ReturnMsg::Offer { stream, size })).map_err(t)?;
     let started = Instant::now();
     let mut credit: u64 = 0;
     let mut offset: u64 = 0;
@@ -506,24 +425,14 @@ fn send_stream(
         }
         if let Some(frame) = next {
             match ReturnMsg::decode(&frame).map_err(|e| t(e.into()))? {
-                ReturnMsg::Credit { stream: s, bytes } if s == stream => {
-                    credit = credit.saturating_add(bytes)
-                }
-                ReturnMsg::Result {
-                    ok: false, reason, ..
-                }
-                | ReturnMsg::Abort { reason } => {
-                    return Err(Error::Refused {
-                        stage: stage.into(),
-                        reason,
-                    });
+                ReturnMsg::Credit { stream: s, bytes } if s == stream => credit = credit.saturating_add(bytes),
+                ReturnMsg::KeepAlive => {}
+                ReturnMsg::Result { ok: false, reason, .. } | ReturnMsg::Abort { reason } => {
+                    return Err(Error::Refused { stage: stage.into(), reason });
                 }
                 other => {
                     let detail = format!("unexpected {} while sending", other.kind());
-                    return Err(Error::Protocol {
-                        stage: stage.into(),
-                        detail,
-                    });
+                    return Err(Error::Protocol { stage: stage.into(), detail });
                 }
             }
             continue;
@@ -532,57 +441,33 @@ fn send_stream(
         let n = need as usize;
         let mut m = zmq::Message::with_size(DATA_HEADER_LEN + n);
         m[..DATA_HEADER_LEN].copy_from_slice(&data_header(stream, offset));
-        file.read_exact(&mut m[DATA_HEADER_LEN..])
-            .map_err(|source| Error::Output {
-                path: cfg.out.clone(),
-                source,
-            })?;
+        file.read_exact(&mut m[DATA_HEADER_LEN..]).map_err(|source| Error::Output { path: cfg.out.clone(), source })?;
         chan.send(m).map_err(t)?;
         credit -= need;
         offset += need;
     }
-    chan.send(msg(ReturnMsg::End {
-        stream,
-        crc32: digest.crc32,
-        blake3: digest.blake3,
-    }))
-    .map_err(t)?;
+    chan.send(msg(ReturnMsg::End { stream, crc32: digest.crc32, blake3: digest.blake3 })).map_err(t)?;
     loop {
         let frame = chan.recv().map_err(t)?;
         match ReturnMsg::decode(&frame).map_err(|e| t(e.into()))? {
-            ReturnMsg::Credit { .. } => {}
-            ReturnMsg::Result {
-                stream: s,
-                ok: true,
-                ..
-            } if s == stream => break,
-            ReturnMsg::Result {
-                ok: false, reason, ..
-            } => {
+            ReturnMsg::Credit { .. } | ReturnMsg::KeepAlive => {}
+            ReturnMsg::Result { stream: s, ok: true, .. } if s == stream => break,
+            ReturnMsg::Result { ok: false, reason, .. } => {
                 return Err(match stream {
-                    Stream::File => Error::Mismatch {
-                        leg: Leg::Return,
-                        detail: reason,
-                    },
+                    Stream::File => Error::Mismatch { leg: Leg::Return, detail: reason },
                     Stream::Csv => Error::Csv(format!("the server rejected it: {reason}")),
                 });
             }
             ReturnMsg::Abort { reason } => {
-                return Err(Error::Refused {
-                    stage: stage.into(),
-                    reason,
-                });
+                return Err(Error::Refused { stage: stage.into(), reason });
             }
             other => {
                 let detail = format!("expected Result, got {}", other.kind());
-                return Err(Error::Protocol {
-                    stage: stage.into(),
-                    detail,
-                });
+                return Err(Error::Protocol { stage: stage.into(), detail });
             }
         }
     }
     let elapsed = started.elapsed();
-    info!(stream = stream.name(), bytes = size, duration = %units::millis(elapsed), rate = %units::rate(size, elapsed), "sent back; server verified it");
+    info!(stream = stream.name(), bytes = size, duration = %units::duration(elapsed), rate = %units::rate(size, elapsed), "sent back; server verified it");
     Ok(())
 }

@@ -25,10 +25,7 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(out_err(d))?;
             if std::fs::read_dir(d).map_err(out_err(d))?.next().is_some() {
-                return Err(Error::Usage(format!(
-                    "{} is not empty; give an empty or new --dir",
-                    d.display()
-                )));
+                return Err(Error::Usage(format!("{} is not empty; give an empty or new --dir", d.display())));
             }
             d.clone()
         }
@@ -51,19 +48,9 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         sample::facet_count(),
         sample::file_size()
     );
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
 
-    let server_args = [
-        "--server",
-        "-f",
-        "sample.stl",
-        "-H",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--once",
-    ];
+    let server_args = ["--server", "-f", "sample.stl", "-H", "127.0.0.1", "-p", "0", "--once"];
     println!("\n[A] $ machinaftp {}   (in a/)", server_args.join(" "));
     let mut server = spawn(&exe, &server_args, &a)?;
     let (lines, stdout_thread) = forward_lines(&mut server);
@@ -73,44 +60,24 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
             let _ = server.kill();
             let status = server.wait().ok();
             print_stderr("A", &mut server);
-            return Err(Error::Usage(format!(
-                "the server did not become ready ({status:?})"
-            )));
+            return Err(Error::Usage(format!("the server did not become ready ({status:?})")));
         }
     };
     println!("[A] {ready}");
-    let (tcp, zmq) = parse_ready(&ready)
-        .ok_or_else(|| Error::Usage(format!("unexpected ready line: {ready}")))?;
+    let (tcp, zmq) = parse_ready(&ready).ok_or_else(|| Error::Usage(format!("unexpected ready line: {ready}")))?;
 
-    let client_args = [
-        "--client",
-        "-f",
-        "output.stl",
-        "-H",
-        "127.0.0.1",
-        "-p",
-        &tcp,
-        "--zmq-port",
-        &zmq,
-    ];
+    let client_args = ["--client", "-f", "output.stl", "-H", "127.0.0.1", "-p", &tcp, "--zmq-port", &zmq];
     println!("[B] $ machinaftp {}   (in b/)", client_args.join(" "));
     let client = spawn(&exe, &client_args, &b)?;
-    let client_out = client
-        .wait_with_output()
-        .map_err(|e| Error::Usage(format!("cannot wait for the client: {e}")))?;
-    for line in String::from_utf8_lossy(&client_out.stderr)
-        .lines()
-        .chain(String::from_utf8_lossy(&client_out.stdout).lines())
+    let client_out = client.wait_with_output().map_err(|e| Error::Usage(format!("cannot wait for the client: {e}")))?;
+    for line in
+        String::from_utf8_lossy(&client_out.stderr).lines().chain(String::from_utf8_lossy(&client_out.stdout).lines())
     {
         println!("[B] {line}");
     }
-    let server_status = server
-        .wait()
-        .map_err(|e| Error::Usage(format!("cannot wait for the server: {e}")))?;
+    let server_status = server.wait().map_err(|e| Error::Usage(format!("cannot wait for the server: {e}")))?;
     drop(lines);
-    let _ = stdout_thread
-        .join()
-        .map(|rest| rest.iter().for_each(|l| println!("[A] {l}")));
+    let _ = stdout_thread.join().map(|rest| rest.iter().for_each(|l| println!("[A] {l}")));
     print_stderr("A", &mut server);
 
     println!("\nFiles:");
@@ -127,6 +94,7 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         }
     }
     println!("  logs: a/server.log, b/client.log");
+    println!("  (the directory is kept so you can look; remove it when done: rm -r {})", dir.display());
     let same = |p: &Path| digest(p).ok().map(|x| x.1);
     let original = same(&a.join("sample.stl"));
     let verified = server_status.success()
@@ -137,9 +105,7 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         && same(&b.join("output.csv")).is_some()
         && same(&b.join("output.csv")) == same(&a.join("output.csv"));
     if verified {
-        let rows = std::fs::read(b.join("output.csv"))
-            .map(|c| c.iter().filter(|&&x| x == b'\n').count())
-            .unwrap_or(0);
+        let rows = std::fs::read(b.join("output.csv")).map(|c| c.iter().filter(|&&x| x == b'\n').count()).unwrap_or(0);
         println!(
             "\nVERIFIED: A's returned copy and B's copy are byte-for-byte identical to the original, and the \
              vertex CSV ({rows} lines, one per vertex of each facet) reached A intact (exit 0 on both sides)."
@@ -152,11 +118,7 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
             client_out.status.code(),
             dir.display()
         );
-        Ok(client_out
-            .status
-            .code()
-            .filter(|c| *c != 0)
-            .unwrap_or(exit::MISMATCH))
+        Ok(client_out.status.code().filter(|c| *c != 0).unwrap_or(exit::MISMATCH))
     }
 }
 
@@ -173,9 +135,7 @@ fn spawn(exe: &Path, args: &[&str], dir: &Path) -> Result<Child, Error> {
 
 /// Reads the child's stdout on a thread: the first lines (until `ready`) go to the channel, the
 /// rest are collected and returned when the child closes stdout.
-fn forward_lines(
-    child: &mut Child,
-) -> (mpsc::Receiver<String>, std::thread::JoinHandle<Vec<String>>) {
+fn forward_lines(child: &mut Child) -> (mpsc::Receiver<String>, std::thread::JoinHandle<Vec<String>>) {
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take();
     let handle = std::thread::spawn(move || {
@@ -240,10 +200,7 @@ mod tests {
             parse_ready("ready tcp=127.0.0.1:41234 zmq=127.0.0.1:41235"),
             Some(("41234".into(), "41235".into()))
         );
-        assert_eq!(
-            parse_ready("ready tcp=[::1]:5 zmq=[::1]:6"),
-            Some(("5".into(), "6".into()))
-        );
+        assert_eq!(parse_ready("ready tcp=[::1]:5 zmq=[::1]:6"), Some(("5".into(), "6".into())));
         assert_eq!(parse_ready("nothing"), None);
     }
 }

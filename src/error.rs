@@ -86,10 +86,12 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// Listening on an address failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} for the {channel}: {source}")]
     Bind {
         /// The address.
         addr: String,
+        /// Which channel and the flag that sets its port.
+        channel: &'static str,
         /// Why.
         #[source]
         source: io::Error,
@@ -170,10 +172,25 @@ impl Error {
     pub fn transport(stage: impl Into<String>, source: TransportError) -> Error {
         match source {
             TransportError::Interrupted => Error::Interrupted,
-            source => Error::Transport {
-                stage: stage.into(),
-                source,
-            },
+            source => Error::Transport { stage: stage.into(), source },
+        }
+    }
+
+    /// Whether the peer caused or already knows this outcome, so telling it again is pointless.
+    pub fn peer_knows(&self) -> bool {
+        matches!(
+            self,
+            Error::Refused { .. } | Error::Mismatch { .. } | Error::Transport { source: TransportError::Closed, .. }
+        )
+    }
+
+    /// The data channel's `Error` code that describes this error to the peer.
+    pub fn wire_code(&self) -> crate::protocol::data::ErrorCode {
+        use crate::protocol::data::ErrorCode;
+        match self {
+            Error::Protocol { .. } | Error::Transport { source: TransportError::Decode(_), .. } => ErrorCode::Protocol,
+            Error::ReturnSetup(_) => ErrorCode::ReturnChannel,
+            _ => ErrorCode::Internal,
         }
     }
 
@@ -200,29 +217,24 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
             Error::Input { .. } => "check the path given with -f/--filename",
+            Error::Convert(crate::stl::ConvertError::Open { .. }) => "check the input path",
             Error::Bind { .. } => {
-                "another process may hold the port: pick another with -p (0 picks a free one), or check -H"
+                "another process may hold that port: pick another with the flag named (0 picks a free one), or check -H"
             }
             Error::NoServer { .. } => {
                 "start the server first (machinaftp --server ...) and check -H/--host and -p/--port"
             }
-            Error::Connect { .. } => {
-                "check -H/--host and -p/--port, and that the network path is open"
+            Error::Connect { .. } => "check -H/--host and -p/--port, and that the network path is open",
+            Error::Transport { source: TransportError::Timeout(_), .. } => {
+                "the peer stopped responding; check that it is still running, or raise --timeout"
             }
-            Error::Transport {
-                source: TransportError::Timeout(_),
-                ..
-            } => "the peer stopped responding; check that it is still running, or raise --timeout",
-            Error::Transport {
-                source: TransportError::Closed,
-                ..
-            } => "the peer went away mid-session; see its log for why",
+            Error::Transport { source: TransportError::Closed, .. } => {
+                "the peer went away mid-session; see its log for why"
+            }
             Error::ReturnSetup(_) => {
                 "check that the ZeroMQ port (--zmq-port, default PORT+1) is reachable and not firewalled"
             }
-            Error::Mismatch { .. } => {
-                "the bytes were corrupted in transit or on disk; run the transfer again"
-            }
+            Error::Mismatch { .. } => "the bytes were corrupted in transit or on disk; run the transfer again",
             Error::Output { .. } | Error::Convert(crate::stl::ConvertError::Write { .. }) => {
                 "check free space and permissions in the destination directory"
             }

@@ -19,10 +19,7 @@ impl StagedFile {
     /// atomic, which is why the temporary file is not put in /tmp.
     pub fn create(dest: &Path) -> io::Result<Self> {
         let dir = parent_dir(dest);
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // tempfile's default 0600 would make delivered files unreadable to colleagues; ask for
         // 0666 and let the umask decide, as for any file a program creates.
         let tmp = tempfile::Builder::new()
@@ -30,10 +27,7 @@ impl StagedFile {
             .suffix(".part")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(dir)?;
-        Ok(StagedFile {
-            tmp,
-            dest: dest.to_path_buf(),
-        })
+        Ok(StagedFile { tmp, dest: dest.to_path_buf() })
     }
 
     /// The open temporary file.

@@ -27,11 +27,7 @@ impl Digest {
             parts.push(format!("CRC-32 {} != {}", self.crc32, other.crc32));
         }
         if self.blake3 != other.blake3 {
-            parts.push(format!(
-                "BLAKE3 {} != {}",
-                short(&self.blake3),
-                short(&other.blake3)
-            ));
+            parts.push(format!("BLAKE3 {} != {}", short(&self.blake3), short(&other.blake3)));
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -48,13 +44,7 @@ fn short(d: &[u8; 32]) -> String {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} bytes, CRC-32 {}, BLAKE3 {}",
-            self.size,
-            self.crc32,
-            self.blake3_hex()
-        )
+        write!(f, "{} bytes, CRC-32 {}, BLAKE3 {}", self.size, self.crc32, self.blake3_hex())
     }
 }
 
@@ -86,11 +76,7 @@ impl Hasher {
 
     /// The digest of everything seen.
     pub fn finish(&self) -> Digest {
-        Digest {
-            size: self.size,
-            crc32: self.crc.clone().finalize(),
-            blake3: *self.b3.finalize().as_bytes(),
-        }
+        Digest { size: self.size, crc32: self.crc.clone().finalize(), blake3: *self.b3.finalize().as_bytes() }
     }
 }
 
@@ -117,10 +103,7 @@ mod tests {
         h.update(b"x");
         let b = h.finish();
         let m = a.mismatch(&b).unwrap();
-        assert!(
-            m.contains("size 0 != 1") && m.contains("CRC-32") && m.contains("BLAKE3"),
-            "{m}"
-        );
+        assert!(m.contains("size 0 != 1") && m.contains("CRC-32") && m.contains("BLAKE3"), "{m}");
         assert_eq!(a.mismatch(&a), None);
     }
 }

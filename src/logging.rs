@@ -36,17 +36,9 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut w: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let meta = event.metadata();
-        let component = meta
-            .target()
-            .strip_prefix("machinaftp::")
-            .unwrap_or(meta.target());
+        let component = meta.target().strip_prefix("machinaftp::").unwrap_or(meta.target());
         write!(
             w,
             "{} - {} - {} - ",
@@ -98,10 +90,7 @@ pub fn init(log_file: &Path, console: LevelFilter) -> io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     // Fail here, with the path, rather than silently losing the log.
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_file)?;
+    std::fs::OpenOptions::new().create(true).append(true).open(log_file)?;
     let file = FileRotate::new(
         log_file,
         AppendCount::new(ROTATE_KEEP),
@@ -120,9 +109,7 @@ pub fn init(log_file: &Path, console: LevelFilter) -> io::Result<()> {
         .with_writer(io::stderr)
         .with_filter(console)
         // main prints the final error itself, with a hint; the file still records it.
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.target() != EXIT_TARGET
-        }));
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() != EXIT_TARGET));
     let subscriber = Registry::default().with(file_layer).with(console_layer);
     tracing::subscriber::set_global_default(subscriber).map_err(io::Error::other)
 }
@@ -156,10 +143,7 @@ mod tests {
         // e.g. "2026-11-25 10:22:38,421 - logging::tests - INFO - client{peer=...}: header received size=714884"
         let (stamp, rest) = out.split_at(23);
         assert!(stamp.chars().nth(19) == Some(','), "{out}");
-        assert!(
-            rest.contains(" - INFO - client{peer=\"1.2.3.4:5\"}: header received size=714884"),
-            "{out}"
-        );
+        assert!(rest.contains(" - INFO - client{peer=\"1.2.3.4:5\"}: header received size=714884"), "{out}");
     }
 
     struct SinkWriter(std::sync::Arc<Mutex<Vec<u8>>>);

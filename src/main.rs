@@ -32,9 +32,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code as u8),
         // A closed pipe (`stl2csv m.stl | head`) is the reader's choice, not a failure.
-        Err(Error::Convert(ConvertError::Write { source, .. }))
-            if source.kind() == std::io::ErrorKind::BrokenPipe =>
-        {
+        Err(Error::Convert(ConvertError::Write { source, .. })) if source.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -49,12 +47,8 @@ fn main() -> ExitCode {
 }
 
 fn with_logging(log: &LogConfig, run: impl FnOnce() -> Result<i32, Error>) -> Result<i32, Error> {
-    logging::init(&log.file, logging::console_level(log.verbose, log.quiet)).map_err(|source| {
-        Error::Output {
-            path: log.file.clone(),
-            source,
-        }
-    })?;
+    logging::init(&log.file, logging::console_level(log.verbose, log.quiet))
+        .map_err(|source| Error::Output { path: log.file.clone(), source })?;
     run()
 }
 
@@ -71,10 +65,7 @@ fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown) -> Result<i32, Er
     let r = client::run(cfg, shutdown)?;
     let csv = match &r.csv {
         client::CsvOutcome::Returned { path, rows } => {
-            format!(
-                "CSV {} ({rows} vertices) returned and verified",
-                path.display()
-            )
+            format!("CSV {} ({rows} vertices) returned and verified", path.display())
         }
         client::CsvOutcome::NotMade(why) => format!("no CSV ({why})"),
     };
@@ -85,32 +76,22 @@ fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown) -> Result<i32, Er
         units::bytes(r.digest.size),
         r.digest.crc32,
         &r.digest.blake3_hex()[..16],
-        units::millis(r.data_time),
+        units::duration(r.data_time),
         units::rate(r.digest.size, r.data_time),
-        units::millis(r.return_time),
+        units::duration(r.return_time),
         units::rate(r.digest.size, r.return_time),
     );
     Ok(exit::OK)
 }
 
 fn run_stl2csv(args: &Stl2csvArgs) -> Result<i32, Error> {
-    let opts = CsvOptions {
-        unique: args.unique,
-        header: args.header,
-        digest: false,
-    };
+    let opts = CsvOptions { unique: args.unique, header: args.header, digest: false };
     let summary = match &args.output {
         Some(out) => stl::convert(&args.input, out, opts)?.read,
         None => {
             let stdout = std::io::stdout().lock();
             let out = std::io::BufWriter::with_capacity(1 << 16, stdout);
-            stl::convert_to(
-                &args.input,
-                out,
-                std::path::Path::new("standard output"),
-                opts,
-            )?
-            .0
+            stl::convert_to(&args.input, out, std::path::Path::new("standard output"), opts)?.0
         }
     };
     for w in &summary.warnings {

@@ -28,6 +28,9 @@ use crate::transport::tcp::Conn;
 use crate::transport::zmq::{CREDIT_WINDOW, Hub, HubWiring, SessionLink, endpoint};
 use crate::units;
 
+/// How bind errors name the data channel.
+const DATA_CHANNEL: &str = "data channel (-p/--port)";
+
 /// Bytes read from the file and written to the socket at a time.
 const SEND_CHUNK: usize = 1 << 20;
 
@@ -98,15 +101,24 @@ impl Server {
     /// Checks the input file and binds both channels; nothing is accepted until [`Server::run`].
     pub fn bind(cfg: ServerConfig) -> Result<Server> {
         check_input(&cfg.file)?;
+        // Find out now, not after the first transfer, that a returned copy could not be saved.
+        for (out, flag) in [(&cfg.output, "--output"), (&cfg.csv_output, "--csv-output")] {
+            if same_file(&cfg.file, out) {
+                return Err(Error::Usage(format!(
+                    "{flag} {} is the file being served; choose another path so it is not overwritten",
+                    out.display()
+                )));
+            }
+            StagedFile::create(out).map(drop).map_err(|source| Error::Output { path: out.clone(), source })?;
+        }
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let listener = TcpListener::bind(&addr).map_err(|source| Error::Bind {
             addr: addr.clone(),
+            channel: DATA_CHANNEL,
             source,
         })?;
-        let tcp_port = listener
-            .local_addr()
-            .map_err(|source| Error::Bind { addr, source })?
-            .port();
+        let tcp_port =
+            listener.local_addr().map_err(|source| Error::Bind { addr, channel: DATA_CHANNEL, source })?.port();
         let ctx = zmq::Context::new();
         let wiring = match &cfg.remotehost {
             Some(host) => HubWiring::Remote(host.clone()),
@@ -114,28 +126,15 @@ impl Server {
                 let port = match (cfg.zmq_port, cfg.port) {
                     (Some(0), _) | (None, 0) => "*".to_owned(),
                     (Some(p), _) => p.to_string(),
-                    (None, _) => {
-                        tcp_port
-                            .checked_add(1)
-                            .map(|p| p.to_string())
-                            .ok_or_else(|| {
-                                Error::Usage(
-                                    "-p 65535 leaves no room for the default --zmq-port (PORT + 1)"
-                                        .into(),
-                                )
-                            })?
-                    }
+                    (None, _) => tcp_port.checked_add(1).map(|p| p.to_string()).ok_or_else(|| {
+                        Error::Usage("-p 65535 leaves no room for the default --zmq-port (PORT + 1)".into())
+                    })?,
                 };
                 HubWiring::Bind(endpoint(&cfg.host, &port))
             }
         };
         let hub = Hub::start(&ctx, wiring)?;
-        Ok(Server {
-            cfg: Arc::new(cfg),
-            listener,
-            hub,
-            _ctx: ctx,
-        })
+        Ok(Server { cfg: Arc::new(cfg), listener, hub, _ctx: ctx })
     }
 
     /// The bound data-channel address.
@@ -156,29 +155,29 @@ impl Server {
 
     /// Serves until `shutdown` is set, or, with `once`, until the first round trip ends.
     pub fn run(self, shutdown: &Shutdown) -> Result<()> {
-        let Server {
-            cfg,
-            listener,
-            hub,
-            _ctx,
-        } = self;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| Error::Bind {
-                addr: cfg.host.clone(),
-                source,
-            })?;
+        let Server { cfg, listener, hub, _ctx } = self;
+        listener.set_nonblocking(true).map_err(|source| Error::Bind {
+            addr: cfg.host.clone(),
+            channel: DATA_CHANNEL,
+            source,
+        })?;
         info!(
             file = %cfg.file.display(), tcp = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            topology = ?hub.topology(), "serving"
+            topology = %hub.topology(), "serving"
         );
         let hub = Arc::new(hub);
         let active = Arc::new(AtomicUsize::new(0));
-        let mut workers: Vec<JoinHandle<()>> = Vec::new();
+        let mut workers: Vec<JoinHandle<Result<SessionReport>>> = Vec::new();
+        // With --once, the one session's handle; further clients are told the server is busy.
+        let mut the_session: Option<JoinHandle<Result<SessionReport>>> = None;
         let result = loop {
+            if let Some(done) = the_session.take_if(|h| h.is_finished()) {
+                break once_outcome(done);
+            }
             if shutdown.is_set() {
                 info!("stop requested; finishing");
-                break Ok(());
+                // A --once server that was stopped did not make its round trip.
+                break if cfg.once { Err(Error::Interrupted) } else { Ok(()) };
             }
             let (stream, peer) = match listener.accept() {
                 Ok(conn) => conn,
@@ -196,38 +195,32 @@ impl Server {
                 }
             };
             info!(%peer, "accepted connection");
-            if cfg.once {
-                break run_session(stream, peer, &cfg, &hub, shutdown).and_then(|r| match r.csv {
-                    CsvResult::Failed(why) => Err(Error::Csv(why)),
-                    _ => Ok(()),
-                });
-            }
             workers.retain(|w| !w.is_finished());
-            if active.load(Ordering::SeqCst) >= cfg.max_clients {
-                warn!(%peer, limit = cfg.max_clients, "too many clients; refusing");
-                refuse_busy(stream, cfg.max_clients);
+            if cfg.once && the_session.is_some() {
+                warn!(%peer, "busy with the one round trip of --once; refusing");
+                refuse_busy(stream, "this server makes one round trip (--once) and is busy with it".into());
                 continue;
             }
-            active.fetch_add(1, Ordering::SeqCst);
-            let (cfg, hub, active, shutdown) = (
-                Arc::clone(&cfg),
-                Arc::clone(&hub),
-                Arc::clone(&active),
-                shutdown.clone(),
-            );
-            let spawned = std::thread::Builder::new()
-                .name(format!("client-{peer}"))
-                .spawn(move || {
-                    // Failures are logged inside; a long-running server only counts them.
-                    let _ = run_session(stream, peer, &cfg, &hub, &shutdown);
-                    active.fetch_sub(1, Ordering::SeqCst);
-                });
+            if active.load(Ordering::SeqCst) >= cfg.max_clients {
+                warn!(%peer, limit = cfg.max_clients, "too many clients; refusing");
+                let n = cfg.max_clients;
+                refuse_busy(stream, format!("already serving {n} client{}", if n == 1 { "" } else { "s" }));
+                continue;
+            }
+            let slot = ActiveSlot::take(&active);
+            let (cfg2, hub, shutdown) = (Arc::clone(&cfg), Arc::clone(&hub), shutdown.clone());
+            let spawned = std::thread::Builder::new().name(format!("client-{peer}")).spawn(move || {
+                // Held for the whole session, and released even if the session panics.
+                let _slot = slot;
+                run_session(stream, peer, &cfg2, &hub, &shutdown)
+            });
             match spawned {
+                Ok(handle) if cfg.once => the_session = Some(handle),
                 Ok(handle) => workers.push(handle),
                 Err(e) => error!(%peer, "cannot start a worker thread: {e}"),
             }
         };
-        for w in workers {
+        for w in workers.into_iter().chain(the_session) {
             let _ = w.join();
         }
         if let Ok(hub) = Arc::try_unwrap(hub) {
@@ -237,37 +230,62 @@ impl Server {
     }
 }
 
-fn bracket(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
+/// A place among the `--max-clients`; given back when dropped, also when a session panics.
+struct ActiveSlot(Arc<AtomicUsize>);
+
+impl ActiveSlot {
+    fn take(active: &Arc<AtomicUsize>) -> ActiveSlot {
+        active.fetch_add(1, Ordering::SeqCst);
+        ActiveSlot(Arc::clone(active))
     }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The exit outcome of a `--once` server from its one session.
+fn once_outcome(done: JoinHandle<Result<SessionReport>>) -> Result<()> {
+    match done.join() {
+        Ok(Ok(SessionReport { csv: CsvResult::Failed(why), .. })) => Err(Error::Csv(why)),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Protocol { stage: "serving the client".into(), detail: "the session crashed".into() }),
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+}
+
+/// Whether `out` names the existing file `served` (it need not exist itself).
+fn same_file(served: &Path, out: &Path) -> bool {
+    let Ok(served) = std::fs::canonicalize(served) else { return false };
+    let out = match std::fs::canonicalize(out) {
+        Ok(p) => p,
+        Err(_) => match (std::fs::canonicalize(crate::files::parent_dir(out)), out.file_name()) {
+            (Ok(dir), Some(name)) => dir.join(name),
+            _ => return false,
+        },
+    };
+    served == out
 }
 
 /// Fails early, with the path, if the file cannot be served: the Python version hung instead.
 fn check_input(path: &Path) -> Result<()> {
-    let input = |source| Error::Input {
-        path: path.to_path_buf(),
-        source,
-    };
+    let input = |source| Error::Input { path: path.to_path_buf(), source };
     let meta = std::fs::metadata(path).map_err(input)?;
     if !meta.is_file() {
-        return Err(input(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        )));
+        return Err(input(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
     }
     File::open(path).map_err(input)?;
     Ok(())
 }
 
 fn wait_readable(listener: &TcpListener, timeout: Duration) {
-    let mut fds = [libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
+    let mut fds = [libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
     // SAFETY: `fds` is a valid array of one pollfd for the duration of the call, and the fd
     // belongs to `listener`, which outlives it.
     unsafe {
@@ -275,14 +293,11 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) {
     }
 }
 
-fn refuse_busy(stream: TcpStream, limit: usize) {
+fn refuse_busy(stream: TcpStream, why: String) {
     // Tell the client why instead of letting it wait; the kernel's socket buffer takes this
     // small frame at once, so the accept loop is not held up.
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-    let msg = DataMsg::Error {
-        code: ErrorCode::Busy,
-        reason: format!("server busy: {limit} clients already being served; try again shortly"),
-    };
+    let msg = DataMsg::Error { code: ErrorCode::Busy, reason: format!("server busy: {why}; try again shortly") };
     let _ = (&stream).write_all(&msg.to_bytes());
 }
 
@@ -301,11 +316,9 @@ fn run_session(
         Ok(r) => {
             info!(digest = %r.digest, output = %r.output.display(), "round trip verified");
             let csv = match &r.csv {
-                CsvResult::Saved(path, d) => format!(
-                    "CSV verified, saved {} ({})",
-                    path.display(),
-                    units::bytes(d.size)
-                ),
+                CsvResult::Saved(path, d) => {
+                    format!("CSV verified, saved {} ({})", path.display(), units::bytes(d.size))
+                }
                 CsvResult::NotMade(why) => format!("no CSV ({why})"),
                 CsvResult::Failed(why) => format!("CSV FAILED: {why}"),
             };
@@ -315,16 +328,16 @@ fn run_session(
                 units::bytes(r.digest.size),
                 r.digest.crc32,
                 &r.digest.blake3_hex()[..16],
-                units::millis(r.data_time),
+                units::duration(r.data_time),
                 units::rate(r.digest.size, r.data_time),
-                units::millis(r.return_time),
+                units::duration(r.return_time),
                 units::rate(r.digest.size, r.return_time),
                 r.output.display()
             );
         }
         Err(e) => {
             error!("session failed: {e}");
-            println!("FAILED {peer}: {e}");
+            println!("FAILED: {e}");
         }
     }
     res
@@ -338,21 +351,10 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn start(
-        stream: TcpStream,
-        peer: SocketAddr,
-        cfg: &'a ServerConfig,
-        shutdown: &'a Shutdown,
-    ) -> Result<Self> {
-        let conn = Conn::new(stream, cfg.timeout, shutdown.clone()).map_err(|e| {
-            Error::transport(format!("setting up the connection from {peer}"), e.into())
-        })?;
-        Ok(Session {
-            conn,
-            peer,
-            cfg,
-            shutdown,
-        })
+    fn start(stream: TcpStream, peer: SocketAddr, cfg: &'a ServerConfig, shutdown: &'a Shutdown) -> Result<Self> {
+        let conn = Conn::new(stream, cfg.timeout, shutdown.clone())
+            .map_err(|e| Error::transport(format!("setting up the connection from {peer}"), e.into()))?;
+        Ok(Session { conn, peer, cfg, shutdown })
     }
 
     fn run(&mut self, hub: &Hub) -> Result<SessionReport> {
@@ -366,36 +368,28 @@ impl<'a> Session<'a> {
         };
         self.conn.finish();
         let started = Instant::now();
-        let file = self.cfg.file.clone();
-        let span = tracing::Span::current();
-        let legs = std::thread::scope(|scope| {
-            // While the file comes back, derive the CSV B should return from our own original,
-            // so the CSV is checked against what A knows, not only against what B claims.
-            let expected = scope.spawn(move || span.in_scope(|| expected_csv(&file)));
-            let returned = self.return_leg(&link, &sent).map(|_| started.elapsed());
-            let expected = expected
-                .join()
-                .unwrap_or_else(|_| ExpectedCsv::Unknown("the converter crashed".into()));
-            returned.map(|t| (t, expected))
-        });
-        let (return_time, expected) = match legs {
-            Ok(v) => v,
+        // While the file comes back, derive the CSV B should return from our own original, so
+        // the CSV is checked against what A knows, not only against what B claims. Detached: if
+        // the session ends early, the result is simply not collected.
+        let (expected_tx, expected) = std::sync::mpsc::channel();
+        let (file, span) = (self.cfg.file.clone(), tracing::Span::current());
+        let _ = std::thread::Builder::new()
+            .name("csv-check".into())
+            .spawn(move || drop(expected_tx.send(span.in_scope(|| expected_csv(&file)))));
+        let return_time = match self.return_leg(&link, &sent) {
+            Ok(_) => started.elapsed(),
             Err(e) => {
                 if !matches!(e, Error::Refused { .. }) {
-                    let _ = link.send(&ReturnMsg::Abort {
-                        reason: e.to_string(),
-                    });
+                    let _ = link.send(&ReturnMsg::Abort { reason: e.to_string() });
                 }
                 return Err(e);
             }
         };
         println!("Done! - RX");
-        let csv = match self.csv_leg(&link, expected) {
+        let csv = match self.csv_leg(&link, &sent, &expected) {
             Ok(c) => c,
             Err(e) => {
-                let _ = link.send(&ReturnMsg::Abort {
-                    reason: e.to_string(),
-                });
+                let _ = link.send(&ReturnMsg::Abort { reason: e.to_string() });
                 return Err(e);
             }
         };
@@ -413,47 +407,26 @@ impl<'a> Session<'a> {
 
     /// Best effort: tell the client why the session ends, without waiting long on a bad peer.
     fn tell_peer(&mut self, e: &Error) {
-        if matches!(
-            e,
-            Error::Refused { .. }
-                | Error::Transport {
-                    source: TransportError::Closed,
-                    ..
-                }
-        ) {
+        if e.peer_knows() {
             return;
         }
-        let code = match e {
-            Error::Protocol { .. }
-            | Error::Transport {
-                source: TransportError::Decode(_),
-                ..
-            } => ErrorCode::Protocol,
-            Error::ReturnSetup(_) => ErrorCode::ReturnChannel,
-            _ => ErrorCode::Internal,
+        let reason = match e {
+            Error::Interrupted => "the server is shutting down; try again later".to_owned(),
+            e => e.to_string(),
         };
-        self.conn.set_idle(Duration::from_secs(1));
-        let _ = self.conn.send(&DataMsg::Error {
-            code,
-            reason: e.to_string(),
-        });
+        self.conn.send_final(&DataMsg::Error { code: e.wire_code(), reason });
     }
 
     fn recv(&mut self, stage: &str) -> Result<DataMsg> {
         match self.conn.recv() {
-            Ok(DataMsg::Error { reason, .. }) => Err(Error::Refused {
-                stage: self.stage(stage),
-                reason,
-            }),
+            Ok(DataMsg::Error { reason, .. }) => Err(Error::Refused { stage: self.stage(stage), reason }),
             Ok(m) => Ok(m),
             Err(e) => Err(Error::transport(self.stage(stage), e)),
         }
     }
 
     fn send(&mut self, msg: &DataMsg, stage: &str) -> Result<()> {
-        self.conn
-            .send(msg)
-            .map_err(|e| Error::transport(self.stage(stage), e))
+        self.conn.send(msg).map_err(|e| Error::transport(self.stage(stage), e))
     }
 
     fn stage(&self, what: &str) -> String {
@@ -461,32 +434,16 @@ impl<'a> Session<'a> {
     }
 
     fn unexpected(&self, stage: &str, got: &DataMsg) -> Error {
-        Error::Protocol {
-            stage: self.stage(stage),
-            detail: format!("got {}", got.kind()),
-        }
+        Error::Protocol { stage: self.stage(stage), detail: format!("got {}", got.kind()) }
     }
 
     fn data_leg(&mut self, hub: &Hub) -> Result<(Digest, Duration, SessionLink)> {
         let (token, return_port) = match self.recv("waiting for the client's Hello")? {
-            DataMsg::Hello {
-                version,
-                token,
-                return_port,
-            } if version == VERSION => (token, return_port),
+            DataMsg::Hello { version, token, return_port } if version == VERSION => (token, return_port),
             DataMsg::Hello { version, .. } => {
-                let reason = format!(
-                    "client speaks protocol version {version}; this server speaks {VERSION}"
-                );
-                self.conn.set_idle(Duration::from_secs(1));
-                let _ = self.conn.send(&DataMsg::Error {
-                    code: ErrorCode::Version,
-                    reason: reason.clone(),
-                });
-                return Err(Error::Refused {
-                    stage: self.stage("handshake"),
-                    reason,
-                });
+                let reason = format!("client speaks protocol version {version}; this server speaks {VERSION}");
+                self.conn.send_final(&DataMsg::Error { code: ErrorCode::Version, reason: reason.clone() });
+                return Err(Error::Refused { stage: self.stage("handshake"), reason });
             }
             other => return Err(self.unexpected("waiting for the client's Hello", &other)),
         };
@@ -499,13 +456,7 @@ impl<'a> Session<'a> {
             )));
         }
         let link = hub.register(token, return_port)?;
-        self.send(
-            &DataMsg::Welcome {
-                version: VERSION,
-                topology: hub.topology(),
-            },
-            "sending Welcome",
-        )?;
+        self.send(&DataMsg::Welcome { version: VERSION, topology: hub.topology() }, "sending Welcome")?;
         match self.recv("waiting for the client to open the return channel")? {
             DataMsg::Ready => {}
             other => return Err(self.unexpected("waiting for Ready", &other)),
@@ -515,44 +466,19 @@ impl<'a> Session<'a> {
             .recv(self.cfg.timeout, self.shutdown)
             .map_err(|e| Error::transport(self.stage("return channel handshake"), e))?;
         if !matches!(ReturnMsg::decode(&hello), Ok(ReturnMsg::Hello { .. })) {
-            return Err(Error::Protocol {
-                stage: self.stage("return channel handshake"),
-                detail: "no Hello".into(),
-            });
+            return Err(Error::Protocol { stage: self.stage("return channel handshake"), detail: "no Hello".into() });
         }
         info!("return channel up");
 
-        let mut file = File::open(&self.cfg.file).map_err(|source| Error::Input {
-            path: self.cfg.file.clone(),
-            source,
-        })?;
-        let size = file
-            .metadata()
-            .map_err(|source| Error::Input {
-                path: self.cfg.file.clone(),
-                source,
-            })?
-            .len();
-        let name = self
-            .cfg
-            .file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.send(
-            &DataMsg::Header {
-                size,
-                name: name.clone(),
-            },
-            "sending the header",
-        )?;
+        let mut file =
+            File::open(&self.cfg.file).map_err(|source| Error::Input { path: self.cfg.file.clone(), source })?;
+        let size = file.metadata().map_err(|source| Error::Input { path: self.cfg.file.clone(), source })?.len();
+        let name = self.cfg.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.send(&DataMsg::Header { size, name: name.clone() }, "sending the header")?;
         match self.recv("waiting for the client to accept the file")? {
             DataMsg::Accept => {}
             DataMsg::Refuse { reason } => {
-                return Err(Error::Refused {
-                    stage: self.stage("offering the file"),
-                    reason,
-                });
+                return Err(Error::Refused { stage: self.stage("offering the file"), reason });
             }
             other => return Err(self.unexpected("waiting for Accept", &other)),
         }
@@ -560,24 +486,15 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         let sent = self.send_bytes(&mut file, size)?;
         let data_time = started.elapsed();
-        self.send(
-            &DataMsg::Trailer {
-                crc32: sent.crc32,
-                blake3: sent.blake3,
-            },
-            "sending the trailer",
-        )?;
+        self.send(&DataMsg::Trailer { crc32: sent.crc32, blake3: sent.blake3 }, "sending the trailer")?;
         info!(
-            bytes = size, crc32 = sent.crc32, blake3 = %sent.blake3_hex(), duration = %units::millis(data_time),
+            bytes = size, crc32 = sent.crc32, blake3 = %sent.blake3_hex(), duration = %units::duration(data_time),
             rate = %units::rate(size, data_time), "data leg sent"
         );
         match self.recv("waiting for the client's verdict")? {
             DataMsg::Verdict { ok: true, .. } => {}
             DataMsg::Verdict { ok: false, reason } => {
-                return Err(Error::Mismatch {
-                    leg: Leg::Data,
-                    detail: reason,
-                });
+                return Err(Error::Mismatch { leg: Leg::Data, detail: reason });
             }
             other => return Err(self.unexpected("waiting for the verdict", &other)),
         }
@@ -598,19 +515,14 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         while hasher.size() < size {
             let want = (size - hasher.size()).min(buf.len() as u64) as usize;
-            let n = read_full(file, &mut buf[..want]).map_err(|source| Error::Input {
-                path: self.cfg.file.clone(),
-                source,
-            })?;
+            let n = read_full(file, &mut buf[..want])
+                .map_err(|source| Error::Input { path: self.cfg.file.clone(), source })?;
             if n == 0 {
                 return Err(Error::Input {
                     path: self.cfg.file.clone(),
                     source: io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "file shrank while being sent ({} of {size} bytes read)",
-                            hasher.size()
-                        ),
+                        format!("file shrank while being sent ({} of {size} bytes read)", hasher.size()),
                     ),
                 });
             }
@@ -618,10 +530,7 @@ impl<'a> Session<'a> {
             let sent_so_far = hasher.size();
             self.conn.write_all(&buf[..n]).map_err(|e| {
                 Error::transport(
-                    self.stage(&format!(
-                        "sending the file ({} of {size} bytes)",
-                        sent_so_far - n as u64
-                    )),
+                    self.stage(&format!("sending the file ({} of {size} bytes)", sent_so_far - n as u64)),
                     e,
                 )
             })?;
@@ -650,9 +559,38 @@ impl<'a> Session<'a> {
         ReturnMsg::decode(frame).map_err(|e| Error::transport(stage, TransportError::Decode(e)))
     }
 
+    /// The next frame from the client, skipping keep-alives (which reset the idle timeout).
     fn next_frame(&self, link: &SessionLink, stage: &str, what: &str) -> Result<zmq::Message> {
-        link.recv(self.cfg.timeout, self.shutdown)
-            .map_err(|e| Error::transport(format!("{stage}: {what}"), e))
+        loop {
+            let frame = link
+                .recv(self.cfg.timeout, self.shutdown)
+                .map_err(|e| Error::transport(format!("{stage}: {what}"), e))?;
+            if !matches!(ReturnMsg::decode(&frame), Ok(ReturnMsg::KeepAlive)) {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// Waits for A's own CSV digest, telling the client we are still at it.
+    fn wait_expected(
+        &self,
+        link: &SessionLink,
+        rx: &std::sync::mpsc::Receiver<ExpectedCsv>,
+        stage: &str,
+    ) -> Result<ExpectedCsv> {
+        use std::sync::mpsc::RecvTimeoutError;
+        loop {
+            match rx.recv_timeout(keepalive_every(self.cfg.timeout)) {
+                Ok(e) => return Ok(e),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Ok(ExpectedCsv::Unknown("the server's own conversion stopped".into()));
+                }
+                Err(RecvTimeoutError::Timeout) if self.shutdown.is_set() => return Err(Error::Interrupted),
+                Err(RecvTimeoutError::Timeout) => {
+                    link.send(&ReturnMsg::KeepAlive).map_err(|e| Error::transport(stage, e))?;
+                }
+            }
+        }
     }
 
     /// The file comes back: it must match what was sent, byte for byte (by size and digests).
@@ -660,47 +598,23 @@ impl<'a> Session<'a> {
         let stage = self.stage("return leg (file)");
         let offer = self.next_frame(link, &stage, "waiting for the client's Offer")?;
         let size = match self.decode(&stage, &offer)? {
-            ReturnMsg::Offer {
-                stream: Stream::File,
-                size,
-            } => size,
+            ReturnMsg::Offer { stream: Stream::File, size } => size,
             ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
             other => {
-                return Err(Error::Protocol {
-                    stage,
-                    detail: format!("expected Offer, got {}", other.kind()),
-                });
+                return Err(Error::Protocol { stage, detail: format!("expected Offer, got {}", other.kind()) });
             }
         };
         if size != sent.size {
-            let detail = format!(
-                "the client offers {size} bytes back but {} were sent",
-                sent.size
-            );
-            let _ = link.send(&ReturnMsg::Result {
-                stream: Stream::File,
-                ok: false,
-                reason: detail.clone(),
-            });
-            return Err(Error::Mismatch {
-                leg: Leg::Return,
-                detail,
-            });
+            let detail = format!("the client offers {size} bytes back but {} were sent", sent.size);
+            let _ = link.send(&ReturnMsg::Result { stream: Stream::File, ok: false, reason: detail.clone() });
+            return Err(Error::Mismatch { leg: Leg::Return, detail });
         }
-        let (got, claimed, staged) =
-            self.receive_stream(link, Stream::File, size, &self.cfg.output, &stage)?;
+        let (got, claimed, staged) = self.receive_stream(link, Stream::File, size, &self.cfg.output, &stage)?;
         info!(bytes = size, crc32 = got.crc32, blake3 = %got.blake3_hex(), "return leg received");
         if let Some(diff) = got.mismatch(sent) {
             let detail = format!("returned copy differs from what was sent: {diff}");
-            let _ = link.send(&ReturnMsg::Result {
-                stream: Stream::File,
-                ok: false,
-                reason: detail.clone(),
-            });
-            return Err(Error::Mismatch {
-                leg: Leg::Return,
-                detail,
-            });
+            let _ = link.send(&ReturnMsg::Result { stream: Stream::File, ok: false, reason: detail.clone() });
+            return Err(Error::Mismatch { leg: Leg::Return, detail });
         }
         if let Some(diff) = claimed.mismatch(sent) {
             // The bytes are right but B's own record of them is not: B is buggy; say so.
@@ -712,31 +626,23 @@ impl<'a> Session<'a> {
     }
 
     /// The vertex CSV comes back (or word of why it does not): it must arrive as B wrote it.
-    fn csv_leg(&mut self, link: &SessionLink, expected: ExpectedCsv) -> Result<CsvResult> {
+    fn csv_leg(
+        &mut self,
+        link: &SessionLink,
+        sent: &Digest,
+        expected: &std::sync::mpsc::Receiver<ExpectedCsv>,
+    ) -> Result<CsvResult> {
         let stage = self.stage("return leg (CSV)");
         let offer = self.next_frame(link, &stage, "waiting for the CSV")?;
         let size = match self.decode(&stage, &offer)? {
-            ReturnMsg::Offer {
-                stream: Stream::Csv,
-                size,
-            } => size,
-            ReturnMsg::Skip {
-                stream: Stream::Csv,
-                failed: false,
-                reason,
-            } => {
+            ReturnMsg::Offer { stream: Stream::Csv, size } => size,
+            ReturnMsg::Skip { stream: Stream::Csv, failed: false, reason } => {
                 info!("no CSV: {reason}");
                 return Ok(CsvResult::NotMade(reason));
             }
-            ReturnMsg::Skip {
-                stream: Stream::Csv,
-                failed: true,
-                reason,
-            } => {
+            ReturnMsg::Skip { stream: Stream::Csv, failed: true, reason } => {
                 warn!("the client could not make the CSV: {reason}");
-                return Ok(CsvResult::Failed(format!(
-                    "the client could not make it: {reason}"
-                )));
+                return Ok(CsvResult::Failed(format!("the client could not make it: {reason}")));
             }
             ReturnMsg::Bye => return Ok(CsvResult::NotMade("the client sent none".into())),
             ReturnMsg::Abort { reason } => return Err(Error::Refused { stage, reason }),
@@ -745,26 +651,28 @@ impl<'a> Session<'a> {
                 return Err(Error::Protocol { stage, detail });
             }
         };
-        let (got, claimed, staged) =
-            self.receive_stream(link, Stream::Csv, size, &self.cfg.csv_output, &stage)?;
+        // A CSV line is at most 138 bytes (three of f32::MAX's 45 characters, two commas, a
+        // newline), and every vertex takes at least 13 bytes of STL (`vertex 0 0 0` and a
+        // separator; 16.7 in binary), so a CSV is under 11 times its STL: refuse bigger offers
+        // before a byte is written.
+        let limit = sent.size.saturating_mul(11).saturating_add(64);
+        if size > limit {
+            let detail = format!("a CSV of {size} bytes cannot come from a file of {} bytes", sent.size);
+            let _ = link.send(&ReturnMsg::Result { stream: Stream::Csv, ok: false, reason: detail.clone() });
+            return Ok(CsvResult::Failed(detail));
+        }
+        let (got, claimed, staged) = self.receive_stream(link, Stream::Csv, size, &self.cfg.csv_output, &stage)?;
+        let expected = self.wait_expected(link, expected, &stage)?;
         let problem = match (&expected, got.mismatch(&claimed)) {
             (_, Some(diff)) => Some(format!("the CSV was damaged in transit: {diff}")),
-            (ExpectedCsv::Digest(own), None) => got.mismatch(own).map(|diff| {
-                format!("the CSV differs from the server's own conversion of the original: {diff}")
-            }),
-            (ExpectedCsv::NotStl, None) => {
-                Some("the client sent a CSV for a file that is not STL".into())
-            }
-            (ExpectedCsv::Unknown(why), None) => {
-                Some(format!("the server cannot check the CSV: {why}"))
-            }
+            (ExpectedCsv::Digest(own), None) => got
+                .mismatch(own)
+                .map(|diff| format!("the CSV differs from the server's own conversion of the original: {diff}")),
+            (ExpectedCsv::NotStl, None) => Some("the client sent a CSV for a file that is not STL".into()),
+            (ExpectedCsv::Unknown(why), None) => Some(format!("the server cannot check the CSV: {why}")),
         };
         if let Some(detail) = problem {
-            let _ = link.send(&ReturnMsg::Result {
-                stream: Stream::Csv,
-                ok: false,
-                reason: detail.clone(),
-            });
+            let _ = link.send(&ReturnMsg::Result { stream: Stream::Csv, ok: false, reason: detail.clone() });
             return Ok(CsvResult::Failed(detail));
         }
         self.commit(link, Stream::Csv, staged, &stage)?;
@@ -774,33 +682,16 @@ impl<'a> Session<'a> {
 
     /// Renames a verified file into place and tells the client; a failure to save is reported
     /// to the client as a negative verdict.
-    fn commit(
-        &self,
-        link: &SessionLink,
-        stream: Stream,
-        mut staged: StagedFile,
-        stage: &str,
-    ) -> Result<()> {
+    fn commit(&self, link: &SessionLink, stream: Stream, mut staged: StagedFile, stage: &str) -> Result<()> {
         let dest = staged.dest().to_path_buf();
-        let saved = staged
-            .file()
-            .flush()
-            .and_then(|()| staged.commit().map(drop));
+        let saved = staged.file().flush().and_then(|()| staged.commit().map(drop));
         if let Err(source) = saved {
             let reason = format!("the server cannot save {}: {source}", dest.display());
-            let _ = link.send(&ReturnMsg::Result {
-                stream,
-                ok: false,
-                reason,
-            });
+            let _ = link.send(&ReturnMsg::Result { stream, ok: false, reason });
             return Err(Error::Output { path: dest, source });
         }
-        link.send(&ReturnMsg::Result {
-            stream,
-            ok: true,
-            reason: String::new(),
-        })
-        .map_err(|e| Error::transport(stage, e))
+        link.send(&ReturnMsg::Result { stream, ok: true, reason: String::new() })
+            .map_err(|e| Error::transport(stage, e))
     }
 
     /// Receives `size` bytes of `stream` under credit into a temporary file beside `dest`, and
@@ -820,89 +711,57 @@ impl<'a> Session<'a> {
         let mut staged = StagedFile::create(dest).map_err(out_err(dest))?;
         let temp = staged.temp_path().to_path_buf();
         let send = |msg: &ReturnMsg<'_>| link.send(msg).map_err(|e| Error::transport(stage, e));
-        send(&ReturnMsg::Credit {
-            stream,
-            bytes: CREDIT_WINDOW,
-        })?;
+        send(&ReturnMsg::Credit { stream, bytes: CREDIT_WINDOW })?;
         let mut hasher = Hasher::new();
         while hasher.size() < size {
-            let frame = self.next_frame(
-                link,
-                stage,
-                &format!("receiving ({} of {size} bytes)", hasher.size()),
-            )?;
+            let frame = self.next_frame(link, stage, &format!("receiving ({} of {size} bytes)", hasher.size()))?;
             match self.decode(stage, &frame)? {
-                ReturnMsg::Data {
-                    stream: s,
-                    offset,
-                    payload,
-                } if s == stream
-                    && offset == hasher.size()
-                    && payload.len() as u64 <= size - offset
-                    && !payload.is_empty() =>
+                ReturnMsg::Data { stream: s, offset, payload }
+                    if s == stream
+                        && offset == hasher.size()
+                        && payload.len() as u64 <= size - offset
+                        && !payload.is_empty() =>
                 {
                     staged.file().write_all(payload).map_err(out_err(&temp))?;
                     hasher.update(payload);
-                    send(&ReturnMsg::Credit {
-                        stream,
-                        bytes: payload.len() as u64,
-                    })?;
+                    send(&ReturnMsg::Credit { stream, bytes: payload.len() as u64 })?;
                 }
                 ReturnMsg::Abort { reason } => {
-                    return Err(Error::Refused {
-                        stage: stage.into(),
-                        reason,
-                    });
+                    return Err(Error::Refused { stage: stage.into(), reason });
                 }
-                ReturnMsg::Data {
-                    offset, payload, ..
-                } => {
+                ReturnMsg::Data { offset, payload, .. } => {
+                    // Saturating: `offset` is the peer's number and may be anything.
                     let detail = format!(
                         "Data for bytes {offset}..{} when {} of {size} had arrived",
-                        offset + payload.len() as u64,
+                        offset.saturating_add(payload.len() as u64),
                         hasher.size()
                     );
-                    return Err(Error::Protocol {
-                        stage: stage.into(),
-                        detail,
-                    });
+                    return Err(Error::Protocol { stage: stage.into(), detail });
                 }
                 other => {
                     let detail = format!("expected Data, got {}", other.kind());
-                    return Err(Error::Protocol {
-                        stage: stage.into(),
-                        detail,
-                    });
+                    return Err(Error::Protocol { stage: stage.into(), detail });
                 }
             }
         }
         let end = self.next_frame(link, stage, "waiting for End")?;
         let claimed = match self.decode(stage, &end)? {
-            ReturnMsg::End {
-                stream: s,
-                crc32,
-                blake3,
-            } if s == stream => Digest {
-                size,
-                crc32,
-                blake3,
-            },
+            ReturnMsg::End { stream: s, crc32, blake3 } if s == stream => Digest { size, crc32, blake3 },
             ReturnMsg::Abort { reason } => {
-                return Err(Error::Refused {
-                    stage: stage.into(),
-                    reason,
-                });
+                return Err(Error::Refused { stage: stage.into(), reason });
             }
             other => {
                 let detail = format!("expected End, got {}", other.kind());
-                return Err(Error::Protocol {
-                    stage: stage.into(),
-                    detail,
-                });
+                return Err(Error::Protocol { stage: stage.into(), detail });
             }
         };
         Ok((hasher.finish(), claimed, staged))
     }
+}
+
+/// How often a side that is busy converting says so: often enough for the shortest timeout.
+pub fn keepalive_every(timeout: Duration) -> Duration {
+    (timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 /// What A expects of the returned CSV, derived from its own original.
@@ -922,15 +781,9 @@ fn expected_csv(file: &Path) -> ExpectedCsv {
         Err(e) => return ExpectedCsv::Unknown(format!("cannot read {}: {e}", file.display())),
         Ok(true) => {}
     }
-    let opts = CsvOptions {
-        digest: true,
-        ..CsvOptions::default()
-    };
+    let opts = CsvOptions { digest: true, ..CsvOptions::default() };
     match stl::convert_to(file, io::sink(), Path::new("(digest only)"), opts) {
-        Ok((_, csv)) => csv.digest.map_or_else(
-            || ExpectedCsv::Unknown("no digest".into()),
-            ExpectedCsv::Digest,
-        ),
+        Ok((_, csv)) => csv.digest.map_or_else(|| ExpectedCsv::Unknown("no digest".into()), ExpectedCsv::Digest),
         Err(e) => ExpectedCsv::Unknown(format!("the original is not valid STL: {e}")),
     }
 }

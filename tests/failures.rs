@@ -11,27 +11,10 @@ use common::*;
 #[test]
 fn missing_input_file_fails_at_once() {
     let a = tempdir();
-    let out = client(
-        a.path(),
-        &[
-            "--server",
-            "-f",
-            "no-such.stl",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            "0",
-        ],
-    );
+    let out = client(a.path(), &["--server", "-f", "no-such.stl", "-H", "127.0.0.1", "-p", "0"]);
     assert_eq!(out.code(), Some(2), "{out:?}");
-    assert!(
-        out.stderr.contains("no-such.stl") && out.stderr.contains("No such file"),
-        "{out:?}"
-    );
-    assert!(
-        !out.stdout.contains("ready"),
-        "must not start serving: {out:?}"
-    );
+    assert!(out.stderr.contains("no-such.stl") && out.stderr.contains("No such file"), "{out:?}");
+    assert!(!out.stdout.contains("ready"), "must not start serving: {out:?}");
 }
 
 #[test]
@@ -39,41 +22,12 @@ fn no_server_listening() {
     // A socket bound but not listening: connecting to its port is refused, with no race for a
     // "free" port.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    let port = sock
-        .local_addr()
-        .unwrap()
-        .as_socket()
-        .unwrap()
-        .port()
-        .to_string();
+    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    let port = sock.local_addr().unwrap().as_socket().unwrap().port().to_string();
     let b = tempdir();
-    let out = client(
-        b.path(),
-        &[
-            "--client",
-            "-f",
-            "out.stl",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "--zmq-mode",
-            "connect",
-        ],
-    );
+    let out = client(b.path(), &["--client", "-f", "out.stl", "-H", "127.0.0.1", "-p", &port, "--zmq-mode", "connect"]);
     assert_eq!(out.code(), Some(3), "{out:?}");
-    assert!(
-        out.stderr
-            .contains(&format!("no server is listening at 127.0.0.1:{port}")),
-        "{out:?}"
-    );
+    assert!(out.stderr.contains(&format!("no server is listening at 127.0.0.1:{port}")), "{out:?}");
     assert!(out.stderr.contains("hint:"), "{out:?}");
     assert_eq!(files_in(b.path()), ["client.log"]);
 }
@@ -103,10 +57,7 @@ fn server_killed_mid_transfer() {
     srv.proc.signal(libc::SIGKILL);
     let out = cli.finish();
     assert_eq!(out.code(), Some(3), "{out:?}");
-    assert!(
-        out.stderr.contains("receiving") && out.stderr.contains("closed the connection"),
-        "{out:?}"
-    );
+    assert!(out.stderr.contains("receiving") && out.stderr.contains("closed the connection"), "{out:?}");
     assert!(!b.path().join("big.bin").exists());
     assert_no_partials(b.path());
 }
@@ -143,11 +94,7 @@ fn client_interrupted_mid_transfer_cleans_up_and_server_keeps_serving() {
     let out = cli.finish();
     assert_eq!(out.code(), Some(130), "{out:?}");
     assert!(out.stderr.contains("interrupted"), "{out:?}");
-    assert_eq!(
-        files_in(b.path()),
-        ["client.log"],
-        "no partial or final file"
-    );
+    assert_eq!(files_in(b.path()), ["client.log"], "no partial or final file");
     srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
     // The same server still serves the next client in full.
     let out = client(c.path(), &srv.client_args("big.bin"));
@@ -202,28 +149,19 @@ fn garbage_and_idle_clients_do_not_stall_others() {
     let addr = format!("127.0.0.1:{}", srv.tcp_port);
     // An HTTP client on the wrong port gets a protocol error frame and is dropped.
     let mut http = TcpStream::connect(&addr).unwrap();
-    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     // A frame claiming a 4 GiB payload is refused before anything is allocated.
     let mut huge = TcpStream::connect(&addr).unwrap();
     huge.write_all(&[0x01, 0xff, 0xff, 0xff, 0xff]).unwrap();
     // An idle client says nothing at all.
     let _idle = TcpStream::connect(&addr).unwrap();
     let out = client(b.path(), &srv.client_args("output.stl"));
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "a real client is served meanwhile: {out:?}"
-    );
+    assert_eq!(out.code(), Some(0), "a real client is served meanwhile: {out:?}");
     for mut s in [http, huge] {
         s.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut reply = Vec::new();
         let _ = s.read_to_end(&mut reply);
-        assert_eq!(
-            reply.first(),
-            Some(&0x09),
-            "an Error frame comes back: {reply:?}"
-        );
+        assert_eq!(reply.first(), Some(&0x09), "an Error frame comes back: {reply:?}");
     }
     // The idle client is dropped once the timeout passes, and that is logged.
     let failed = srv.proc.wait_stdout(|l| l.contains("sent nothing for 3 s"));
@@ -236,11 +174,7 @@ fn garbage_and_idle_clients_do_not_stall_others() {
 fn busy_server_says_so() {
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
-    let srv = Server::start(
-        a.path(),
-        &mesh,
-        &["--max-clients", "1", "--timeout", "20", "-v"],
-    );
+    let srv = Server::start(a.path(), &mesh, &["--max-clients", "1", "--timeout", "20", "-v"]);
     // Hold the only slot with a connection that has not said Hello yet.
     let hold = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
     srv.proc.wait_stderr(|l| l.contains("accepted connection"));
@@ -270,14 +204,7 @@ impl SmallDisk {
     fn new(at: std::path::PathBuf) -> Option<SmallDisk> {
         std::fs::create_dir_all(&at).unwrap();
         let ok = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=1m",
-                "tmpfs",
-                at.to_str().unwrap(),
-            ])
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", at.to_str().unwrap()])
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
@@ -308,9 +235,6 @@ fn disk_full_is_refused_with_a_reason() {
     assert!(out.stderr.contains("not enough space"), "{out:?}");
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(3), "{s:?}");
-    assert!(
-        s.stdout.contains("the peer refused: not enough space"),
-        "A is told why: {s:?}"
-    );
+    assert!(s.stdout.contains("the peer refused: not enough space"), "A is told why: {s:?}");
     assert!(files_in(&disk.0).is_empty());
 }

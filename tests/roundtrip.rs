@@ -11,53 +11,28 @@ fn cad_mesh_default_topology() {
     let srv = Server::start(a.path(), &mesh, &["--once"]);
     let out = client(b.path(), &srv.client_args("output.stl"));
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(
-        out.stdout.contains("Done! - RX") && out.stdout.contains("Done! - TX"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("Done! - RX") && out.stdout.contains("Done! - TX"), "{out:?}");
     assert!(out.stdout.contains("CRC-32 1445675924"), "{out:?}");
     let srv = srv.proc.finish();
     assert_eq!(srv.code(), Some(0), "{srv:?}");
-    assert!(
-        srv.stdout.contains("Done! - TX") && srv.stdout.contains("Done! - RX"),
-        "{srv:?}"
-    );
+    assert!(srv.stdout.contains("Done! - TX") && srv.stdout.contains("Done! - RX"), "{srv:?}");
     assert!(same_contents(&mesh, &b.path().join("output.stl")));
     assert!(same_contents(&mesh, &a.path().join("output.stl")));
     // B made the vertex CSV and A received it intact: both equal the reference byte for byte.
     let reference = shared("cad_mesh.csv");
-    assert!(
-        same_contents(&reference, &b.path().join("output.csv")),
-        "B's CSV"
-    );
-    assert!(
-        same_contents(&reference, &a.path().join("output.csv")),
-        "A's CSV"
-    );
-    assert!(
-        out.stdout
-            .contains("CSV output.csv (42888 vertices) returned and verified"),
-        "{out:?}"
-    );
+    assert!(same_contents(&reference, &b.path().join("output.csv")), "B's CSV");
+    assert!(same_contents(&reference, &a.path().join("output.csv")), "A's CSV");
+    assert!(out.stdout.contains("CSV output.csv (42888 vertices) returned and verified"), "{out:?}");
     // The log records the connection, the checksum the Python version logged, and the verdicts.
     let log = std::fs::read_to_string(a.path().join("server.log")).unwrap();
     assert!(log.contains("accepted connection"), "{log}");
     assert!(log.contains("crc32=1445675924"), "{log}");
     assert!(log.contains("returned copy verified identical"), "{log}");
     let line = log.lines().next().unwrap();
-    assert!(
-        line.contains(" - server - INFO - "),
-        "python-style log line: {line}"
-    );
+    assert!(line.contains(" - server - INFO - "), "python-style log line: {line}");
     let clog = std::fs::read_to_string(b.path().join("client.log")).unwrap();
-    assert!(
-        clog.contains("header received") && clog.contains("size=714884"),
-        "{clog}"
-    );
-    assert_eq!(
-        files_in(b.path()),
-        ["client.log", "output.csv", "output.stl"]
-    );
+    assert!(clog.contains("header received") && clog.contains("size=714884"), "{clog}");
+    assert_eq!(files_in(b.path()), ["client.log", "output.csv", "output.stl"]);
 }
 
 #[test]
@@ -66,34 +41,16 @@ fn cad_mesh_remotehost_topology() {
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once", "--remotehost", "127.0.0.1"]);
-    assert!(
-        srv.zmq_port.is_none(),
-        "no ZeroMQ port is bound by A in this topology"
-    );
+    assert!(srv.zmq_port.is_none(), "no ZeroMQ port is bound by A in this topology");
     // B binds an ephemeral return port (0) and tells A which one in its Hello.
-    let out = client(
-        b.path(),
-        &[
-            "--client",
-            "-f",
-            "output.stl",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &srv.tcp_port,
-            "--zmq-port",
-            "0",
-        ],
-    );
+    let out =
+        client(b.path(), &["--client", "-f", "output.stl", "-H", "127.0.0.1", "-p", &srv.tcp_port, "--zmq-port", "0"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     let srv = srv.proc.finish();
     assert_eq!(srv.code(), Some(0), "{srv:?}");
     assert!(same_contents(&mesh, &a.path().join("output.stl")));
     assert!(same_contents(&mesh, &b.path().join("output.stl")));
-    assert!(same_contents(
-        &shared("cad_mesh.csv"),
-        &a.path().join("output.csv")
-    ));
+    assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("output.csv")));
 }
 
 #[test]
@@ -105,17 +62,9 @@ fn zero_byte_file() {
     let out = client(b.path(), &srv.client_args("got.bin"));
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert_eq!(srv.proc.finish().code(), Some(0));
-    assert_eq!(
-        std::fs::metadata(b.path().join("got.bin")).unwrap().len(),
-        0
-    );
+    assert_eq!(std::fs::metadata(b.path().join("got.bin")).unwrap().len(), 0);
     // Default output name follows the served file's extension.
-    assert_eq!(
-        std::fs::metadata(a.path().join("output.bin"))
-            .unwrap()
-            .len(),
-        0
-    );
+    assert_eq!(std::fs::metadata(a.path().join("output.bin")).unwrap().len(), 0);
 }
 
 #[test]
@@ -132,10 +81,7 @@ fn hundred_megabyte_file() {
     // Streaming, not loading: no child of this test binary (every one is a machinaftp process)
     // ever came near the size of the file.
     let peak_kib = max_child_rss_kib();
-    assert!(
-        peak_kib < 64 * 1024,
-        "a process peaked at {peak_kib} KiB moving a 100 MB file"
-    );
+    assert!(peak_kib < 64 * 1024, "a process peaked at {peak_kib} KiB moving a 100 MB file");
 }
 
 fn max_child_rss_kib() -> i64 {
@@ -153,10 +99,7 @@ fn several_clients_at_once() {
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &[]);
     let dirs: Vec<_> = (0..4).map(|_| tempdir()).collect();
-    let clients: Vec<_> = dirs
-        .iter()
-        .map(|d| Proc::spawn(d.path(), &srv.client_args("output.stl")))
-        .collect();
+    let clients: Vec<_> = dirs.iter().map(|d| Proc::spawn(d.path(), &srv.client_args("output.stl"))).collect();
     for (c, d) in clients.into_iter().zip(&dirs) {
         let out = c.finish();
         assert_eq!(out.code(), Some(0), "{out:?}");
@@ -166,11 +109,7 @@ fn several_clients_at_once() {
     srv.proc.signal(libc::SIGTERM);
     let done = srv.proc.finish();
     assert_eq!(done.code(), Some(0), "{done:?}");
-    assert_eq!(
-        done.stdout.matches("verified 127.0.0.1").count(),
-        4,
-        "{done:?}"
-    );
+    assert_eq!(done.stdout.matches("verified 127.0.0.1").count(), 4, "{done:?}");
     assert!(same_contents(&mesh, &a.path().join("output.stl")));
     assert_no_partials(a.path());
 }
@@ -184,50 +123,16 @@ fn seed_invocations_work_as_written() {
     std::fs::copy(shared("cad_mesh.stl"), a.path().join("cad_mesh.stl")).unwrap();
     let srv = Proc::spawn(
         a.path(),
-        &[
-            "--server",
-            "-f",
-            "./cad_mesh.stl",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--remotehost",
-            "127.0.0.1",
-            "--once",
-        ],
+        &["--server", "-f", "./cad_mesh.stl", "-H", "127.0.0.1", "-p", "0", "--remotehost", "127.0.0.1", "--once"],
     );
     let ready = srv.wait_stdout(|l| l.starts_with("ready "));
-    let port = ready
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let out = client(
-        b.path(),
-        &[
-            "--client",
-            "-f",
-            "output.stl",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "--zmq-port",
-            "0",
-        ],
-    );
+    let port = ready.split_whitespace().nth(1).unwrap().rsplit(':').next().unwrap().to_owned();
+    let out = client(b.path(), &["--client", "-f", "output.stl", "-H", "127.0.0.1", "-p", &port, "--zmq-port", "0"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     let srv = srv.finish();
     assert_eq!(srv.code(), Some(0), "{srv:?}");
     let lines: Vec<_> = srv.stdout.lines().collect();
-    assert!(
-        lines.contains(&"Done! - TX") && lines.contains(&"Done! - RX"),
-        "{srv:?}"
-    );
+    assert!(lines.contains(&"Done! - TX") && lines.contains(&"Done! - RX"), "{srv:?}");
     assert!(a.path().join("output.stl").exists() && a.path().join("server.log").exists());
     assert!(b.path().join("output.stl").exists() && b.path().join("client.log").exists());
 }
@@ -239,15 +144,8 @@ fn invalid_stl_makes_its_round_trip_but_its_csv_fails() {
     let srv = Server::start(a.path(), &bad, &["--once"]);
     let out = client(b.path(), &srv.client_args("output.stl"));
     assert_eq!(out.code(), Some(5), "{out:?}");
-    assert!(
-        out.stdout.contains("Done! - RX") && out.stdout.contains("Done! - TX"),
-        "{out:?}"
-    );
-    assert!(
-        out.stderr
-            .contains("the file made its round trip intact, but its CSV did not"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("Done! - RX") && out.stdout.contains("Done! - TX"), "{out:?}");
+    assert!(out.stderr.contains("the file made its round trip intact, but its CSV did not"), "{out:?}");
     assert!(out.stderr.contains("more than 3 vertices"), "{out:?}");
     let srv = srv.proc.finish();
     assert_eq!(srv.code(), Some(5), "{srv:?}");
@@ -267,10 +165,7 @@ fn non_stl_file_has_no_csv_and_succeeds() {
     let srv = Server::start(a.path(), &data, &["--once"]);
     let out = client(b.path(), &srv.client_args("data.bin"));
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(
-        out.stdout.contains("no CSV (the file is not STL)"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("no CSV (the file is not STL)"), "{out:?}");
     let srv = srv.proc.finish();
     assert_eq!(srv.code(), Some(0), "{srv:?}");
     assert!(!a.path().join("output.csv").exists());
@@ -286,29 +181,17 @@ fn csv_paths_and_no_csv() {
     args.extend_from_slice(&["--csv", "vertices.csv"]);
     let out = client(b.path(), &args);
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(same_contents(
-        &shared("cad_mesh.csv"),
-        &b.path().join("vertices.csv")
-    ));
-    assert!(same_contents(
-        &shared("cad_mesh.csv"),
-        &a.path().join("returned-vertices.csv")
-    ));
+    assert!(same_contents(&shared("cad_mesh.csv"), &b.path().join("vertices.csv")));
+    assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("returned-vertices.csv")));
     let c = tempdir();
     let mut args = srv.client_args("mesh.stl");
     args.push("--no-csv");
     let out = client(c.path(), &args);
     assert_eq!(out.code(), Some(0), "{out:?}");
-    assert!(
-        out.stdout.contains("no CSV (disabled with --no-csv)"),
-        "{out:?}"
-    );
+    assert!(out.stdout.contains("no CSV (disabled with --no-csv)"), "{out:?}");
     assert_eq!(files_in(c.path()), ["client.log", "mesh.stl"]);
     srv.proc.signal(libc::SIGTERM);
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(0));
-    assert!(
-        s.stdout.contains("no CSV (disabled with --no-csv)"),
-        "{s:?}"
-    );
+    assert!(s.stdout.contains("no CSV (disabled with --no-csv)"), "{s:?}");
 }

@@ -9,14 +9,7 @@ use proptest::prelude::*;
 fn c_printf(v: f32) -> String {
     let mut buf = [0u8; 128];
     // SAFETY: %.4f of any float32 is at most 46 bytes; snprintf never writes past the size given.
-    let n = unsafe {
-        libc::snprintf(
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            c"%.4f".as_ptr(),
-            f64::from(v),
-        )
-    };
+    let n = unsafe { libc::snprintf(buf.as_mut_ptr().cast(), buf.len(), c"%.4f".as_ptr(), f64::from(v)) };
     String::from_utf8(buf[..n as usize].to_vec()).unwrap()
 }
 
@@ -27,9 +20,7 @@ fn ours(v: f32) -> String {
 }
 
 fn finite_f32() -> impl Strategy<Value = f32> {
-    any::<u32>()
-        .prop_map(f32::from_bits)
-        .prop_filter("finite", |v| v.is_finite())
+    any::<u32>().prop_map(f32::from_bits).prop_filter("finite", |v| v.is_finite())
 }
 
 /// Values whose exact product with 10^4 ends in .5: odd multiples of 1/32 (see csv.rs), and the
@@ -43,8 +34,7 @@ fn ties() -> impl Strategy<Value = f32> {
 }
 
 fn subnormal() -> impl Strategy<Value = f32> {
-    (1u32..0x80_0000, any::<bool>())
-        .prop_map(|(m, neg)| f32::from_bits(m | if neg { 1 << 31 } else { 0 }))
+    (1u32..0x80_0000, any::<bool>()).prop_map(|(m, neg)| f32::from_bits(m | if neg { 1 << 31 } else { 0 }))
 }
 
 fn coord() -> impl Strategy<Value = f32> {
@@ -108,20 +98,16 @@ fn style() -> impl Strategy<Value = Style> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(
-            |(upper, newline, indent, notation, plus, drop_leading_zero, final_newline, bom)| {
-                Style {
-                    upper,
-                    newline,
-                    indent,
-                    notation,
-                    plus,
-                    drop_leading_zero,
-                    final_newline,
-                    bom,
-                }
-            },
-        )
+        .prop_map(|(upper, newline, indent, notation, plus, drop_leading_zero, final_newline, bom)| Style {
+            upper,
+            newline,
+            indent,
+            notation,
+            plus,
+            drop_leading_zero,
+            final_newline,
+            bom,
+        })
 }
 
 fn number(v: f32, s: &Style) -> String {
@@ -142,11 +128,7 @@ fn number(v: f32, s: &Style) -> String {
 
 fn ascii(facets: &[Facet], s: &Style) -> Vec<u8> {
     let kw = |i: usize, w: &str| {
-        if s.upper[i] {
-            w.to_uppercase()
-        } else {
-            w.to_owned()
-        }
+        if s.upper[i] { w.to_uppercase() } else { w.to_owned() }
     };
     let nl = s.newline;
     let mut t = String::new();
@@ -155,12 +137,7 @@ fn ascii(facets: &[Facet], s: &Style) -> Vec<u8> {
     }
     t += &format!("{}{} name with spaces{nl}", s.indent, kw(0, "solid"));
     for f in facets {
-        t += &format!(
-            "{}{} {} 0 0 1{nl}",
-            s.indent,
-            kw(1, "facet"),
-            kw(2, "normal")
-        );
+        t += &format!("{}{} {} 0 0 1{nl}", s.indent, kw(1, "facet"), kw(2, "normal"));
         t += &format!("{}{} {}{nl}", s.indent, kw(3, "outer"), kw(3, "loop"));
         for v in f {
             t += &format!(
@@ -172,13 +149,7 @@ fn ascii(facets: &[Facet], s: &Style) -> Vec<u8> {
                 number(v[2], s)
             );
         }
-        t += &format!(
-            "{}{}{nl}{}{}{nl}",
-            s.indent,
-            kw(5, "endloop"),
-            s.indent,
-            kw(6, "endfacet")
-        );
+        t += &format!("{}{}{nl}{}{}{nl}", s.indent, kw(5, "endloop"), s.indent, kw(6, "endfacet"));
     }
     t += &kw(7, "endsolid");
     t += " name with spaces";
@@ -190,11 +161,7 @@ fn ascii(facets: &[Facet], s: &Style) -> Vec<u8> {
 
 fn same_bits(a: &[Facet], b: &[Facet]) -> bool {
     a.len() == b.len()
-        && a.iter()
-            .flatten()
-            .flatten()
-            .zip(b.iter().flatten().flatten())
-            .all(|(x, y)| x.to_bits() == y.to_bits())
+        && a.iter().flatten().flatten().zip(b.iter().flatten().flatten()).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 proptest! {

@@ -48,10 +48,7 @@ impl Fake {
 
     /// Sends `bytes` as `stream` under A's credit, claiming `claimed`, and returns A's Result.
     fn send_stream(&self, stream: Stream, bytes: &[u8], claimed: &Digest) -> ReturnMsg<'static> {
-        self.send(&ReturnMsg::Offer {
-            stream,
-            size: bytes.len() as u64,
-        });
+        self.send(&ReturnMsg::Offer { stream, size: bytes.len() as u64 });
         let mut credit = 0u64;
         let mut offset = 0usize;
         while offset < bytes.len() {
@@ -62,19 +59,11 @@ impl Fake {
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            self.send(&ReturnMsg::Data {
-                stream,
-                offset: offset as u64,
-                payload: &bytes[offset..offset + n],
-            });
+            self.send(&ReturnMsg::Data { stream, offset: offset as u64, payload: &bytes[offset..offset + n] });
             credit -= n as u64;
             offset += n;
         }
-        self.send(&ReturnMsg::End {
-            stream,
-            crc32: claimed.crc32,
-            blake3: claimed.blake3,
-        });
+        self.send(&ReturnMsg::End { stream, crc32: claimed.crc32, blake3: claimed.blake3 });
         loop {
             match self.recv() {
                 ReturnMsg::Credit { .. } => {}
@@ -85,13 +74,7 @@ impl Fake {
 }
 
 /// Runs one dishonest session against A and returns A's verdicts on the file and the CSV.
-fn dishonest_session(
-    tcp: &str,
-    zmq_port: &str,
-    mesh: &Path,
-    flip_file: bool,
-    flip_csv: bool,
-) -> Vec<String> {
+fn dishonest_session(tcp: &str, zmq_port: &str, mesh: &Path, flip_file: bool, flip_csv: bool) -> Vec<String> {
     let token = [0x5a; 16];
     let ctx = zmq::Context::new();
     let dealer = ctx.socket(zmq::DEALER).unwrap();
@@ -100,44 +83,22 @@ fn dishonest_session(
     dealer.set_identity(&id).unwrap();
     dealer.set_rcvtimeo(30_000).unwrap();
     dealer.set_linger(1000).unwrap();
-    dealer
-        .connect(&format!("tcp://127.0.0.1:{zmq_port}"))
-        .unwrap();
+    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
     let fake = Fake { dealer, _ctx: ctx };
 
     let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(
-        &DataMsg::Hello {
-            version: 1,
-            token,
-            return_port: 0,
-        }
-        .to_bytes(),
-    )
-    .unwrap();
-    assert!(matches!(
-        recv_frame(&mut s),
-        DataMsg::Welcome { version: 1, .. }
-    ));
+    s.write_all(&DataMsg::Hello { version: 1, token, return_port: 0 }.to_bytes()).unwrap();
+    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: 1, .. }));
     fake.send(&ReturnMsg::Hello { version: 1, token });
     assert!(matches!(fake.recv(), ReturnMsg::HelloAck { version: 1 }));
     s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
-    let DataMsg::Header { size, .. } = recv_frame(&mut s) else {
-        panic!("no header")
-    };
+    let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
     s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
     let mut file = vec![0u8; size as usize];
     s.read_exact(&mut file).unwrap();
     assert!(matches!(recv_frame(&mut s), DataMsg::Trailer { .. }));
-    s.write_all(
-        &DataMsg::Verdict {
-            ok: true,
-            reason: String::new(),
-        }
-        .to_bytes(),
-    )
-    .unwrap();
+    s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
 
     let honest = digest_of(&file);
     let mut verdicts = Vec::new();
@@ -155,10 +116,7 @@ fn dishonest_session(
         let opts = CsvOptions::default();
         stl::convert_to(mesh, &mut csv, Path::new("memory"), opts).unwrap();
         if flip_csv {
-            let at = csv
-                .iter()
-                .position(|b| b.is_ascii_digit() && *b != b'9')
-                .unwrap();
+            let at = csv.iter().position(|b| b.is_ascii_digit() && *b != b'9').unwrap();
             csv[at] += 1;
         }
         // Digests that match what is sent, so only A's own knowledge can catch the lie.
@@ -176,23 +134,11 @@ fn flipped_byte_in_the_returned_file_is_rejected() {
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
-    let v = dishonest_session(
-        &srv.tcp_port,
-        srv.zmq_port.as_deref().unwrap(),
-        &mesh,
-        true,
-        false,
-    );
-    assert!(
-        v[0].starts_with("file ok=false returned copy differs"),
-        "{v:?}"
-    );
+    let v = dishonest_session(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), &mesh, true, false);
+    assert!(v[0].starts_with("file ok=false returned copy differs"), "{v:?}");
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(1), "{s:?}");
-    assert!(
-        s.stderr.contains("checksum mismatch on the return leg"),
-        "{s:?}"
-    );
+    assert!(s.stderr.contains("checksum mismatch on the return leg"), "{s:?}");
     assert_eq!(files_in(a.path()), ["server.log"]);
 }
 
@@ -201,18 +147,9 @@ fn tampered_csv_with_matching_digests_is_rejected() {
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
-    let v = dishonest_session(
-        &srv.tcp_port,
-        srv.zmq_port.as_deref().unwrap(),
-        &mesh,
-        false,
-        true,
-    );
+    let v = dishonest_session(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), &mesh, false, true);
     assert_eq!(v[0], "file ok=true ", "{v:?}");
-    assert!(
-        v[1].starts_with("csv ok=false the CSV differs from the server's own conversion"),
-        "{v:?}"
-    );
+    assert!(v[1].starts_with("csv ok=false the CSV differs from the server's own conversion"), "{v:?}");
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(5), "{s:?}");
     assert!(a.path().join("output.stl").exists());
@@ -226,18 +163,9 @@ fn honest_raw_client_is_accepted() {
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
-    let v = dishonest_session(
-        &srv.tcp_port,
-        srv.zmq_port.as_deref().unwrap(),
-        &mesh,
-        false,
-        false,
-    );
+    let v = dishonest_session(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), &mesh, false, false);
     assert_eq!(v, ["file ok=true ", "csv ok=true "]);
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(0), "{s:?}");
-    assert!(same_contents(
-        &shared("cad_mesh.csv"),
-        &a.path().join("output.csv")
-    ));
+    assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("output.csv")));
 }

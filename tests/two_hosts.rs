@@ -21,53 +21,28 @@ const ADDR_A: &str = "10.77.0.1";
 const ADDR_B: &str = "10.77.0.2";
 
 fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false)
 }
 
 impl Hosts {
     /// Creates the two namespaces, or `None` (with a note) where that is not possible here.
     fn new(tag: &str) -> Option<Hosts> {
         let id = format!("{}{tag}", std::process::id() % 100_000);
-        let h = Hosts {
-            a: format!("mftpA{id}"),
-            b: format!("mftpB{id}"),
-        };
+        let h = Hosts { a: format!("mftpA{id}"), b: format!("mftpB{id}") };
         let (va, vb) = (format!("va{id}"), format!("vb{id}"));
         let ok = ip(&["netns", "add", &h.a])
             && ip(&["netns", "add", &h.b])
             && ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])
             && ip(&["link", "set", &va, "netns", &h.a])
             && ip(&["link", "set", &vb, "netns", &h.b])
-            && ip(&[
-                "-n",
-                &h.a,
-                "addr",
-                "add",
-                &format!("{ADDR_A}/24"),
-                "dev",
-                &va,
-            ])
-            && ip(&[
-                "-n",
-                &h.b,
-                "addr",
-                "add",
-                &format!("{ADDR_B}/24"),
-                "dev",
-                &vb,
-            ])
+            && ip(&["-n", &h.a, "addr", "add", &format!("{ADDR_A}/24"), "dev", &va])
+            && ip(&["-n", &h.b, "addr", "add", &format!("{ADDR_B}/24"), "dev", &vb])
             && ip(&["-n", &h.a, "link", "set", &va, "up"])
             && ip(&["-n", &h.b, "link", "set", &vb, "up"])
             && ip(&["-n", &h.a, "link", "set", "lo", "up"])
             && ip(&["-n", &h.b, "link", "set", "lo", "up"]);
         if !ok {
-            eprintln!(
-                "two_hosts: cannot create network namespaces here (needs root and iproute2); not run"
-            );
+            eprintln!("two_hosts: cannot create network namespaces here (needs root and iproute2); not run");
             return None;
         }
         Some(h)
@@ -99,45 +74,22 @@ fn seed_invocations_across_two_hosts_in_both_topologies() {
     for remote in [false, true] {
         let (a, b) = (tempdir(), tempdir());
         std::fs::copy(&mesh, a.path().join("cad_mesh.stl")).unwrap();
-        let mut srv_args = vec![
-            "--server",
-            "-f",
-            "./cad_mesh.stl",
-            "-H",
-            ADDR_A,
-            "-p",
-            "8080",
-            "--once",
-        ];
+        let mut srv_args = vec!["--server", "-f", "./cad_mesh.stl", "-H", ADDR_A, "-p", "8080", "--once"];
         if remote {
             srv_args.extend_from_slice(&["--remotehost", ADDR_B]);
         }
         let srv = spawn_in(&h.a, a.path(), &srv_args);
         srv.wait_stdout(|l| l.starts_with("ready "));
-        let cli = spawn_in(
-            &h.b,
-            b.path(),
-            &["--client", "-f", "output.stl", "-H", ADDR_A, "-p", "8080"],
-        );
+        let cli = spawn_in(&h.b, b.path(), &["--client", "-f", "output.stl", "-H", ADDR_A, "-p", "8080"]);
         let out = cli.finish();
         assert_eq!(out.code(), Some(0), "remote={remote}: {out:?}");
         let s = srv.finish();
         assert_eq!(s.code(), Some(0), "remote={remote}: {s:?}");
         assert!(same_contents(&mesh, &a.path().join("output.stl")));
-        assert!(same_contents(
-            &shared("cad_mesh.csv"),
-            &a.path().join("output.csv")
-        ));
+        assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("output.csv")));
         let log = std::fs::read_to_string(b.path().join("client.log")).unwrap();
-        let wiring = if remote {
-            "bound at tcp://[::]:8081"
-        } else {
-            "connected to tcp://10.77.0.1:8081"
-        };
-        assert!(
-            log.contains(&format!("return channel up wiring={wiring}")),
-            "remote={remote}: {log}"
-        );
+        let wiring = if remote { "bound at tcp://[::]:8081" } else { "connected to tcp://10.77.0.1:8081" };
+        assert!(log.contains(&format!("return channel up wiring={wiring}")), "remote={remote}: {log}");
     }
 }
 
@@ -166,22 +118,7 @@ fn cut_link_is_a_timeout_not_a_hang() {
         ],
     );
     srv.wait_stdout(|l| l.starts_with("ready "));
-    let cli = spawn_in(
-        &h.b,
-        b.path(),
-        &[
-            "-c",
-            "-f",
-            "big.bin",
-            "-H",
-            ADDR_A,
-            "-p",
-            "9000",
-            "--timeout",
-            "2",
-            "-v",
-        ],
-    );
+    let cli = spawn_in(&h.b, b.path(), &["-c", "-f", "big.bin", "-H", ADDR_A, "-p", "9000", "--timeout", "2", "-v"]);
     cli.wait_stderr(|l| l.contains("accepted; receiving"));
     // Pull the cable: no FIN, no RST, just silence.
     assert!(ip(&["-n", &h.a, "link", "set", &h.veth_a(), "down"]));

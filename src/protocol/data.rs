@@ -26,6 +26,15 @@ pub enum Topology {
     Remote,
 }
 
+impl std::fmt::Display for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::Listen { zmq_port } => write!(f, "server listens on port {zmq_port}"),
+            Topology::Remote => f.write_str("server connects to the client (--remotehost)"),
+        }
+    }
+}
+
 /// Why one side ended the session early; carried in `Error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -50,10 +59,7 @@ impl ErrorCode {
             4 => ErrorCode::ReturnChannel,
             5 => ErrorCode::Internal,
             _ => {
-                return Err(DecodeError::BadValue {
-                    field: "error code",
-                    value: u64::from(v),
-                });
+                return Err(DecodeError::BadValue { field: "error code", value: u64::from(v) });
             }
         })
     }
@@ -63,11 +69,7 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataMsg {
     /// B -> A, first frame: who B is and where its return socket is bound (0 if it is not).
-    Hello {
-        version: u16,
-        token: Token,
-        return_port: u16,
-    },
+    Hello { version: u16, token: Token, return_port: u16 },
     /// A -> B: the version A will speak and how the return channel is wired.
     Welcome { version: u16, topology: Topology },
     /// B -> A: the return channel is established; A may offer the file.
@@ -117,11 +119,7 @@ impl DataMsg {
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
         let ty = match self {
-            DataMsg::Hello {
-                version,
-                token,
-                return_port,
-            } => {
+            DataMsg::Hello { version, token, return_port } => {
                 out.extend_from_slice(&MAGIC);
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(token);
@@ -192,11 +190,7 @@ impl DataMsg {
                 let token = r.array("token")?;
                 let return_port = r.u16("return port")?;
                 r.finish("Hello")?;
-                DataMsg::Hello {
-                    version,
-                    token,
-                    return_port,
-                }
+                DataMsg::Hello { version, token, return_port }
             }
             T_WELCOME => {
                 check_magic(&mut r)?;
@@ -208,10 +202,7 @@ impl DataMsg {
                     0 => Topology::Listen { zmq_port },
                     1 => Topology::Remote,
                     v => {
-                        return Err(DecodeError::BadValue {
-                            field: "topology",
-                            value: u64::from(v),
-                        });
+                        return Err(DecodeError::BadValue { field: "topology", value: u64::from(v) });
                     }
                 };
                 DataMsg::Welcome { version, topology }
@@ -225,10 +216,7 @@ impl DataMsg {
                 let name = r.str16("name")?;
                 r.finish("Header")?;
                 if name.len() > MAX_NAME_LEN {
-                    return Err(DecodeError::TooLong {
-                        len: name.len(),
-                        max: MAX_NAME_LEN,
-                    });
+                    return Err(DecodeError::TooLong { len: name.len(), max: MAX_NAME_LEN });
                 }
                 DataMsg::Header { size, name }
             }
@@ -278,10 +266,7 @@ fn check_magic(r: &mut Reader<'_>) -> Result<(), DecodeError> {
 pub fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<(u8, usize), DecodeError> {
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
     if len > MAX_FRAME_PAYLOAD {
-        return Err(DecodeError::TooLong {
-            len,
-            max: MAX_FRAME_PAYLOAD,
-        });
+        return Err(DecodeError::TooLong { len, max: MAX_FRAME_PAYLOAD });
     }
     Ok((h[0], len))
 }
@@ -296,10 +281,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(DataMsg, usize)>, DecodeError> 
     let Some(payload) = buf[FRAME_HEADER_LEN..].get(..len) else {
         return Ok(None);
     };
-    Ok(Some((
-        DataMsg::decode(ty, payload)?,
-        FRAME_HEADER_LEN + len,
-    )))
+    Ok(Some((DataMsg::decode(ty, payload)?, FRAME_HEADER_LEN + len)))
 }
 
 /// The version this build speaks, exported for the handshake.
@@ -311,64 +293,22 @@ mod tests {
 
     fn all_messages() -> Vec<DataMsg> {
         vec![
-            DataMsg::Hello {
-                version: 1,
-                token: [7; 16],
-                return_port: 8081,
-            },
-            DataMsg::Welcome {
-                version: 1,
-                topology: Topology::Listen { zmq_port: 9 },
-            },
-            DataMsg::Welcome {
-                version: 1,
-                topology: Topology::Remote,
-            },
+            DataMsg::Hello { version: 1, token: [7; 16], return_port: 8081 },
+            DataMsg::Welcome { version: 1, topology: Topology::Listen { zmq_port: 9 } },
+            DataMsg::Welcome { version: 1, topology: Topology::Remote },
             DataMsg::Ready,
-            DataMsg::Header {
-                size: 714_884,
-                name: "cad_mesh.stl".into(),
-            },
-            DataMsg::Header {
-                size: 0,
-                name: String::new(),
-            },
+            DataMsg::Header { size: 714_884, name: "cad_mesh.stl".into() },
+            DataMsg::Header { size: 0, name: String::new() },
             DataMsg::Accept,
-            DataMsg::Refuse {
-                reason: "disk full".into(),
-            },
-            DataMsg::Trailer {
-                crc32: 1_445_675_924,
-                blake3: [0xab; 32],
-            },
-            DataMsg::Verdict {
-                ok: true,
-                reason: String::new(),
-            },
-            DataMsg::Verdict {
-                ok: false,
-                reason: "crc".into(),
-            },
-            DataMsg::Error {
-                code: ErrorCode::Busy,
-                reason: "busy".into(),
-            },
-            DataMsg::Error {
-                code: ErrorCode::Version,
-                reason: "v".into(),
-            },
-            DataMsg::Error {
-                code: ErrorCode::Protocol,
-                reason: "p".into(),
-            },
-            DataMsg::Error {
-                code: ErrorCode::ReturnChannel,
-                reason: "r".into(),
-            },
-            DataMsg::Error {
-                code: ErrorCode::Internal,
-                reason: "i".into(),
-            },
+            DataMsg::Refuse { reason: "disk full".into() },
+            DataMsg::Trailer { crc32: 1_445_675_924, blake3: [0xab; 32] },
+            DataMsg::Verdict { ok: true, reason: String::new() },
+            DataMsg::Verdict { ok: false, reason: "crc".into() },
+            DataMsg::Error { code: ErrorCode::Busy, reason: "busy".into() },
+            DataMsg::Error { code: ErrorCode::Version, reason: "v".into() },
+            DataMsg::Error { code: ErrorCode::Protocol, reason: "p".into() },
+            DataMsg::Error { code: ErrorCode::ReturnChannel, reason: "r".into() },
+            DataMsg::Error { code: ErrorCode::Internal, reason: "i".into() },
         ]
     }
 
@@ -376,11 +316,7 @@ mod tests {
     fn every_message_round_trips() {
         for msg in all_messages() {
             let bytes = msg.to_bytes();
-            assert_eq!(
-                parse_frame(&bytes),
-                Ok(Some((msg.clone(), bytes.len()))),
-                "{msg:?}"
-            );
+            assert_eq!(parse_frame(&bytes), Ok(Some((msg.clone(), bytes.len()))), "{msg:?}");
         }
     }
 
@@ -406,38 +342,21 @@ mod tests {
         let mut bytes = DataMsg::Accept.to_bytes();
         bytes.push(0);
         bytes[4] = 1;
-        assert_eq!(
-            parse_frame(&bytes),
-            Err(DecodeError::Trailing {
-                message: "Accept",
-                extra: 1
-            })
-        );
+        assert_eq!(parse_frame(&bytes), Err(DecodeError::Trailing { message: "Accept", extra: 1 }));
     }
 
     #[test]
     fn oversized_frame_is_rejected_before_allocation() {
         let bytes = [T_HEADER, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(
-            parse_frame(&bytes),
-            Err(DecodeError::TooLong { .. })
-        ));
+        assert!(matches!(parse_frame(&bytes), Err(DecodeError::TooLong { .. })));
     }
 
     #[test]
     fn bad_magic_and_unknown_type() {
-        let mut hello = DataMsg::Hello {
-            version: 1,
-            token: [1; 16],
-            return_port: 0,
-        }
-        .to_bytes();
+        let mut hello = DataMsg::Hello { version: 1, token: [1; 16], return_port: 0 }.to_bytes();
         hello[5] = b'X';
         assert!(matches!(parse_frame(&hello), Err(DecodeError::BadMagic(_))));
-        assert_eq!(
-            parse_frame(&[0x7f, 0, 0, 0, 0]),
-            Err(DecodeError::UnknownType(0x7f))
-        );
+        assert_eq!(parse_frame(&[0x7f, 0, 0, 0, 0]), Err(DecodeError::UnknownType(0x7f)));
         // An HTTP client hitting the port gets an error, not a hang or a huge allocation.
         assert!(parse_frame(b"GET / HTTP/1.1\r\n\r\n").is_err());
     }
@@ -465,24 +384,11 @@ mod tests {
     #[test]
     fn worked_example_in_protocol_md() {
         // docs/PROTOCOL.md shows these bytes; keep the document honest.
-        let bytes = DataMsg::Header {
-            size: 714_884,
-            name: "cad_mesh.stl".into(),
-        }
-        .to_bytes();
-        let expected: Vec<u8> = [
-            &[0x04, 0, 0, 0, 0x16][..],
-            &[0, 0, 0, 0, 0, 0x0a, 0xe8, 0x84],
-            &[0, 0x0c],
-            b"cad_mesh.stl",
-        ]
-        .concat();
+        let bytes = DataMsg::Header { size: 714_884, name: "cad_mesh.stl".into() }.to_bytes();
+        let expected: Vec<u8> =
+            [&[0x04, 0, 0, 0, 0x16][..], &[0, 0, 0, 0, 0, 0x0a, 0xe8, 0x84], &[0, 0x0c], b"cad_mesh.stl"].concat();
         assert_eq!(bytes, expected);
-        let trailer = DataMsg::Trailer {
-            crc32: 1_445_675_924,
-            blake3: [0; 32],
-        }
-        .to_bytes();
+        let trailer = DataMsg::Trailer { crc32: 1_445_675_924, blake3: [0; 32] }.to_bytes();
         assert_eq!(&trailer[5..9], &[0x56, 0x2b, 0x43, 0x94]);
     }
 

@@ -30,10 +30,7 @@ impl Stream {
         match v {
             0 => Ok(Stream::File),
             1 => Ok(Stream::Csv),
-            _ => Err(DecodeError::BadValue {
-                field: "stream",
-                value: u64::from(v),
-            }),
+            _ => Err(DecodeError::BadValue { field: "stream", value: u64::from(v) }),
         }
     }
 
@@ -58,34 +55,20 @@ pub enum ReturnMsg<'a> {
     /// A -> B: B may send `bytes` more bytes of `stream`.
     Credit { stream: Stream, bytes: u64 },
     /// B -> A: `payload` goes at `offset` of `stream`.
-    Data {
-        stream: Stream,
-        offset: u64,
-        payload: &'a [u8],
-    },
+    Data { stream: Stream, offset: u64, payload: &'a [u8] },
     /// B -> A: all of `stream` was sent; the digests B holds for it.
-    End {
-        stream: Stream,
-        crc32: u32,
-        blake3: [u8; 32],
-    },
+    End { stream: Stream, crc32: u32, blake3: [u8; 32] },
     /// A -> B: A's verdict on `stream`.
-    Result {
-        stream: Stream,
-        ok: bool,
-        reason: String,
-    },
+    Result { stream: Stream, ok: bool, reason: String },
     /// B -> A: nothing more will come in this session.
     Bye,
     /// Either way: the session is over because of `reason`.
     Abort { reason: String },
+    /// Either way: "still working" (converting the CSV); resets the receiver's idle timeout.
+    KeepAlive,
     /// B -> A: `stream` will not be sent; `failed` says whether that is a failure (the file is
     /// STL but could not be converted) or expected (not STL, or disabled).
-    Skip {
-        stream: Stream,
-        failed: bool,
-        reason: String,
-    },
+    Skip { stream: Stream, failed: bool, reason: String },
 }
 
 const T_HELLO: u8 = 0x11;
@@ -98,6 +81,7 @@ const T_RESULT: u8 = 0x17;
 const T_BYE: u8 = 0x18;
 const T_ABORT: u8 = 0x19;
 const T_SKIP: u8 = 0x1a;
+const T_KEEPALIVE: u8 = 0x1b;
 
 impl<'a> ReturnMsg<'a> {
     /// A short name for logs and error messages.
@@ -113,6 +97,7 @@ impl<'a> ReturnMsg<'a> {
             ReturnMsg::Bye => "Bye",
             ReturnMsg::Abort { .. } => "Abort",
             ReturnMsg::Skip { .. } => "Skip",
+            ReturnMsg::KeepAlive => "KeepAlive",
         }
     }
 
@@ -141,20 +126,12 @@ impl<'a> ReturnMsg<'a> {
                 out.push(*stream as u8);
                 out.extend_from_slice(&bytes.to_be_bytes());
             }
-            ReturnMsg::Data {
-                stream,
-                offset,
-                payload,
-            } => {
+            ReturnMsg::Data { stream, offset, payload } => {
                 out.reserve(DATA_HEADER_LEN + payload.len());
                 out.extend_from_slice(&data_header(*stream, *offset));
                 out.extend_from_slice(payload);
             }
-            ReturnMsg::End {
-                stream,
-                crc32,
-                blake3,
-            } => {
+            ReturnMsg::End { stream, crc32, blake3 } => {
                 out.push(T_END);
                 out.push(*stream as u8);
                 out.extend_from_slice(&crc32.to_be_bytes());
@@ -167,15 +144,12 @@ impl<'a> ReturnMsg<'a> {
                 put_str16(&mut out, reason, MAX_REASON_LEN);
             }
             ReturnMsg::Bye => out.push(T_BYE),
+            ReturnMsg::KeepAlive => out.push(T_KEEPALIVE),
             ReturnMsg::Abort { reason } => {
                 out.push(T_ABORT);
                 put_str16(&mut out, reason, MAX_REASON_LEN);
             }
-            ReturnMsg::Skip {
-                stream,
-                failed,
-                reason,
-            } => {
+            ReturnMsg::Skip { stream, failed, reason } => {
                 out.push(T_SKIP);
                 out.push(*stream as u8);
                 out.push(u8::from(*failed));
@@ -190,10 +164,7 @@ impl<'a> ReturnMsg<'a> {
         let mut r = Reader::new(buf);
         let ty = r.u8("type")?;
         if ty != T_DATA && buf.len() > MAX_CONTROL_LEN {
-            return Err(DecodeError::TooLong {
-                len: buf.len(),
-                max: MAX_CONTROL_LEN,
-            });
+            return Err(DecodeError::TooLong { len: buf.len(), max: MAX_CONTROL_LEN });
         }
         let msg = match ty {
             T_HELLO => {
@@ -226,27 +197,16 @@ impl<'a> ReturnMsg<'a> {
                 let offset = r.u64("offset")?;
                 let payload = r.rest();
                 if payload.len() > MAX_CHUNK {
-                    return Err(DecodeError::TooLong {
-                        len: payload.len(),
-                        max: MAX_CHUNK,
-                    });
+                    return Err(DecodeError::TooLong { len: payload.len(), max: MAX_CHUNK });
                 }
-                ReturnMsg::Data {
-                    stream,
-                    offset,
-                    payload,
-                }
+                ReturnMsg::Data { stream, offset, payload }
             }
             T_END => {
                 let stream = Stream::from_u8(r.u8("stream")?)?;
                 let crc32 = r.u32("crc32")?;
                 let blake3 = r.array("blake3")?;
                 r.finish("End")?;
-                ReturnMsg::End {
-                    stream,
-                    crc32,
-                    blake3,
-                }
+                ReturnMsg::End { stream, crc32, blake3 }
             }
             T_RESULT => {
                 let stream = Stream::from_u8(r.u8("stream")?)?;
@@ -264,16 +224,16 @@ impl<'a> ReturnMsg<'a> {
                 r.finish("Abort")?;
                 ReturnMsg::Abort { reason }
             }
+            T_KEEPALIVE => {
+                r.finish("KeepAlive")?;
+                ReturnMsg::KeepAlive
+            }
             T_SKIP => {
                 let stream = Stream::from_u8(r.u8("stream")?)?;
                 let failed = r.flag("failed")?;
                 let reason = r.str16("reason")?;
                 r.finish("Skip")?;
-                ReturnMsg::Skip {
-                    stream,
-                    failed,
-                    reason,
-                }
+                ReturnMsg::Skip { stream, failed, reason }
             }
             other => return Err(DecodeError::UnknownType(other)),
         };
@@ -305,52 +265,18 @@ mod tests {
 
     fn all_messages() -> Vec<ReturnMsg<'static>> {
         vec![
-            ReturnMsg::Hello {
-                version: 1,
-                token: [9; 16],
-            },
+            ReturnMsg::Hello { version: 1, token: [9; 16] },
             ReturnMsg::HelloAck { version: 1 },
-            ReturnMsg::Offer {
-                stream: Stream::File,
-                size: 714_884,
-            },
-            ReturnMsg::Offer {
-                stream: Stream::Csv,
-                size: 0,
-            },
-            ReturnMsg::Credit {
-                stream: Stream::File,
-                bytes: 1 << 21,
-            },
-            ReturnMsg::Data {
-                stream: Stream::File,
-                offset: 42,
-                payload: b"abc",
-            },
-            ReturnMsg::Data {
-                stream: Stream::Csv,
-                offset: 0,
-                payload: b"",
-            },
-            ReturnMsg::End {
-                stream: Stream::File,
-                crc32: 1_445_675_924,
-                blake3: [3; 32],
-            },
-            ReturnMsg::Result {
-                stream: Stream::File,
-                ok: true,
-                reason: String::new(),
-            },
-            ReturnMsg::Result {
-                stream: Stream::Csv,
-                ok: false,
-                reason: "bad".into(),
-            },
+            ReturnMsg::Offer { stream: Stream::File, size: 714_884 },
+            ReturnMsg::Offer { stream: Stream::Csv, size: 0 },
+            ReturnMsg::Credit { stream: Stream::File, bytes: 1 << 21 },
+            ReturnMsg::Data { stream: Stream::File, offset: 42, payload: b"abc" },
+            ReturnMsg::Data { stream: Stream::Csv, offset: 0, payload: b"" },
+            ReturnMsg::End { stream: Stream::File, crc32: 1_445_675_924, blake3: [3; 32] },
+            ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() },
+            ReturnMsg::Result { stream: Stream::Csv, ok: false, reason: "bad".into() },
             ReturnMsg::Bye,
-            ReturnMsg::Abort {
-                reason: "timeout".into(),
-            },
+            ReturnMsg::Abort { reason: "timeout".into() },
         ]
     }
 
@@ -371,21 +297,14 @@ mod tests {
                 if matches!(msg, ReturnMsg::Data { .. }) && cut >= DATA_HEADER_LEN {
                     continue;
                 }
-                assert!(
-                    ReturnMsg::decode(&bytes[..cut]).is_err(),
-                    "{msg:?} cut at {cut}"
-                );
+                assert!(ReturnMsg::decode(&bytes[..cut]).is_err(), "{msg:?} cut at {cut}");
             }
         }
     }
 
     #[test]
     fn data_header_matches_encoding() {
-        let msg = ReturnMsg::Data {
-            stream: Stream::Csv,
-            offset: 77,
-            payload: b"xyz",
-        };
+        let msg = ReturnMsg::Data { stream: Stream::Csv, offset: 77, payload: b"xyz" };
         let bytes = msg.to_bytes();
         assert_eq!(&bytes[..DATA_HEADER_LEN], &data_header(Stream::Csv, 77));
     }
@@ -395,36 +314,20 @@ mod tests {
         let mut big = vec![T_DATA, 0];
         big.extend_from_slice(&0u64.to_be_bytes());
         big.resize(DATA_HEADER_LEN + MAX_CHUNK + 1, 0);
-        assert!(matches!(
-            ReturnMsg::decode(&big),
-            Err(DecodeError::TooLong { .. })
-        ));
+        assert!(matches!(ReturnMsg::decode(&big), Err(DecodeError::TooLong { .. })));
         let mut abort = vec![T_ABORT];
         abort.resize(MAX_CONTROL_LEN + 1, b'a');
-        assert!(matches!(
-            ReturnMsg::decode(&abort),
-            Err(DecodeError::TooLong { .. })
-        ));
+        assert!(matches!(ReturnMsg::decode(&abort), Err(DecodeError::TooLong { .. })));
     }
 
     #[test]
     fn garbage_is_an_error() {
         assert!(ReturnMsg::decode(b"").is_err());
-        assert_eq!(
-            ReturnMsg::decode(&[0x7e]),
-            Err(DecodeError::UnknownType(0x7e))
-        );
+        assert_eq!(ReturnMsg::decode(&[0x7e]), Err(DecodeError::UnknownType(0x7e)));
         assert!(ReturnMsg::decode(&[T_OFFER, 9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(ReturnMsg::decode(&[T_RESULT, 0, 2, 0, 0]).is_err());
-        let mut hello = ReturnMsg::Hello {
-            version: 1,
-            token: [1; 16],
-        }
-        .to_bytes();
+        let mut hello = ReturnMsg::Hello { version: 1, token: [1; 16] }.to_bytes();
         hello[1] = b'Z';
-        assert!(matches!(
-            ReturnMsg::decode(&hello),
-            Err(DecodeError::BadMagic(_))
-        ));
+        assert!(matches!(ReturnMsg::decode(&hello), Err(DecodeError::BadMagic(_))));
     }
 }

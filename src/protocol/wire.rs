@@ -7,11 +7,7 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// The message ended before the field named here was complete.
-    Truncated {
-        field: &'static str,
-        need: usize,
-        have: usize,
-    },
+    Truncated { field: &'static str, need: usize, have: usize },
     /// Bytes were left over after the last field of a fixed-layout message.
     Trailing { message: &'static str, extra: usize },
     /// The type byte names no message this side understands.
@@ -30,23 +26,15 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::Truncated { field, need, have } => {
-                write!(
-                    f,
-                    "message truncated in field `{field}` (needs {need} more bytes, {have} left)"
-                )
+                write!(f, "message truncated in field `{field}` (needs {need} more bytes, {have} left)")
             }
             DecodeError::Trailing { message, extra } => {
-                write!(
-                    f,
-                    "{extra} unexpected trailing bytes after a {message} message"
-                )
+                write!(f, "{extra} unexpected trailing bytes after a {message} message")
             }
             DecodeError::UnknownType(t) => write!(f, "unknown message type 0x{t:02x}"),
-            DecodeError::BadMagic(m) => write!(
-                f,
-                "bad magic {:?}: the peer does not speak the machinaftp protocol",
-                String::from_utf8_lossy(m)
-            ),
+            DecodeError::BadMagic(m) => {
+                write!(f, "bad magic {:?}: the peer does not speak the machinaftp protocol", String::from_utf8_lossy(m))
+            }
             DecodeError::TooLong { len, max } => {
                 write!(f, "message of {len} bytes exceeds the limit of {max} bytes")
             }
@@ -72,21 +60,14 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn bytes(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
-            return Err(DecodeError::Truncated {
-                field,
-                need: n,
-                have: self.buf.len(),
-            });
+            return Err(DecodeError::Truncated { field, need: n, have: self.buf.len() });
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        field: &'static str,
-    ) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N, field)?);
         Ok(out)
@@ -113,10 +94,7 @@ impl<'a> Reader<'a> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(DecodeError::BadValue {
-                field,
-                value: u64::from(v),
-            }),
+            v => Err(DecodeError::BadValue { field, value: u64::from(v) }),
         }
     }
 
@@ -124,9 +102,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn str16(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let len = usize::from(self.u16(field)?);
         let raw = self.bytes(len, field)?;
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::BadUtf8(field))
+        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::BadUtf8(field))
     }
 
     /// Whatever is left, for messages whose last field runs to the end.
@@ -136,14 +112,7 @@ impl<'a> Reader<'a> {
 
     /// Fails if anything is left: fixed-layout messages must be exactly their size.
     pub(crate) fn finish(self, message: &'static str) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::Trailing {
-                message,
-                extra: self.buf.len(),
-            })
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::Trailing { message, extra: self.buf.len() }) }
     }
 }
 
@@ -166,14 +135,7 @@ mod tests {
     fn reader_reports_truncation_with_field() {
         let mut r = Reader::new(&[0, 1]);
         assert_eq!(r.u16("a"), Ok(1));
-        assert_eq!(
-            r.u32("b"),
-            Err(DecodeError::Truncated {
-                field: "b",
-                need: 4,
-                have: 0
-            })
-        );
+        assert_eq!(r.u32("b"), Err(DecodeError::Truncated { field: "b", need: 4, have: 0 }));
     }
 
     #[test]
@@ -192,13 +154,7 @@ mod tests {
 
     #[test]
     fn str16_rejects_bad_utf8_and_short_input() {
-        assert_eq!(
-            Reader::new(&[0, 1, 0xff]).str16("s"),
-            Err(DecodeError::BadUtf8("s"))
-        );
-        assert!(matches!(
-            Reader::new(&[0, 5, b'a']).str16("s"),
-            Err(DecodeError::Truncated { .. })
-        ));
+        assert_eq!(Reader::new(&[0, 1, 0xff]).str16("s"), Err(DecodeError::BadUtf8("s")));
+        assert!(matches!(Reader::new(&[0, 5, b'a']).str16("s"), Err(DecodeError::Truncated { .. })));
     }
 }

@@ -11,7 +11,7 @@
 //! through f64 first would round twice and change coordinates. A file that ends after a complete
 //! facet without its `endsolid` is accepted with a warning.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use super::{Facet, ReadSummary, StlError};
 
@@ -24,14 +24,34 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// Whether the first bytes of a file look like the start of ASCII STL.
-pub fn starts_like_ascii(head: &[u8]) -> bool {
-    let body = head.strip_prefix(BOM).unwrap_or(head);
-    let start = body.iter().position(|b| !is_space(*b));
-    match start {
-        Some(i) => body[i..].len() >= 5 && body[i..i + 5].eq_ignore_ascii_case(b"solid"),
-        // Only whitespace so far: let the parser decide from the rest of the file.
-        None => !head.is_empty(),
+/// Whether the stream begins, after an optional UTF-8 BOM and any whitespace, with `solid` in
+/// any letter case. Reads only up to that word (however much whitespace comes first).
+pub fn begins_with_solid<R: Read>(r: R) -> io::Result<bool> {
+    let mut r = io::BufReader::with_capacity(8192, r);
+    if r.fill_buf()?.starts_with(BOM) {
+        r.consume(BOM.len());
+    }
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        match buf.iter().position(|b| !is_space(*b)) {
+            Some(i) => {
+                r.consume(i);
+                break;
+            }
+            None => {
+                let n = buf.len();
+                r.consume(n);
+            }
+        }
+    }
+    let mut word = [0u8; 5];
+    match r.read_exact(&mut word) {
+        Ok(()) => Ok(word.eq_ignore_ascii_case(b"solid")),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -124,11 +144,7 @@ impl<R: Read> Tokens<R> {
             self.tok.push(b);
             self.bump(b);
         }
-        Ok(if self.tok.is_empty() {
-            None
-        } else {
-            Some(&self.tok)
-        })
+        Ok(if self.tok.is_empty() { None } else { Some(&self.tok) })
     }
 
     /// Skips the rest of the current line (a solid's name).
@@ -143,10 +159,7 @@ impl<R: Read> Tokens<R> {
     }
 
     fn err(&self, msg: impl Into<String>) -> StlError {
-        StlError::Syntax {
-            line: self.tok_line,
-            msg: msg.into(),
-        }
+        StlError::Syntax { line: self.tok_line, msg: msg.into() }
     }
 }
 
@@ -154,11 +167,7 @@ impl<R: Read> Tokens<R> {
 fn show(tok: &[u8]) -> String {
     let s = String::from_utf8_lossy(&tok[..tok.len().min(40)]);
     let s: String = s.chars().flat_map(char::escape_default).collect();
-    if tok.len() > 40 {
-        format!("`{s}…`")
-    } else {
-        format!("`{s}`")
-    }
+    if tok.len() > 40 { format!("`{s}…`") } else { format!("`{s}`") }
 }
 
 struct Parser<R> {
@@ -172,36 +181,23 @@ impl<R: Read> Parser<R> {
         match self.t.next()? {
             Some(tok) if tok.eq_ignore_ascii_case(want.as_bytes()) => Ok(()),
             Some(tok) => {
-                let msg = format!(
-                    "expected `{want}` {context} of facet {facet}, found {}",
-                    show(tok)
-                );
+                let msg = format!("expected `{want}` {context} of facet {facet}, found {}", show(tok));
                 Err(self.t.err(msg))
             }
-            None => Err(self.t.err(format!(
-                "file ends inside facet {facet} (expected `{want}` {context})"
-            ))),
+            None => Err(self.t.err(format!("file ends inside facet {facet} (expected `{want}` {context})"))),
         }
     }
 
     fn number(&mut self, what: &str) -> Result<f32, StlError> {
         let facet = self.facets + 1;
         let Some(tok) = self.t.next()? else {
-            return Err(self.t.err(format!(
-                "file ends inside facet {facet} (expected the {what})"
-            )));
+            return Err(self.t.err(format!("file ends inside facet {facet} (expected the {what})")));
         };
         // Straight to f32: std's parser rounds correctly from the decimal text.
-        match std::str::from_utf8(tok)
-            .ok()
-            .and_then(|s| s.parse::<f32>().ok())
-        {
+        match std::str::from_utf8(tok).ok().and_then(|s| s.parse::<f32>().ok()) {
             Some(v) => Ok(v),
             None => {
-                let msg = format!(
-                    "{} is not a number (the {what} of facet {facet})",
-                    show(tok)
-                );
+                let msg = format!("{} is not a number (the {what} of facet {facet})", show(tok));
                 Err(self.t.err(msg))
             }
         }
@@ -220,9 +216,9 @@ impl<R: Read> Parser<R> {
             match self.t.next()? {
                 Some(tok) if tok.eq_ignore_ascii_case(b"vertex") => {}
                 Some(tok) if tok.eq_ignore_ascii_case(b"endloop") => {
-                    return Err(self.t.err(format!(
-                        "the loop of facet {facet} has {k} vertices; a facet needs exactly 3"
-                    )));
+                    return Err(self
+                        .t
+                        .err(format!("the loop of facet {facet} has {k} vertices; a facet needs exactly 3")));
                 }
                 Some(tok) => {
                     let msg = format!("expected `vertex` in facet {facet}, found {}", show(tok));
@@ -234,12 +230,7 @@ impl<R: Read> Parser<R> {
             for (c, axis) in ["x", "y", "z"].iter().enumerate() {
                 let v = self.number(&format!("{axis} of vertex {}", k + 1))?;
                 if !v.is_finite() {
-                    return Err(StlError::NonFinite {
-                        facet,
-                        vertex: k as u8 + 1,
-                        value: v,
-                        line: Some(line),
-                    });
+                    return Err(StlError::NonFinite { facet, vertex: k as u8 + 1, value: v, line: Some(line) });
                 }
                 corner[c] = v;
             }
@@ -248,9 +239,9 @@ impl<R: Read> Parser<R> {
         match self.t.next()? {
             Some(tok) if tok.eq_ignore_ascii_case(b"endloop") => {}
             Some(tok) if tok.eq_ignore_ascii_case(b"vertex") => {
-                return Err(self.t.err(format!(
-                    "the loop of facet {facet} has more than 3 vertices; a facet needs exactly 3"
-                )));
+                return Err(self
+                    .t
+                    .err(format!("the loop of facet {facet} has more than 3 vertices; a facet needs exactly 3")));
             }
             Some(tok) => {
                 let msg = format!("expected `endloop` in facet {facet}, found {}", show(tok));
@@ -264,14 +255,8 @@ impl<R: Read> Parser<R> {
 }
 
 /// Reads every solid of an ASCII STL stream positioned at its start.
-pub fn read<R: Read>(
-    r: R,
-    each: &mut impl FnMut(&Facet) -> io::Result<()>,
-) -> Result<ReadSummary, StlError> {
-    let mut p = Parser {
-        t: Tokens::new(r),
-        facets: 0,
-    };
+pub fn read<R: Read>(r: R, each: &mut impl FnMut(&Facet) -> io::Result<()>) -> Result<ReadSummary, StlError> {
+    let mut p = Parser { t: Tokens::new(r), facets: 0 };
     p.t.skip_bom()?;
     let mut summary = ReadSummary::default();
     loop {
@@ -334,10 +319,7 @@ mod tests {
 
     #[test]
     fn two_solids_mixed_case_bare_endsolid() {
-        let text = format!(
-            "solid a\n{ONE}endsolid a\nSOLID\n{}ENDSOLID",
-            ONE.to_uppercase()
-        );
+        let text = format!("solid a\n{ONE}endsolid a\nSOLID\n{}ENDSOLID", ONE.to_uppercase());
         let (f, s) = parse(&text).unwrap();
         assert_eq!(f.len(), 2);
         assert_eq!((s.solids, s.facets), (2, 2));
@@ -346,10 +328,7 @@ mod tests {
 
     #[test]
     fn cr_only_lines_and_tabs() {
-        let text = format!(
-            "solid\tname\r{}endsolid\r",
-            ONE.replace('\n', "\r").replace(' ', "\t ")
-        );
+        let text = format!("solid\tname\r{}endsolid\r", ONE.replace('\n', "\r").replace(' ', "\t "));
         let (f, _) = parse(&text).unwrap();
         assert_eq!(f[0][2], [7.0, 8.0, 9.0]);
     }
@@ -384,49 +363,28 @@ mod tests {
         let e = parse(bad).unwrap_err().to_string();
         assert!(e.starts_with("line 4: `blah` is not a number"), "{e}");
         let four = ONE.replace("endloop", "vertex 1 1 1\nendloop");
-        let e = parse(&format!("solid\n{four}endsolid"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("line 7: the loop of facet 1 has more than 3 vertices"),
-            "{e}"
-        );
+        let e = parse(&format!("solid\n{four}endsolid")).unwrap_err().to_string();
+        assert!(e.starts_with("line 7: the loop of facet 1 has more than 3 vertices"), "{e}");
         let two = ONE.replace("vertex 7 8 9\n", "");
-        let e = parse(&format!("solid\n{two}endsolid"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!("solid\n{two}endsolid")).unwrap_err().to_string();
         assert!(e.contains("has 2 vertices"), "{e}");
-        let e = parse("solid\nfacet normal 0 0 1\nouter loop\nvertex 1 2")
-            .unwrap_err()
-            .to_string();
+        let e = parse("solid\nfacet normal 0 0 1\nouter loop\nvertex 1 2").unwrap_err().to_string();
         assert!(e.starts_with("line 4: file ends inside facet 1"), "{e}");
-        let e = parse("solid\nfacet normal 0 0 1\nouter loop\nvertex 1 2 nan")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("facet 1 (line 4): vertex 1 has a non-finite coordinate (NaN)"),
-            "{e}"
-        );
+        let e = parse("solid\nfacet normal 0 0 1\nouter loop\nvertex 1 2 nan").unwrap_err().to_string();
+        assert!(e.starts_with("facet 1 (line 4): vertex 1 has a non-finite coordinate (NaN)"), "{e}");
         let e = parse("solid x\nendsolid\ngarbage").unwrap_err().to_string();
-        assert!(
-            e.starts_with("line 3: expected `solid`, found `garbage`"),
-            "{e}"
-        );
+        assert!(e.starts_with("line 3: expected `solid`, found `garbage`"), "{e}");
     }
 
     #[test]
     fn long_tokens_are_refused() {
-        let e = parse(&format!("solid\n{}", "x".repeat(10_000)))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!("solid\n{}", "x".repeat(10_000))).unwrap_err().to_string();
         assert!(e.contains("longer than"), "{e}");
     }
 
     #[test]
     fn crlf_counts_one_line() {
-        let e = parse("solid\r\n\r\nfacet normal 0 0 1\r\nbogus")
-            .unwrap_err()
-            .to_string();
+        let e = parse("solid\r\n\r\nfacet normal 0 0 1\r\nbogus").unwrap_err().to_string();
         assert!(e.starts_with("line 4:"), "{e}");
     }
 }

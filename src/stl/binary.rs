@@ -51,11 +51,7 @@ pub fn read<R: Read>(
             each(&facet)?;
         }
     }
-    Ok(ReadSummary {
-        facets: total,
-        solids: 1,
-        warnings: Vec::new(),
-    })
+    Ok(ReadSummary { facets: total, solids: 1, warnings: Vec::new() })
 }
 
 #[cfg(test)]
@@ -85,10 +81,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.facets, 1);
-        assert_eq!(
-            got,
-            vec![[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, -0.0]]]
-        );
+        assert_eq!(got, vec![[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, -0.0]]]);
     }
 
     #[test]
@@ -97,10 +90,6 @@ mod tests {
         let mut bad = [0.0; 12];
         bad[7] = f32::NAN; // second vertex, y
         let e = read(Cursor::new(file(&[ok, bad])), 2, &mut |_| Ok(())).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("facet 2: vertex 2 has a non-finite coordinate"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("facet 2: vertex 2 has a non-finite coordinate"), "{e}");
     }
 }

@@ -38,11 +38,7 @@ pub fn write_fixed4(dst: &mut [u8], v: f32) -> usize {
         return write_slow(dst, v);
     }
     // Subnormals have no implicit leading bit and the minimum exponent.
-    let (m, e) = if exp == 0 {
-        (frac, -149)
-    } else {
-        (frac | 0x80_0000, exp - 150)
-    };
+    let (m, e) = if exp == 0 { (frac, -149) } else { (frac | 0x80_0000, exp - 150) };
     let scaled = m * 10_000; // < 2^38
     let q = if e >= 0 {
         if e > 25 {
@@ -57,11 +53,7 @@ pub fn write_fixed4(dst: &mut [u8], v: f32) -> usize {
             let q = scaled >> k;
             let rem = scaled & ((1u64 << k) - 1);
             let half = 1u64 << (k - 1);
-            if rem > half || (rem == half && q & 1 == 1) {
-                q + 1
-            } else {
-                q
-            }
+            if rem > half || (rem == half && q & 1 == 1) { q + 1 } else { q }
         }
     };
     let mut pos = 0;
@@ -152,14 +144,7 @@ impl<W: Write> CsvWriter<W> {
             buf[..6].copy_from_slice(b"x,y,z\n");
             pos = 6;
         }
-        CsvWriter {
-            inner,
-            buf,
-            pos,
-            seen: unique.then(HashSet::new),
-            rows: 0,
-            hasher: None,
-        }
+        CsvWriter { inner, buf, pos, seen: unique.then(HashSet::new), rows: 0, hasher: None }
     }
 
     /// Also computes the digest of everything written (to send the CSV on without reading it again).
@@ -219,13 +204,7 @@ impl<W: Write> CsvWriter<W> {
         self.flush_buf()?;
         self.inner.flush()?;
         let digest = self.hasher.as_ref().map(Hasher::finish);
-        Ok((
-            self.inner,
-            CsvSummary {
-                rows: self.rows,
-                digest,
-            },
-        ))
+        Ok((self.inner, CsvSummary { rows: self.rows, digest }))
     }
 }
 
@@ -245,14 +224,7 @@ mod tests {
         let fmt = c"%.4f";
         // SAFETY: %.4f of any finite float32 is at most 46 bytes, and snprintf never writes past
         // the size given.
-        let n = unsafe {
-            libc::snprintf(
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                fmt.as_ptr(),
-                f64::from(v),
-            )
-        };
+        let n = unsafe { libc::snprintf(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), f64::from(v)) };
         String::from_utf8(buf[..n as usize].to_vec()).unwrap()
     }
 
@@ -288,19 +260,11 @@ mod tests {
     #[test]
     fn writer_dedups_and_hashes() {
         let mut w = CsvWriter::new(Vec::new(), true, true).with_digest();
-        for v in [
-            [1.0, 2.0, 3.0],
-            [1.0, 2.0, 3.0],
-            [0.0, 0.0, 0.0],
-            [-0.0, 0.0, 0.0],
-        ] {
+        for v in [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-0.0, 0.0, 0.0]] {
             w.vertex(&v).unwrap();
         }
         let (out, sum) = w.finish().unwrap();
-        assert_eq!(
-            String::from_utf8(out.clone()).unwrap(),
-            "x,y,z\n1.0000,2.0000,3.0000\n0.0000,0.0000,0.0000\n"
-        );
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), "x,y,z\n1.0000,2.0000,3.0000\n0.0000,0.0000,0.0000\n");
         assert_eq!(sum.rows, 2);
         let digest = sum.digest.unwrap();
         assert_eq!(digest.size, out.len() as u64);

@@ -119,15 +119,13 @@ pub fn detect<R: Read + Seek>(r: &mut R) -> Result<Format, StlError> {
         binary_count = Some((count, expected));
     }
     r.seek(SeekFrom::Start(0))?;
-    if ascii::starts_like_ascii(&head) {
+    let ascii = ascii::begins_with_solid(&mut *r)?;
+    r.seek(SeekFrom::Start(0))?;
+    if ascii {
         return Ok(Format::Ascii);
     }
     Err(match binary_count {
-        Some((count, expected)) => StlError::BinarySize {
-            count,
-            expected,
-            actual: size,
-        },
+        Some((count, expected)) => StlError::BinarySize { count, expected, actual: size },
         None => StlError::NotStl(format!(
             "{size} bytes is too short for binary STL (84 bytes at least) and it does not begin with `solid`"
         )),
@@ -136,10 +134,7 @@ pub fn detect<R: Read + Seek>(r: &mut R) -> Result<Format, StlError> {
 
 /// Reads every facet in file order, calling `each` for each one. Memory use does not depend on
 /// the file's size.
-pub fn read<R: Read + Seek>(
-    mut r: R,
-    mut each: impl FnMut(&Facet) -> io::Result<()>,
-) -> Result<ReadSummary, StlError> {
+pub fn read<R: Read + Seek>(mut r: R, mut each: impl FnMut(&Facet) -> io::Result<()>) -> Result<ReadSummary, StlError> {
     match detect(&mut r)? {
         Format::Binary { facets } => binary::read(r, facets, &mut each),
         Format::Ascii => ascii::read(r, &mut each),
@@ -201,10 +196,7 @@ pub enum ConvertError {
 /// Converts the STL at `input` to a CSV at `output`, through a temporary file renamed only on
 /// success, so a failed conversion leaves no output behind.
 pub fn convert(input: &Path, output: &Path, opts: CsvOptions) -> Result<Converted, ConvertError> {
-    let write_err = |source| ConvertError::Write {
-        path: output.to_path_buf(),
-        source,
-    };
+    let write_err = |source| ConvertError::Write { path: output.to_path_buf(), source };
     let mut staged = StagedFile::create(output).map_err(write_err)?;
     let (read, csv) = {
         let file = staged.file();
@@ -221,10 +213,11 @@ pub fn convert_to<W: io::Write>(
     out_name: &Path,
     opts: CsvOptions,
 ) -> Result<(ReadSummary, csv::CsvSummary), ConvertError> {
-    let file = File::open(input).map_err(|source| ConvertError::Open {
-        path: input.to_path_buf(),
-        source,
-    })?;
+    let open_err = |source| ConvertError::Open { path: input.to_path_buf(), source };
+    let file = File::open(input).map_err(open_err)?;
+    if file.metadata().map_err(open_err)?.is_dir() {
+        return Err(open_err(io::Error::new(io::ErrorKind::InvalidInput, "it is a directory, not a file")));
+    }
     let reader = io::BufReader::with_capacity(1 << 16, file);
     let result = if opts.unique {
         // Deduplication depends on order, so it stays on one thread.
@@ -234,14 +227,8 @@ pub fn convert_to<W: io::Write>(
     };
     result.map_err(|(e, write_failed)| match e {
         // An I/O error while writing is the output's fault, not the input's.
-        StlError::Io(source) if write_failed => ConvertError::Write {
-            path: out_name.to_path_buf(),
-            source,
-        },
-        source => ConvertError::Stl {
-            path: input.to_path_buf(),
-            source,
-        },
+        StlError::Io(source) if write_failed => ConvertError::Write { path: out_name.to_path_buf(), source },
+        source => ConvertError::Stl { path: input.to_path_buf(), source },
     })
 }
 
@@ -255,13 +242,8 @@ fn sequential<R: Read + Seek, W: io::Write>(
         writer = writer.with_digest();
     }
     let mut write_failed = false;
-    let summary = read(r, |facet| {
-        facet
-            .iter()
-            .try_for_each(|v| writer.vertex(v))
-            .inspect_err(|_| write_failed = true)
-    })
-    .map_err(|e| (e, write_failed))?;
+    let summary = read(r, |facet| facet.iter().try_for_each(|v| writer.vertex(v)).inspect_err(|_| write_failed = true))
+        .map_err(|e| (e, write_failed))?;
     let (_, csv) = writer.finish().map_err(|e| (StlError::Io(e), true))?;
     Ok((summary, csv))
 }
@@ -293,61 +275,31 @@ mod tests {
     #[test]
     fn binary_with_solid_header_is_binary() {
         let f = binary(1, 1, b"solid trap", b"");
-        assert_eq!(
-            detect(&mut Cursor::new(f)).unwrap(),
-            Format::Binary { facets: 1 }
-        );
+        assert_eq!(detect(&mut Cursor::new(f)).unwrap(), Format::Binary { facets: 1 });
     }
 
     #[test]
     fn trailing_padding_is_allowed_but_not_other_bytes() {
         let f = binary(2, 2, b"", b"\r\n \0\n");
-        assert_eq!(
-            detect(&mut Cursor::new(f)).unwrap(),
-            Format::Binary { facets: 2 }
-        );
+        assert_eq!(detect(&mut Cursor::new(f)).unwrap(), Format::Binary { facets: 2 });
         let f = binary(2, 2, b"", b"junk");
         let e = detect(&mut Cursor::new(f)).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("says 2 facets, which needs 184 bytes, but the file has 188"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("says 2 facets, which needs 184 bytes, but the file has 188"), "{e}");
     }
 
     #[test]
     fn count_and_size_disagreeing_is_an_error_with_both_numbers() {
         let f = binary(5, 2, b"", b"");
         let e = detect(&mut Cursor::new(f)).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                StlError::BinarySize {
-                    count: 5,
-                    expected: 334,
-                    actual: 184
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, StlError::BinarySize { count: 5, expected: 334, actual: 184 }), "{e}");
     }
 
     #[test]
     fn ascii_detection_allows_bom_whitespace_and_case() {
         for text in ["solid x\n", "\u{feff}  \r\n\tSoLiD\n", "SOLID"] {
-            assert_eq!(
-                detect(&mut Cursor::new(text.as_bytes())).unwrap(),
-                Format::Ascii,
-                "{text:?}"
-            );
+            assert_eq!(detect(&mut Cursor::new(text.as_bytes())).unwrap(), Format::Ascii, "{text:?}");
         }
-        assert!(matches!(
-            detect(&mut Cursor::new(b"hello".as_slice())),
-            Err(StlError::NotStl(_))
-        ));
-        assert!(matches!(
-            detect(&mut Cursor::new(b"".as_slice())),
-            Err(StlError::NotStl(_))
-        ));
+        assert!(matches!(detect(&mut Cursor::new(b"hello".as_slice())), Err(StlError::NotStl(_))));
+        assert!(matches!(detect(&mut Cursor::new(b"".as_slice())), Err(StlError::NotStl(_))));
     }
 }

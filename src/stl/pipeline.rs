@@ -39,9 +39,7 @@ impl<W: Write> Dispatcher<W> {
         if let Some(h) = &mut self.hasher {
             h.update(bytes);
         }
-        self.out
-            .write_all(bytes)
-            .inspect_err(|_| self.write_failed = true)
+        self.out.write_all(bytes).inspect_err(|_| self.write_failed = true)
     }
 
     /// Writes the oldest batch's output.
@@ -60,16 +58,10 @@ impl<W: Write> Dispatcher<W> {
         if self.in_flight.len() == self.workers.len() {
             self.collect_one()?;
         }
-        self.workers[self.next]
-            .0
-            .send(batch)
-            .map_err(|_| stopped())?;
+        self.workers[self.next].0.send(batch).map_err(|_| stopped())?;
         self.in_flight.push_back(self.next);
         self.next = (self.next + 1) % self.workers.len();
-        Ok(self
-            .spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BATCH)))
+        Ok(self.spare.pop().unwrap_or_else(|| Vec::with_capacity(BATCH)))
     }
 }
 
@@ -91,11 +83,7 @@ pub fn convert<R: Read + Seek, W: Write>(
                 let mut w = CsvWriter::new(Vec::new(), false, false);
                 for mut batch in job_rx {
                     // Writing into a Vec cannot fail.
-                    let formatted = batch
-                        .iter()
-                        .flatten()
-                        .try_for_each(|v| w.vertex(v))
-                        .and_then(|()| w.take_inner());
+                    let formatted = batch.iter().flatten().try_for_each(|v| w.vertex(v)).and_then(|()| w.take_inner());
                     let Ok(bytes) = formatted else { return };
                     batch.clear();
                     if done_tx.send((batch, bytes)).is_err() {

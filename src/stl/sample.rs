@@ -28,21 +28,10 @@ fn point(i: u32, j: u32) -> [f32; 3] {
 }
 
 fn normal(a: [f32; 3], b: [f32; 3], c: [f32; 3]) -> [f32; 3] {
-    let (u, v) = (
-        [b[0] - a[0], b[1] - a[1], b[2] - a[2]],
-        [c[0] - a[0], c[1] - a[1], c[2] - a[2]],
-    );
-    let n = [
-        u[1] * v[2] - u[2] * v[1],
-        u[2] * v[0] - u[0] * v[2],
-        u[0] * v[1] - u[1] * v[0],
-    ];
+    let (u, v) = ([b[0] - a[0], b[1] - a[1], b[2] - a[2]], [c[0] - a[0], c[1] - a[1], c[2] - a[2]]);
+    let n = [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]];
     let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
-    if len > 0.0 {
-        [n[0] / len, n[1] / len, n[2] / len]
-    } else {
-        [0.0; 3]
-    }
+    if len > 0.0 { [n[0] / len, n[1] / len, n[2] / len] } else { [0.0; 3] }
 }
 
 /// Writes the sample torus as binary STL.
@@ -54,12 +43,7 @@ pub fn write_torus<W: Write>(mut w: W) -> io::Result<()> {
     w.write_all(&facet_count().to_le_bytes())?;
     for i in 0..MAJOR_SEGMENTS {
         for j in 0..MINOR_SEGMENTS {
-            let (a, b, c, d) = (
-                point(i, j),
-                point(i + 1, j),
-                point(i + 1, j + 1),
-                point(i, j + 1),
-            );
+            let (a, b, c, d) = (point(i, j), point(i + 1, j), point(i + 1, j + 1), point(i, j + 1));
             for tri in [[a, b, c], [a, c, d]] {
                 let mut rec = [0u8; 50];
                 let n = normal(tri[0], tri[1], tri[2]);
@@ -82,9 +66,6 @@ mod tests {
         let mut out = Vec::new();
         write_torus(&mut out).unwrap();
         assert_eq!(out.len() as u64, file_size());
-        assert_eq!(
-            u32::from_le_bytes(out[80..84].try_into().unwrap()),
-            facet_count()
-        );
+        assert_eq!(u32::from_le_bytes(out[80..84].try_into().unwrap()), facet_count());
     }
 }

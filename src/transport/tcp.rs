@@ -28,13 +28,7 @@ impl Conn {
         // and the idle deadline; they are not the idle timeout itself.
         stream.set_read_timeout(Some(TICK))?;
         stream.set_write_timeout(Some(TICK))?;
-        Ok(Conn {
-            stream,
-            peer,
-            idle,
-            shutdown,
-            scratch: Vec::with_capacity(256),
-        })
+        Ok(Conn { stream, peer, idle, shutdown, scratch: Vec::with_capacity(256) })
     }
 
     /// The remote address.
@@ -44,7 +38,11 @@ impl Conn {
 
     /// Reads at least one byte into `buf`; `Closed` on end of stream.
     pub fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
-        let started = Instant::now();
+        self.read_some_since(buf, Instant::now())
+    }
+
+    /// As [`Conn::read_some`], but the idle timeout counts from `started`.
+    fn read_some_since(&mut self, buf: &mut [u8], started: Instant) -> Result<usize, TransportError> {
         // Checked on every call, not only when blocked: a peer streaming steadily must not be
         // able to delay a stop until the transfer ends.
         self.check_stop()?;
@@ -60,10 +58,11 @@ impl Conn {
         }
     }
 
-    /// Fills `buf` completely.
-    pub fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), TransportError> {
+    /// Fills `buf` completely, all within one idle timeout from `started`: a peer that trickles
+    /// a byte now and then cannot hold a connection (and a client slot) indefinitely.
+    fn read_exact_since(&mut self, mut buf: &mut [u8], started: Instant) -> Result<(), TransportError> {
         while !buf.is_empty() {
-            let n = self.read_some(buf)?;
+            let n = self.read_some_since(buf, started)?;
             buf = &mut buf[n..];
         }
         Ok(())
@@ -102,21 +101,24 @@ impl Conn {
     /// Receives one control message. The length is checked before the payload is read, so a
     /// hostile peer cannot make us allocate more than the protocol's frame limit.
     pub fn recv(&mut self) -> Result<DataMsg, TransportError> {
+        let started = Instant::now();
         let mut head = [0u8; FRAME_HEADER_LEN];
-        self.read_exact(&mut head)?;
+        self.read_exact_since(&mut head, started)?;
         let (ty, len) = parse_frame_header(&head)?;
         let mut payload = std::mem::take(&mut self.scratch);
         payload.resize(len, 0);
-        let res = self
-            .read_exact(&mut payload)
-            .and_then(|()| Ok(DataMsg::decode(ty, &payload)?));
+        let res = self.read_exact_since(&mut payload, started).and_then(|()| Ok(DataMsg::decode(ty, &payload)?));
         self.scratch = payload;
         res
     }
 
-    /// Changes the idle timeout, e.g. to keep a last best-effort message from waiting long.
-    pub fn set_idle(&mut self, idle: Duration) {
-        self.idle = idle;
+    /// Best effort, for the last word of a failing session: sends `msg` even when a stop was
+    /// asked for (a stopping server still says why), waiting at most a second on a bad peer.
+    pub fn send_final(&mut self, msg: &DataMsg) {
+        self.idle = Duration::from_secs(1);
+        let stop = std::mem::take(&mut self.shutdown);
+        let _ = self.send(msg);
+        self.shutdown = stop;
     }
 
     /// Half-closes the write side so the peer sees a clean end of stream.
@@ -125,11 +127,7 @@ impl Conn {
     }
 
     fn check_stop(&self) -> Result<(), TransportError> {
-        if self.shutdown.is_set() {
-            Err(TransportError::Interrupted)
-        } else {
-            Ok(())
-        }
+        if self.shutdown.is_set() { Err(TransportError::Interrupted) } else { Ok(()) }
     }
 
     fn check_wait(&self, since: Instant) -> Result<(), TransportError> {
@@ -144,19 +142,11 @@ impl Conn {
 }
 
 fn is_tick(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-    )
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
 }
 
 #[cfg(test)]
@@ -174,24 +164,14 @@ mod tests {
     #[test]
     fn frames_cross_in_pieces() {
         let (mut conn, mut raw) = pair(Duration::from_secs(5));
-        let bytes = DataMsg::Header {
-            size: 5,
-            name: "x.stl".into(),
-        }
-        .to_bytes();
+        let bytes = DataMsg::Header { size: 5, name: "x.stl".into() }.to_bytes();
         let t = std::thread::spawn(move || {
             for b in bytes {
                 raw.write_all(&[b]).unwrap();
             }
             raw
         });
-        assert_eq!(
-            conn.recv().unwrap(),
-            DataMsg::Header {
-                size: 5,
-                name: "x.stl".into()
-            }
-        );
+        assert_eq!(conn.recv().unwrap(), DataMsg::Header { size: 5, name: "x.stl".into() });
         drop(t.join().unwrap());
         assert!(matches!(conn.recv(), Err(TransportError::Closed)));
     }

@@ -46,22 +46,18 @@ fn port_of_endpoint(ep: &str) -> Option<u16> {
 pub fn host_is_local(host: &str) -> bool {
     (host, 0)
         .to_socket_addrs()
-        .map(|addrs| {
-            addrs
-                .into_iter()
-                .any(|a| UdpSocket::bind((a.ip(), 0)).is_ok())
-        })
+        .map(|addrs| addrs.into_iter().any(|a| UdpSocket::bind((a.ip(), 0)).is_ok()))
         .unwrap_or(false)
 }
 
 /// How B wires its end of the return channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ZmqMode {
-    /// Follow what A announces: connect to A's port, or bind ours when A runs with --remotehost.
+    /// Follow what the server announces: connect to its port, or bind ours when it runs with --remotehost.
     Auto,
-    /// Always connect to A's ZeroMQ port.
+    /// Always connect to the server's ZeroMQ port.
     Connect,
-    /// Always bind our --zmq-port and let A connect (A must run with --remotehost).
+    /// Always bind our --zmq-port and let the server connect (it must run with --remotehost).
     Bind,
 }
 
@@ -89,8 +85,7 @@ impl ReturnChannel {
         idle: Duration,
         shutdown: Shutdown,
     ) -> Result<ReturnChannel, Error> {
-        let setup =
-            |e: zmq::Error| Error::ReturnSetup(format!("cannot create the DEALER socket: {e}"));
+        let setup = |e: zmq::Error| Error::ReturnSetup(format!("cannot create the DEALER socket: {e}"));
         let sock = ctx.socket(zmq::DEALER).map_err(setup)?;
         let mut identity = Vec::with_capacity(17);
         identity.push(b'B'); // A routing id must not begin with a zero byte.
@@ -105,20 +100,9 @@ impl ReturnChannel {
         sock.set_ipv6(true).map_err(setup)?;
         sock.set_reconnect_ivl(100).map_err(setup)?;
         sock.set_reconnect_ivl_max(1000).map_err(setup)?;
-        let mut chan = ReturnChannel {
-            sock,
-            idle,
-            shutdown,
-            bound: None,
-            bind_error: None,
-            connected: None,
-        };
+        let mut chan = ReturnChannel { sock, idle, shutdown, bound: None, bind_error: None, connected: None };
         if matches!(mode, ZmqMode::Auto | ZmqMode::Bind) {
-            let port = if zmq_port == 0 {
-                "*".to_owned()
-            } else {
-                zmq_port.to_string()
-            };
+            let port = if zmq_port == 0 { "*".to_owned() } else { zmq_port.to_string() };
             let ep = endpoint("*", &port);
             match chan.sock.bind(&ep) {
                 Ok(()) => chan.bound = chan.sock.get_last_endpoint().ok().and_then(Result::ok),
@@ -140,9 +124,7 @@ impl ReturnChannel {
     }
 
     fn connect(&mut self, ep: &str) -> Result<(), Error> {
-        self.sock
-            .connect(ep)
-            .map_err(|e| Error::ReturnSetup(format!("cannot connect to {ep}: {e}")))?;
+        self.sock.connect(ep).map_err(|e| Error::ReturnSetup(format!("cannot connect to {ep}: {e}")))?;
         self.connected = Some(ep.to_owned());
         Ok(())
     }
@@ -169,10 +151,7 @@ impl ReturnChannel {
             }
             Topology::Remote => {
                 if self.bound.is_none() {
-                    let why = self
-                        .bind_error
-                        .as_deref()
-                        .unwrap_or("it was told not to (--zmq-mode connect)");
+                    let why = self.bind_error.as_deref().unwrap_or("it was told not to (--zmq-mode connect)");
                     return Err(Error::ReturnSetup(format!(
                         "the server runs with --remotehost and will connect to this machine's return port, \
                          but this client has no bound port: {why}"
@@ -225,7 +204,11 @@ impl ReturnChannel {
         }
         loop {
             let mut items = [self.sock.as_poll_item(events)];
-            zmq::poll(&mut items, TICK.as_millis() as i64)?;
+            match zmq::poll(&mut items, TICK.as_millis() as i64) {
+                // A signal landed on this thread: look at the flag below, like any tick.
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
             if !(items[0].get_revents() & events).is_empty() {
                 return Ok(());
             }
@@ -289,9 +272,7 @@ impl Hub {
     /// Creates the ROUTER, binds it (unless remote), and starts the hub thread.
     pub fn start(ctx: &zmq::Context, wiring: HubWiring) -> Result<Hub, Error> {
         let setup = |what: &str, e: zmq::Error| Error::ReturnSetup(format!("{what}: {e}"));
-        let router = ctx
-            .socket(zmq::ROUTER)
-            .map_err(|e| setup("cannot create the ROUTER", e))?;
+        let router = ctx.socket(zmq::ROUTER).map_err(|e| setup("cannot create the ROUTER", e))?;
         let opts = || -> Result<(), zmq::Error> {
             router.set_router_mandatory(true)?;
             router.set_rcvhwm(DATA_HWM)?;
@@ -308,26 +289,17 @@ impl Hub {
             HubWiring::Bind(ep) => {
                 router.bind(ep).map_err(|e| Error::Bind {
                     addr: ep.clone(),
+                    channel: "return channel (--zmq-port)",
                     source: e.into(),
                 })?;
-                let last = router
-                    .get_last_endpoint()
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
+                let last = router.get_last_endpoint().ok().and_then(Result::ok).unwrap_or_default();
                 (port_of_endpoint(&last), None)
             }
             HubWiring::Remote(host) => (None, Some(host.clone())),
         };
-        let inproc = format!(
-            "inproc://machinaftp-hub-{}",
-            HUB_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let pull = ctx
-            .socket(zmq::PULL)
-            .map_err(|e| setup("cannot create the hub's PULL", e))?;
-        pull.bind(&inproc)
-            .map_err(|e| setup("cannot bind the hub's PULL", e))?;
+        let inproc = format!("inproc://machinaftp-hub-{}", HUB_SEQ.fetch_add(1, Ordering::Relaxed));
+        let pull = ctx.socket(zmq::PULL).map_err(|e| setup("cannot create the hub's PULL", e))?;
+        pull.bind(&inproc).map_err(|e| setup("cannot bind the hub's PULL", e))?;
         let shared = Arc::new(HubShared {
             registry: Mutex::new(Registry::default()),
             ctx: ctx.clone(),
@@ -339,12 +311,7 @@ impl Hub {
             .name("zmq-hub".into())
             .spawn(move || hub_loop(router, pull, &thread_shared))
             .map_err(|e| Error::ReturnSetup(format!("cannot start the hub thread: {e}")))?;
-        Ok(Hub {
-            shared,
-            thread: Some(thread),
-            local_port,
-            remote_host,
-        })
+        Ok(Hub { shared, thread: Some(thread), local_port, remote_host })
     }
 
     /// The port the ROUTER is bound to (not in remote mode).
@@ -372,13 +339,7 @@ impl Hub {
                     detail: format!("session token {} is already in use", hex(&token)),
                 });
             }
-            reg.routes.insert(
-                token,
-                Route {
-                    tx: Some(tx),
-                    peer: None,
-                },
-            );
+            reg.routes.insert(token, Route { tx: Some(tx), peer: None });
         }
         let push = self
             .shared
@@ -386,17 +347,13 @@ impl Hub {
             .socket(zmq::PUSH)
             .and_then(|s| {
                 s.set_linger(LINGER_MS)?;
+                // Bounded, so a worker cannot block forever should the hub be gone.
+                s.set_sndtimeo(5000)?;
                 s.connect(&self.shared.inproc)?;
                 Ok(s)
             })
             .map_err(|e| Error::ReturnSetup(format!("cannot reach the hub: {e}")));
-        let mut link = SessionLink {
-            token,
-            rx,
-            push: None,
-            shared: Arc::clone(&self.shared),
-            remote: None,
-        };
+        let mut link = SessionLink { token, rx, push: None, shared: Arc::clone(&self.shared), remote: None };
         link.push = Some(push?);
         if let Some(host) = &self.remote_host {
             let ep = endpoint(host, &return_port.to_string());
@@ -436,13 +393,14 @@ impl Drop for Hub {
 fn hub_loop(router: zmq::Socket, pull: zmq::Socket, shared: &HubShared) {
     let mut remote_refs: HashMap<String, usize> = HashMap::new();
     loop {
-        let mut items = [
-            router.as_poll_item(zmq::POLLIN),
-            pull.as_poll_item(zmq::POLLIN),
-        ];
-        if let Err(e) = zmq::poll(&mut items, TICK.as_millis() as i64) {
-            tracing::error!("hub poll failed: {e}");
-            return;
+        let mut items = [router.as_poll_item(zmq::POLLIN), pull.as_poll_item(zmq::POLLIN)];
+        match zmq::poll(&mut items, TICK.as_millis() as i64) {
+            // Signals may land on any thread; the hub stops only when told to.
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(e) => {
+                tracing::error!("hub poll failed: {e}");
+                return;
+            }
         }
         // Drain what workers queued first, so credits and verdicts leave promptly.
         while let Ok(parts) = pull.recv_multipart(zmq::DONTWAIT) {
@@ -465,22 +423,13 @@ fn hub_loop(router: zmq::Socket, pull: zmq::Socket, shared: &HubShared) {
     }
 }
 
-fn hub_command(
-    router: &zmq::Socket,
-    shared: &HubShared,
-    remote_refs: &mut HashMap<String, usize>,
-    parts: &[Vec<u8>],
-) {
+fn hub_command(router: &zmq::Socket, shared: &HubShared, remote_refs: &mut HashMap<String, usize>, parts: &[Vec<u8>]) {
     match parts {
         [cmd, token, frame] if cmd == b"send" => {
             let Ok(token) = Token::try_from(token.as_slice()) else {
                 return;
             };
-            let peer = shared
-                .registry()
-                .routes
-                .get(&token)
-                .and_then(|r| r.peer.clone());
+            let peer = shared.registry().routes.get(&token).and_then(|r| r.peer.clone());
             match peer {
                 Some(peer) => {
                     // Never block the hub on one peer: a peer that does not read its credits
@@ -506,6 +455,11 @@ fn hub_command(
             *n += 1;
         }
         [cmd] if cmd == b"wake" => {}
+        [cmd, token] if cmd == b"unregister" => {
+            if let Ok(token) = Token::try_from(token.as_slice()) {
+                unregister(shared, &token);
+            }
+        }
         [cmd, ep] if cmd == b"disconnect" => {
             let ep = String::from_utf8_lossy(ep).into_owned();
             if let Some(n) = remote_refs.get_mut(&ep) {
@@ -535,10 +489,7 @@ fn recv_routed(router: &zmq::Socket) -> Result<Option<(Vec<u8>, zmq::Message)>, 
     match frame {
         Some(frame) if parts == 2 => Ok(Some((peer.to_vec(), frame))),
         _ => {
-            tracing::debug!(
-                parts,
-                "return channel: dropped a message with an unexpected frame count"
-            );
+            tracing::debug!(parts, "return channel: dropped a message with an unexpected frame count");
             Ok(None)
         }
     }
@@ -556,21 +507,17 @@ fn hub_inbound(router: &zmq::Socket, shared: &HubShared, peer: Vec<u8>, frame: z
                     ),
                 },
                 Some(route) if route.peer.as_ref().is_none_or(|p| *p == peer) => {
-                    route.peer = Some(peer.clone());
-                    reg.peers.insert(peer.clone(), token);
-                    if let Some(tx) = &route.tx {
-                        let _ = tx.try_send(zmq::Message::from(&frame[..]));
+                    // Only the first Hello tells the worker; a repeated one is just answered again.
+                    if route.peer.replace(peer.clone()).is_none() {
+                        reg.peers.insert(peer.clone(), token);
+                        if let Some(tx) = &route.tx {
+                            let _ = tx.try_send(frame);
+                        }
                     }
-                    ReturnMsg::HelloAck {
-                        version: PROTOCOL_VERSION,
-                    }
+                    ReturnMsg::HelloAck { version: PROTOCOL_VERSION }
                 }
-                Some(_) => ReturnMsg::Abort {
-                    reason: "session already bound to another peer".into(),
-                },
-                None => ReturnMsg::Abort {
-                    reason: "unknown session token".into(),
-                },
+                Some(_) => ReturnMsg::Abort { reason: "session already bound to another peer".into() },
+                None => ReturnMsg::Abort { reason: "unknown session token".into() },
             }
         };
         if let Err(e) = router.send_multipart([peer.as_slice(), &reply.to_bytes()], zmq::DONTWAIT) {
@@ -622,11 +569,7 @@ impl SessionLink {
     }
 
     /// The next frame from the peer, waiting up to `idle`.
-    pub fn recv(
-        &self,
-        idle: Duration,
-        shutdown: &Shutdown,
-    ) -> Result<zmq::Message, TransportError> {
+    pub fn recv(&self, idle: Duration, shutdown: &Shutdown) -> Result<zmq::Message, TransportError> {
         let started = Instant::now();
         loop {
             match self.rx.recv_timeout(TICK) {
@@ -647,15 +590,24 @@ impl SessionLink {
 
 impl Drop for SessionLink {
     fn drop(&mut self) {
+        // Through the same queue as the session's last frames, so the hub routes those frames
+        // (a final Result or Abort) before it forgets the peer.
+        let token = self.token;
+        if self.command(&[b"unregister", &token]).is_err() {
+            unregister(&self.shared, &token);
+        }
         if let Some(ep) = self.remote.take() {
             let _ = self.command(&[b"disconnect", ep.as_bytes()]);
         }
-        let mut reg = self.shared.registry();
-        if let Some(route) = reg.routes.remove(&self.token)
-            && let Some(peer) = route.peer
-        {
-            reg.peers.remove(&peer);
-        }
+    }
+}
+
+fn unregister(shared: &HubShared, token: &Token) {
+    let mut reg = shared.registry();
+    if let Some(route) = reg.routes.remove(token)
+        && let Some(peer) = route.peer
+    {
+        reg.peers.remove(&peer);
     }
 }
 

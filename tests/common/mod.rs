@@ -19,10 +19,7 @@ pub fn bin() -> &'static str {
 
 /// `../shared` beside the repository.
 pub fn shared(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("shared")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared").join(name)
 }
 
 /// A child process whose output lines arrive on channels; killed if the test drops it.
@@ -62,12 +59,7 @@ impl Proc {
             .unwrap_or_else(|e| panic!("start {program}: {e}"));
         let stdout = pump(child.stdout.take().unwrap());
         let stderr = pump(child.stderr.take().unwrap());
-        Proc {
-            child,
-            stdout,
-            stderr,
-            dir: dir.to_path_buf(),
-        }
+        Proc { child, stdout, stderr, dir: dir.to_path_buf() }
     }
 
     /// Waits for a stdout line satisfying `pred`; panics with what was seen on timeout or exit.
@@ -101,11 +93,7 @@ impl Proc {
             }
             v.join("\n")
         };
-        Finished {
-            status,
-            stdout: drain(&self.stdout),
-            stderr: drain(&self.stderr),
-        }
+        Finished { status, stdout: drain(&self.stdout), stderr: drain(&self.stderr) }
     }
 
     pub fn signal(&self, sig: i32) {
@@ -150,11 +138,7 @@ impl Finished {
 
 impl std::fmt::Debug for Finished {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.status, self.stdout, self.stderr
-        )
+        write!(f, "status {:?}\n--- stdout\n{}\n--- stderr\n{}", self.status, self.stdout, self.stderr)
     }
 }
 
@@ -174,31 +158,16 @@ impl Server {
         let proc = Proc::spawn(dir, &args);
         let ready = proc.wait_stdout(|l| l.starts_with("ready "));
         let port_of = |key: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(|a| a.rsplit(':').next().unwrap().to_owned())
+            ready.split_whitespace().find_map(|w| w.strip_prefix(key)).map(|a| a.rsplit(':').next().unwrap().to_owned())
         };
         let tcp_port = port_of("tcp=").expect("tcp port in ready line");
         let zmq_port = port_of("zmq=").filter(|p| p.parse::<u16>().is_ok());
-        Server {
-            proc,
-            tcp_port,
-            zmq_port,
-        }
+        Server { proc, tcp_port, zmq_port }
     }
 
     /// Client arguments that reach this server.
     pub fn client_args<'a>(&'a self, out: &'a str) -> Vec<&'a str> {
-        let mut v = vec![
-            "--client",
-            "-f",
-            out,
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &self.tcp_port,
-        ];
+        let mut v = vec!["--client", "-f", out, "-H", "127.0.0.1", "-p", &self.tcp_port];
         if let Some(z) = &self.zmq_port {
             v.extend_from_slice(&["--zmq-port", z]);
         }
@@ -248,23 +217,14 @@ pub fn same_contents(a: &Path, b: &Path) -> bool {
 
 /// Names of files in `dir` (not recursive).
 pub fn files_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
 
 /// Asserts that no temporary `.part` file is left in `dir`.
 pub fn assert_no_partials(dir: &Path) {
-    let left: Vec<_> = files_in(dir)
-        .into_iter()
-        .filter(|n| n.ends_with(".part"))
-        .collect();
-    assert!(
-        left.is_empty(),
-        "temporary files left in {}: {left:?}",
-        dir.display()
-    );
+    let left: Vec<_> = files_in(dir).into_iter().filter(|n| n.ends_with(".part")).collect();
+    assert!(left.is_empty(), "temporary files left in {}: {left:?}", dir.display());
 }
