@@ -151,7 +151,7 @@ impl Session<'_> {
 
     fn run(&mut self, chan: &mut ReturnChannel, token: &Token) -> Result<ClientReport> {
         self.handshake(chan, token)?;
-        let (name, digest, data_time, file) = self.data_leg()?;
+        let (name, digest, data_time, file) = self.data_leg(chan)?;
         println!("Done! - RX");
         self.conn.finish();
         let started = Instant::now();
@@ -276,7 +276,7 @@ impl Session<'_> {
         self.send(&DataMsg::Ready, "sending Ready")
     }
 
-    fn data_leg(&mut self) -> Result<(String, Digest, Duration, File)> {
+    fn data_leg(&mut self, chan: &ReturnChannel) -> Result<(String, Digest, Duration, File)> {
         let (size, name) = match self.recv("waiting for the file header")? {
             DataMsg::Header { size, name } => (size, name),
             other => return Err(self.unexpected("waiting for Header", &other)),
@@ -315,12 +315,21 @@ impl Session<'_> {
         let mut buf = vec![0u8; RECV_CHUNK];
         while hasher.size() < size {
             let want = (size - hasher.size()).min(buf.len() as u64) as usize;
-            let n = self.conn.read_some(&mut buf[..want]).map_err(|e| {
-                Error::transport(
-                    self.stage(&format!("receiving {name:?}: {} of {size} bytes arrived", hasher.size())),
-                    e,
-                )
-            })?;
+            let n = match self.conn.read_some(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) => {
+                    let stage = self.stage(&format!("receiving {name:?}: {} of {size} bytes arrived", hasher.size()));
+                    // A server that stops mid-file cannot frame a reason into the byte stream;
+                    // it sends it on the return channel instead.
+                    if matches!(e, TransportError::Closed)
+                        && let Some(frame) = chan.recv_within(Duration::from_millis(500))
+                        && let Ok(ReturnMsg::Abort { reason }) = ReturnMsg::decode(&frame)
+                    {
+                        return Err(Error::Refused { stage, reason });
+                    }
+                    return Err(Error::transport(stage, e));
+                }
+            };
             hasher.update(&buf[..n]);
             staged.file().write_all(&buf[..n]).map_err(out_err(temp.clone()))?;
         }

@@ -348,13 +348,15 @@ struct Session<'a> {
     peer: SocketAddr,
     cfg: &'a ServerConfig,
     shutdown: &'a Shutdown,
+    /// Raw file bytes are on the wire: a frame now would be read as file data.
+    mid_file: bool,
 }
 
 impl<'a> Session<'a> {
     fn start(stream: TcpStream, peer: SocketAddr, cfg: &'a ServerConfig, shutdown: &'a Shutdown) -> Result<Self> {
         let conn = Conn::new(stream, cfg.timeout, shutdown.clone())
             .map_err(|e| Error::transport(format!("setting up the connection from {peer}"), e.into()))?;
-        Ok(Session { conn, peer, cfg, shutdown })
+        Ok(Session { conn, peer, cfg, shutdown, mid_file: false })
     }
 
     fn run(&mut self, hub: &Hub) -> Result<SessionReport> {
@@ -407,7 +409,7 @@ impl<'a> Session<'a> {
 
     /// Best effort: tell the client why the session ends, without waiting long on a bad peer.
     fn tell_peer(&mut self, e: &Error) {
-        if e.peer_knows() {
+        if e.peer_knows() || self.mid_file {
             return;
         }
         let reason = match e {
@@ -484,7 +486,21 @@ impl<'a> Session<'a> {
         }
         info!(name = %name, size, "sending file");
         let started = Instant::now();
-        let sent = self.send_bytes(&mut file, size)?;
+        self.mid_file = true;
+        let sent = match self.send_bytes(&mut file, size) {
+            Ok(d) => d,
+            Err(e) => {
+                // An Error frame would be taken for file bytes: say why on the return channel,
+                // where the client looks when the data channel closes under it.
+                let reason = match &e {
+                    Error::Interrupted => "the server is shutting down; try again later".to_owned(),
+                    e => format!("the server stopped sending: {e}"),
+                };
+                let _ = link.send(&ReturnMsg::Abort { reason });
+                return Err(e);
+            }
+        };
+        self.mid_file = false;
         let data_time = started.elapsed();
         self.send(&DataMsg::Trailer { crc32: sent.crc32, blake3: sent.blake3 }, "sending the trailer")?;
         info!(

@@ -76,6 +76,7 @@ fn server_interrupted_mid_transfer_stops_cleanly() {
     assert_eq!(s.code(), Some(0), "SIGTERM is a clean stop: {s:?}");
     let out = cli.finish();
     assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("the server is shutting down"), "the client is told why: {out:?}");
     assert_no_partials(a.path());
     assert_no_partials(b.path());
     assert!(!b.path().join("big.bin").exists());
@@ -237,4 +238,66 @@ fn disk_full_is_refused_with_a_reason() {
     assert_eq!(s.code(), Some(3), "{s:?}");
     assert!(s.stdout.contains("the peer refused: not enough space"), "A is told why: {s:?}");
     assert!(files_in(&disk.0).is_empty());
+}
+
+#[test]
+fn once_server_stopped_before_any_client_exits_130() {
+    let a = tempdir();
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--once"]);
+    srv.proc.signal(libc::SIGTERM);
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(130), "no round trip was made: {s:?}");
+}
+
+#[test]
+fn once_server_turns_a_second_client_away_at_once() {
+    let (a, b, c) = (tempdir(), tempdir(), tempdir());
+    let big = big_file(a.path());
+    let srv = slow_server(a.path(), &big, &["--once"]);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let first = Proc::spawn(b.path(), &args);
+    first.wait_stderr(|l| l.contains("accepted; receiving"));
+    let second = client(c.path(), &srv.client_args("big.bin"));
+    assert_eq!(second.code(), Some(3), "{second:?}");
+    assert!(second.stderr.contains("one round trip (--once) and is busy"), "{second:?}");
+    first.signal(libc::SIGTERM);
+    drop(first.finish());
+    drop(srv.proc.finish());
+}
+
+#[test]
+fn unwritable_output_is_found_at_startup() {
+    let a = tempdir();
+    let out = client(
+        a.path(),
+        &[
+            "--server",
+            "-f",
+            shared("cad_mesh.stl").to_str().unwrap(),
+            "-p",
+            "0",
+            "--output",
+            "/nonexistent/dir/out.stl",
+        ],
+    );
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("/nonexistent/dir/out.stl") && !out.stdout.contains("ready"), "{out:?}");
+    // Serving output.stl and saving the returned copy over it is refused too.
+    std::fs::copy(shared("cad_mesh.stl"), a.path().join("output.stl")).unwrap();
+    let out = client(a.path(), &["--server", "-f", "output.stl", "-p", "0"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("is the file being served"), "{out:?}");
+}
+
+#[test]
+fn client_pointed_at_the_wrong_port_is_told_so() {
+    let (a, b) = (tempdir(), tempdir());
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &[]);
+    let zmq = srv.zmq_port.clone().unwrap();
+    let out = client(b.path(), &["--client", "-f", "o.stl", "-p", &zmq, "--zmq-mode", "connect", "--timeout", "5"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("machinaftp server"), "{out:?}");
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
 }

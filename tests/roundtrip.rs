@@ -195,3 +195,33 @@ fn csv_paths_and_no_csv() {
     assert_eq!(s.code(), Some(0));
     assert!(s.stdout.contains("no CSV (disabled with --no-csv)"), "{s:?}");
 }
+
+#[test]
+fn csv_conversion_longer_than_the_timeout_is_kept_alive() {
+    // B converts a large ASCII mesh for longer than --timeout; keep-alives on the return channel
+    // tell A it is still at work, so neither side gives up on a healthy peer.
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = a.path().join("big_ascii.stl");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&mesh).unwrap());
+    use std::io::Write;
+    writeln!(f, "solid big").unwrap();
+    for i in 0..360_000u32 {
+        let x = f64::from(i % 1000) * 0.123_456;
+        writeln!(f, "facet normal 0 0 1\nouter loop").unwrap();
+        for k in 0..3 {
+            writeln!(f, "vertex {x:.6} {:.6} {:.6}", x + f64::from(k), f64::from(i) * 0.001).unwrap();
+        }
+        writeln!(f, "endloop\nendfacet").unwrap();
+    }
+    writeln!(f, "endsolid big").unwrap();
+    drop(f);
+    let srv = Server::start(a.path(), &mesh, &["--once", "--timeout", "1"]);
+    let mut args = srv.client_args("big.stl");
+    args.extend_from_slice(&["--timeout", "1"]);
+    let out = client(b.path(), &args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("(1080000 vertices) returned and verified"), "{out:?}");
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "{s:?}");
+    assert!(same_contents(&b.path().join("big.csv"), &a.path().join("output.csv")));
+}

@@ -75,6 +75,9 @@ fn not_stl_and_missing_input() {
     let run = client(dir.path(), &["stl2csv", "nope.stl"]);
     assert_eq!(run.code(), Some(2), "{run:?}");
     assert!(run.stderr.contains("nope.stl"), "{run:?}");
+    let run = client(dir.path(), &["stl2csv", "."]);
+    assert_eq!(run.code(), Some(2), "a directory cannot be read as a file: {run:?}");
+    assert!(run.stderr.contains("directory"), "{run:?}");
 }
 
 #[test]

@@ -169,3 +169,68 @@ fn honest_raw_client_is_accepted() {
     assert_eq!(s.code(), Some(0), "{s:?}");
     assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("output.csv")));
 }
+
+/// Connects a raw client and completes the data leg; returns the DEALER for the return leg.
+fn raw_through_data_leg(tcp: &str, zmq_port: &str, token: [u8; 16]) -> (Fake, Vec<u8>) {
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    let mut id = vec![b'B'];
+    id.extend_from_slice(&token);
+    dealer.set_identity(&id).unwrap();
+    dealer.set_rcvtimeo(20_000).unwrap();
+    dealer.set_linger(1000).unwrap();
+    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
+    let fake = Fake { dealer, _ctx: ctx };
+    let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&DataMsg::Hello { version: 1, token, return_port: 0 }.to_bytes()).unwrap();
+    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { .. }));
+    fake.send(&ReturnMsg::Hello { version: 1, token });
+    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { .. }));
+    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
+    let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
+    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
+    let mut file = vec![0u8; size as usize];
+    s.read_exact(&mut file).unwrap();
+    assert!(matches!(recv_frame(&mut s), DataMsg::Trailer { .. }));
+    s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
+    (fake, file)
+}
+
+#[test]
+fn regression_overflowing_offset_neither_panics_nor_leaks_a_client_slot() {
+    // Data at offset u64::MAX once overflowed an addition and killed the worker without giving
+    // its --max-clients slot back, so the server then turned everyone away as busy.
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--max-clients", "1"]);
+    let (fake, file) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x33; 16]);
+    fake.send(&ReturnMsg::Offer { stream: Stream::File, size: file.len() as u64 });
+    assert!(matches!(fake.recv(), ReturnMsg::Credit { .. }));
+    fake.send(&ReturnMsg::Data { stream: Stream::File, offset: u64::MAX, payload: b"x" });
+    match fake.recv() {
+        ReturnMsg::Abort { reason } => assert!(reason.contains("Data for bytes"), "{reason}"),
+        other => panic!("expected Abort, got {other:?}"),
+    }
+    srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
+    let out = client(b.path(), &srv.client_args("output.stl"));
+    assert_eq!(out.code(), Some(0), "the slot came back: {out:?}");
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
+}
+
+#[test]
+fn regression_wrong_size_offer_gets_its_verdict_not_a_timeout() {
+    // A's last Result used to be dropped because the session forgot its peer before the hub
+    // had sent it; the client then waited out its whole timeout.
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    let (fake, file) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x44; 16]);
+    fake.send(&ReturnMsg::Offer { stream: Stream::File, size: file.len() as u64 + 1 });
+    match fake.recv() {
+        ReturnMsg::Result { ok: false, reason, .. } => assert!(reason.contains("offers 714885 bytes"), "{reason}"),
+        other => panic!("expected a negative Result, got {other:?}"),
+    }
+    assert_eq!(srv.proc.finish().code(), Some(1));
+}

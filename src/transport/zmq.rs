@@ -188,6 +188,15 @@ impl ReturnChannel {
         Ok(self.sock.recv_msg(zmq::DONTWAIT)?)
     }
 
+    /// A frame arriving within `d`, if any (for a last word after the data channel broke).
+    pub fn recv_within(&self, d: Duration) -> Option<zmq::Message> {
+        let mut items = [self.sock.as_poll_item(zmq::POLLIN)];
+        match zmq::poll(&mut items, d.as_millis() as i64) {
+            Ok(n) if n > 0 => self.sock.recv_msg(zmq::DONTWAIT).ok(),
+            _ => None,
+        }
+    }
+
     /// A frame if one is waiting.
     pub fn try_recv(&self) -> Result<Option<zmq::Message>, TransportError> {
         match self.sock.recv_msg(zmq::DONTWAIT) {
