@@ -393,6 +393,32 @@ mod tests {
     }
 
     #[test]
+    fn test_vectors_in_protocol_md() {
+        let token: Token = core::array::from_fn(|i| i as u8);
+        let hello = DataMsg::Hello { version: 1, token, return_port: 8081 }.to_bytes();
+        let mut expected = vec![0x01, 0, 0, 0, 0x18, b'M', b'F', b'T', b'P', 0, 1];
+        expected.extend_from_slice(&token);
+        expected.extend_from_slice(&[0x1f, 0x91]);
+        assert_eq!(hello, expected);
+        let w0 = DataMsg::Welcome { version: 1, topology: Topology::Listen { zmq_port: 8081 } }.to_bytes();
+        assert_eq!(w0, [0x02, 0, 0, 0, 9, b'M', b'F', b'T', b'P', 0, 1, 0, 0x1f, 0x91]);
+        let w1 = DataMsg::Welcome { version: 1, topology: Topology::Remote }.to_bytes();
+        assert_eq!(w1, [0x02, 0, 0, 0, 9, b'M', b'F', b'T', b'P', 0, 1, 1, 0, 0]);
+        assert_eq!(DataMsg::Ready.to_bytes(), [3, 0, 0, 0, 0]);
+        assert_eq!(DataMsg::Accept.to_bytes(), [5, 0, 0, 0, 0]);
+        use crate::protocol::ret::{ReturnMsg, Stream};
+        let rh = ReturnMsg::Hello { version: 1, token }.to_bytes();
+        assert_eq!(rh.len(), 23);
+        assert_eq!(&rh[..7], &[0x11, b'M', b'F', b'T', b'P', 0, 1]);
+        assert_eq!(ReturnMsg::HelloAck { version: 1 }.to_bytes(), [0x12, b'M', b'F', b'T', b'P', 0, 1]);
+        assert_eq!(
+            ReturnMsg::Credit { stream: Stream::File, bytes: 2_097_152 }.to_bytes(),
+            [0x14, 0, 0, 0, 0, 0, 0, 0x20, 0, 0]
+        );
+        assert_eq!(ReturnMsg::KeepAlive.to_bytes(), [0x1b]);
+    }
+
+    #[test]
     fn long_names_are_cut_not_unencodable() {
         let name = "n".repeat(MAX_NAME_LEN * 3);
         let bytes = DataMsg::Header { size: 1, name }.to_bytes();
