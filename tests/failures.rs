@@ -45,15 +45,26 @@ fn slow_server(dir: &std::path::Path, file: &std::path::Path, extra: &[&str]) ->
     Server::start(dir, file, &args)
 }
 
+/// A throttled server in `a` serving a 20 MB file, and a client in `b` that has accepted it and
+/// is receiving (so the transfer is surely in progress when the test strikes).
+fn transfer_in_progress(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    server_extra: &[&str],
+) -> (Server, Proc, std::path::PathBuf) {
+    let big = big_file(a);
+    let srv = slow_server(a, &big, server_extra);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let cli = Proc::spawn(b, &args);
+    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    (srv, cli, big)
+}
+
 #[test]
 fn server_killed_mid_transfer() {
     let (a, b) = (tempdir(), tempdir());
-    let big = big_file(a.path());
-    let srv = slow_server(a.path(), &big, &["--once"]);
-    let mut args = srv.client_args("big.bin");
-    args.push("-v");
-    let cli = Proc::spawn(b.path(), &args);
-    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    let (srv, cli, _) = transfer_in_progress(a.path(), b.path(), &["--once"]);
     srv.proc.signal(libc::SIGKILL);
     let out = cli.finish();
     assert_eq!(out.code(), Some(3), "{out:?}");
@@ -65,12 +76,7 @@ fn server_killed_mid_transfer() {
 #[test]
 fn server_interrupted_mid_transfer_stops_cleanly() {
     let (a, b) = (tempdir(), tempdir());
-    let big = big_file(a.path());
-    let srv = slow_server(a.path(), &big, &[]);
-    let mut args = srv.client_args("big.bin");
-    args.push("-v");
-    let cli = Proc::spawn(b.path(), &args);
-    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    let (srv, cli, _) = transfer_in_progress(a.path(), b.path(), &[]);
     srv.proc.signal(libc::SIGTERM);
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(0), "SIGTERM is a clean stop: {s:?}");
@@ -85,12 +91,7 @@ fn server_interrupted_mid_transfer_stops_cleanly() {
 #[test]
 fn client_interrupted_mid_transfer_cleans_up_and_server_keeps_serving() {
     let (a, b, c) = (tempdir(), tempdir(), tempdir());
-    let big = big_file(a.path());
-    let srv = slow_server(a.path(), &big, &[]);
-    let mut args = srv.client_args("big.bin");
-    args.push("-v");
-    let cli = Proc::spawn(b.path(), &args);
-    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    let (srv, cli, big) = transfer_in_progress(a.path(), b.path(), &[]);
     cli.signal(libc::SIGINT);
     let out = cli.finish();
     assert_eq!(out.code(), Some(130), "{out:?}");
@@ -108,12 +109,7 @@ fn client_interrupted_mid_transfer_cleans_up_and_server_keeps_serving() {
 #[test]
 fn client_killed_mid_transfer_server_keeps_serving() {
     let (a, b, c) = (tempdir(), tempdir(), tempdir());
-    let big = big_file(a.path());
-    let srv = slow_server(a.path(), &big, &[]);
-    let mut args = srv.client_args("big.bin");
-    args.push("-v");
-    let cli = Proc::spawn(b.path(), &args);
-    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    let (srv, cli, _) = transfer_in_progress(a.path(), b.path(), &[]);
     cli.signal(libc::SIGKILL);
     drop(cli.finish());
     let failed = srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
@@ -128,12 +124,7 @@ fn client_killed_mid_transfer_server_keeps_serving() {
 #[test]
 fn once_server_reports_failure_with_nonzero_exit() {
     let (a, b) = (tempdir(), tempdir());
-    let big = big_file(a.path());
-    let srv = slow_server(a.path(), &big, &["--once"]);
-    let mut args = srv.client_args("big.bin");
-    args.push("-v");
-    let cli = Proc::spawn(b.path(), &args);
-    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    let (srv, cli, _) = transfer_in_progress(a.path(), b.path(), &["--once"]);
     cli.signal(libc::SIGTERM);
     assert_eq!(cli.finish().code(), Some(130));
     let s = srv.proc.finish();
@@ -252,12 +243,7 @@ fn once_server_stopped_before_any_client_exits_130() {
 #[test]
 fn once_server_turns_a_second_client_away_at_once() {
     let (a, b, c) = (tempdir(), tempdir(), tempdir());
-    let big = big_file(a.path());
-    let srv = slow_server(a.path(), &big, &["--once"]);
-    let mut args = srv.client_args("big.bin");
-    args.push("-v");
-    let first = Proc::spawn(b.path(), &args);
-    first.wait_stderr(|l| l.contains("accepted; receiving"));
+    let (srv, first, _) = transfer_in_progress(a.path(), b.path(), &["--once"]);
     let second = client(c.path(), &srv.client_args("big.bin"));
     assert_eq!(second.code(), Some(3), "{second:?}");
     assert!(second.stderr.contains("one round trip (--once) and is busy"), "{second:?}");

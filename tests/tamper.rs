@@ -75,31 +75,7 @@ impl Fake {
 
 /// Runs one dishonest session against A and returns A's verdicts on the file and the CSV.
 fn dishonest_session(tcp: &str, zmq_port: &str, mesh: &Path, flip_file: bool, flip_csv: bool) -> Vec<String> {
-    let token = [0x5a; 16];
-    let ctx = zmq::Context::new();
-    let dealer = ctx.socket(zmq::DEALER).unwrap();
-    let mut id = vec![b'B'];
-    id.extend_from_slice(&token);
-    dealer.set_identity(&id).unwrap();
-    dealer.set_rcvtimeo(30_000).unwrap();
-    dealer.set_linger(1000).unwrap();
-    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
-    let fake = Fake { dealer, _ctx: ctx };
-
-    let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(&DataMsg::Hello { version: 1, token, return_port: 0 }.to_bytes()).unwrap();
-    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: 1, .. }));
-    fake.send(&ReturnMsg::Hello { version: 1, token });
-    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { version: 1 }));
-    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
-    let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
-    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
-    let mut file = vec![0u8; size as usize];
-    s.read_exact(&mut file).unwrap();
-    assert!(matches!(recv_frame(&mut s), DataMsg::Trailer { .. }));
-    s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
-
+    let (fake, file) = raw_through_data_leg(tcp, zmq_port, [0x5a; 16]);
     let honest = digest_of(&file);
     let mut verdicts = Vec::new();
     let mut back = file.clone();
@@ -184,9 +160,9 @@ fn raw_through_data_leg(tcp: &str, zmq_port: &str, token: [u8; 16]) -> (Fake, Ve
     let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(&DataMsg::Hello { version: 1, token, return_port: 0 }.to_bytes()).unwrap();
-    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { .. }));
+    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: 1, .. }));
     fake.send(&ReturnMsg::Hello { version: 1, token });
-    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { .. }));
+    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { version: 1 }));
     s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
     let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
     s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
