@@ -98,6 +98,14 @@ pub fn write_fixed4(dst: &mut [u8], v: f32) -> usize {
 }
 
 /// Appends `v` formatted as C's `%.4f` would.
+///
+/// ```
+/// let mut out = Vec::new();
+/// machinaftp::stl::csv::push_fixed4(&mut out, 0.03125); // an exact tie: rounds to even
+/// out.push(b' ');
+/// machinaftp::stl::csv::push_fixed4(&mut out, -1e-9); // a tiny negative keeps its sign
+/// assert_eq!(out, b"0.0312 -0.0000");
+/// ```
 pub fn push_fixed4(out: &mut Vec<u8>, v: f32) {
     let mut tmp = [0u8; MAX_FIXED4];
     let n = write_fixed4(&mut tmp, v);
