@@ -271,7 +271,8 @@ pub fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<(u8, usize), Dec
     Ok((h[0], len))
 }
 
-/// Decodes the first frame in `buf`.
+/// Decodes the first frame in `buf`. `Ok(None)` means more bytes are needed; `Ok(Some((msg, n)))`
+/// says the frame used `n` bytes. Used by tests and the fuzz target to exercise framing on raw bytes.
 ///
 /// ```
 /// use machinaftp::protocol::data::{DataMsg, parse_frame};
@@ -280,8 +281,7 @@ pub fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<(u8, usize), Dec
 /// let (msg, used) = parse_frame(&bytes).unwrap().unwrap();
 /// assert_eq!((msg, used), (DataMsg::Header { size: 714_884, name: "cad_mesh.stl".into() }, bytes.len()));
 /// assert!(parse_frame(b"GET / HTTP/1.1\r\n").is_err()); // not this protocol
-/// ``` `Ok(None)` means more bytes are needed; `Ok(Some((msg, n)))`
-/// says the frame used `n` bytes. Used by tests and the fuzz target to exercise framing on raw bytes.
+/// ```
 pub fn parse_frame(buf: &[u8]) -> Result<Option<(DataMsg, usize)>, DecodeError> {
     let Some(head) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
         return Ok(None);
