@@ -348,7 +348,8 @@ struct Session<'a> {
     peer: SocketAddr,
     cfg: &'a ServerConfig,
     shutdown: &'a Shutdown,
-    /// Raw file bytes are on the wire: a frame now would be read as file data.
+    /// The Header is out: B may be reading raw file bytes, so a frame on TCP would be taken for
+    /// file data; failures are explained on the return channel instead.
     mid_file: bool,
 }
 
@@ -412,11 +413,7 @@ impl<'a> Session<'a> {
         if e.peer_knows() || self.mid_file {
             return;
         }
-        let reason = match e {
-            Error::Interrupted => "the server is shutting down; try again later".to_owned(),
-            e => e.to_string(),
-        };
-        self.conn.send_final(&DataMsg::Error { code: e.wire_code(), reason });
+        self.conn.send_final(&DataMsg::Error { code: e.wire_code(), reason: reason_for_peer(e) });
     }
 
     fn recv(&mut self, stage: &str) -> Result<DataMsg> {
@@ -458,6 +455,21 @@ impl<'a> Session<'a> {
             )));
         }
         let link = hub.register(token, return_port)?;
+        match self.offer_file(hub, &link) {
+            Ok((sent, data_time)) => Ok((sent, data_time, link)),
+            Err(e) => {
+                // B may be past the data channel (reading raw bytes, or already on the return
+                // leg), where it would never read a frame on TCP: say why on the return channel too.
+                if !e.peer_knows() {
+                    let _ = link.send(&ReturnMsg::Abort { reason: reason_for_peer(&e) });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The data leg once the session is registered: Welcome, the file, its trailer and B's verdict.
+    fn offer_file(&mut self, hub: &Hub, link: &SessionLink) -> Result<(Digest, Duration)> {
         self.send(&DataMsg::Welcome { version: VERSION, topology: hub.topology() }, "sending Welcome")?;
         match self.recv("waiting for the client to open the return channel")? {
             DataMsg::Ready => {}
@@ -477,6 +489,9 @@ impl<'a> Session<'a> {
         let size = file.metadata().map_err(|source| Error::Input { path: self.cfg.file.clone(), source })?.len();
         let name = self.cfg.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         self.send(&DataMsg::Header { size, name: name.clone() }, "sending the header")?;
+        // From here B may already be reading raw bytes (it reads them right after its Accept),
+        // so nothing more may be framed on TCP to explain a failure.
+        self.mid_file = true;
         match self.recv("waiting for the client to accept the file")? {
             DataMsg::Accept => {}
             DataMsg::Refuse { reason } => {
@@ -486,21 +501,7 @@ impl<'a> Session<'a> {
         }
         info!(name = %name, size, "sending file");
         let started = Instant::now();
-        self.mid_file = true;
-        let sent = match self.send_bytes(&mut file, size) {
-            Ok(d) => d,
-            Err(e) => {
-                // An Error frame would be taken for file bytes: say why on the return channel,
-                // where the client looks when the data channel closes under it.
-                let reason = match &e {
-                    Error::Interrupted => "the server is shutting down; try again later".to_owned(),
-                    e => format!("the server stopped sending: {e}"),
-                };
-                let _ = link.send(&ReturnMsg::Abort { reason });
-                return Err(e);
-            }
-        };
-        self.mid_file = false;
+        let sent = self.send_bytes(&mut file, size)?;
         let data_time = started.elapsed();
         self.send(&DataMsg::Trailer { crc32: sent.crc32, blake3: sent.blake3 }, "sending the trailer")?;
         info!(
@@ -516,7 +517,7 @@ impl<'a> Session<'a> {
         }
         info!("client verified the data leg");
         println!("Done! - TX");
-        Ok((sent, data_time, link))
+        Ok((sent, data_time))
     }
 
     /// Streams `size` bytes of `file`, hashing as it goes, honouring the rate limit.
@@ -772,6 +773,14 @@ impl<'a> Session<'a> {
             }
         };
         Ok((hasher.finish(), claimed, staged))
+    }
+}
+
+/// How a server-side failure is explained to the client.
+fn reason_for_peer(e: &Error) -> String {
+    match e {
+        Error::Interrupted => "the server is shutting down; try again later".to_owned(),
+        e => e.to_string(),
     }
 }
 

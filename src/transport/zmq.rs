@@ -424,10 +424,21 @@ fn hub_loop(router: zmq::Socket, pull: zmq::Socket, shared: &HubShared) {
             }
         }
         if shared.stop.load(Ordering::SeqCst) {
-            while let Ok(parts) = pull.recv_multipart(zmq::DONTWAIT) {
-                hub_command(&router, shared, &mut remote_refs, &parts);
+            // Workers have ended, but their last frames (an Abort telling a client why) may not
+            // be visible to a non-blocking receive yet: poll until the queue stays quiet.
+            loop {
+                let mut items = [pull.as_poll_item(zmq::POLLIN)];
+                match zmq::poll(&mut items, 50) {
+                    Ok(n) if n > 0 => {
+                        while let Ok(parts) = pull.recv_multipart(zmq::DONTWAIT) {
+                            hub_command(&router, shared, &mut remote_refs, &parts);
+                        }
+                    }
+                    Ok(_) => return,
+                    Err(zmq::Error::EINTR) => {}
+                    Err(_) => return,
+                }
             }
-            return;
         }
     }
 }
