@@ -87,6 +87,11 @@ pub fn run(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<ClientReport> {
     let res = s.run(&mut chan, &token);
     if let Err(e) = &res {
         s.tell_peer(e);
+        // A may be busy writing raw bytes and not reading frames: tell it on the return channel
+        // too, without waiting should that channel be down.
+        if !e.peer_knows() {
+            chan.send_now(&ReturnMsg::Abort { reason: format!("client: {e}") }.to_bytes());
+        }
     }
     res
 }

@@ -501,7 +501,20 @@ impl<'a> Session<'a> {
         }
         info!(name = %name, size, "sending file");
         let started = Instant::now();
-        let sent = self.send_bytes(&mut file, size)?;
+        let sent = match self.send_bytes(&mut file, size) {
+            // A client that stops mid-file cannot frame its reason into the stream it is
+            // reading; it sends it on the return channel.
+            Err(Error::Transport { stage, source: TransportError::Closed }) => {
+                return Err(match link.recv(Duration::from_millis(500), self.shutdown) {
+                    Ok(frame) => match ReturnMsg::decode(&frame) {
+                        Ok(ReturnMsg::Abort { reason }) => Error::Refused { stage, reason },
+                        _ => Error::Transport { stage, source: TransportError::Closed },
+                    },
+                    Err(_) => Error::Transport { stage, source: TransportError::Closed },
+                });
+            }
+            other => other?,
+        };
         let data_time = started.elapsed();
         self.send(&DataMsg::Trailer { crc32: sent.crc32, blake3: sent.blake3 }, "sending the trailer")?;
         info!(

@@ -97,7 +97,8 @@ fn client_interrupted_mid_transfer_cleans_up_and_server_keeps_serving() {
     assert_eq!(out.code(), Some(130), "{out:?}");
     assert!(out.stderr.contains("interrupted"), "{out:?}");
     assert_eq!(files_in(b.path()), ["client.log"], "no partial or final file");
-    srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
+    let failed = srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
+    assert!(failed.contains("client: interrupted by a signal"), "A learns why: {failed}");
     // The same server still serves the next client in full.
     let out = client(c.path(), &srv.client_args("big.bin"));
     assert_eq!(out.code(), Some(0), "{out:?}");

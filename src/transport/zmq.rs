@@ -197,6 +197,11 @@ impl ReturnChannel {
         }
     }
 
+    /// Best effort: sends `frame` only if a peer can take it right now.
+    pub fn send_now(&self, frame: &[u8]) {
+        let _ = self.sock.send(frame, zmq::DONTWAIT);
+    }
+
     /// A frame if one is waiting.
     pub fn try_recv(&self) -> Result<Option<zmq::Message>, TransportError> {
         match self.sock.recv_msg(zmq::DONTWAIT) {
