@@ -68,7 +68,7 @@ pub struct Cli {
     #[arg(long)]
     pub once: bool,
 
-    /// Server: where the returned copy is saved [default: output.<ext of FILENAME>]
+    /// Server: where the returned copy is saved [default: output.EXT, EXT being FILENAME's extension]
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
