@@ -12,8 +12,9 @@ use crate::server::ServerConfig;
 use crate::transport::zmq::ZmqMode;
 use crate::units::parse_size;
 
-/// Moves a file (typically an STL mesh) from A to B over TCP, back over ZeroMQ, and proves both
-/// copies identical with CRC-32 and BLAKE3.
+/// Moves a file (typically an STL mesh) from a server (A) to a client (B) over TCP and back over
+/// ZeroMQ, and proves both copies identical with CRC-32 and BLAKE3. For an STL the client also
+/// returns a CSV of every vertex.
 #[derive(Debug, Parser)]
 #[command(name = "machinaftp", version, args_conflicts_with_subcommands = true)]
 #[command(after_help = "Examples:\n  machinaftp --server -f cad_mesh.stl -H 0.0.0.0 -p 8080\n  \
