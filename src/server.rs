@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -167,13 +167,20 @@ impl Server {
         );
         let hub = Arc::new(hub);
         let active = Arc::new(AtomicUsize::new(0));
-        let mut workers: Vec<JoinHandle<Result<SessionReport>>> = Vec::new();
-        // With --once, the one session's handle; further clients are told the server is busy.
-        let mut the_session: Option<JoinHandle<Result<SessionReport>>> = None;
+        let mut workers: Vec<Worker> = Vec::new();
         let result = loop {
-            if let Some(done) = the_session.take_if(|h| h.is_finished()) {
-                break once_outcome(done);
+            if cfg.once {
+                // The first round trip with a real client decides; connections that never
+                // greeted (port probes, garbage) are dropped and the wait goes on.
+                if let Some(i) = workers.iter().position(|w| w.handle.is_finished() && w.greeted.load(Ordering::SeqCst))
+                {
+                    break once_outcome(workers.swap_remove(i).handle);
+                }
+                if workers.iter().any(|w| w.handle.is_finished()) {
+                    info!("a connection that was not a machinaftp client ended; --once still waits for its round trip");
+                }
             }
+            workers.retain(|w| !w.handle.is_finished());
             if shutdown.is_set() {
                 info!("stop requested; finishing");
                 // A --once server that was stopped did not make its round trip.
@@ -195,8 +202,7 @@ impl Server {
                 }
             };
             info!(%peer, "accepted connection");
-            workers.retain(|w| !w.is_finished());
-            if cfg.once && the_session.is_some() {
+            if cfg.once && workers.iter().any(|w| w.greeted.load(Ordering::SeqCst)) {
                 warn!(%peer, "busy with the one round trip of --once; refusing");
                 refuse_busy(stream, "this server makes one round trip (--once) and is busy with it".into());
                 continue;
@@ -208,26 +214,33 @@ impl Server {
                 continue;
             }
             let slot = ActiveSlot::take(&active);
-            let (cfg2, hub, shutdown) = (Arc::clone(&cfg), Arc::clone(&hub), shutdown.clone());
+            let greeted = Arc::new(AtomicBool::new(false));
+            let (cfg2, hub, shutdown, greeted2) =
+                (Arc::clone(&cfg), Arc::clone(&hub), shutdown.clone(), Arc::clone(&greeted));
             let spawned = std::thread::Builder::new().name(format!("client-{peer}")).spawn(move || {
                 // Held for the whole session, and released even if the session panics.
                 let _slot = slot;
-                run_session(stream, peer, &cfg2, &hub, &shutdown)
+                run_session(stream, peer, &cfg2, &hub, &shutdown, &greeted2)
             });
             match spawned {
-                Ok(handle) if cfg.once => the_session = Some(handle),
-                Ok(handle) => workers.push(handle),
+                Ok(handle) => workers.push(Worker { handle, greeted }),
                 Err(e) => error!(%peer, "cannot start a worker thread: {e}"),
             }
         };
-        for w in workers.into_iter().chain(the_session) {
-            let _ = w.join();
+        for w in workers {
+            let _ = w.handle.join();
         }
         if let Ok(hub) = Arc::try_unwrap(hub) {
             hub.stop();
         }
         result
     }
+}
+
+/// A session's thread, and whether its peer has shown itself a machinaftp client (a valid Hello).
+struct Worker {
+    handle: JoinHandle<Result<SessionReport>>,
+    greeted: Arc<AtomicBool>,
 }
 
 /// A place among the `--max-clients`; given back when dropped, also when a session panics.
@@ -308,10 +321,11 @@ fn run_session(
     cfg: &ServerConfig,
     hub: &Hub,
     shutdown: &Shutdown,
+    greeted: &AtomicBool,
 ) -> Result<SessionReport> {
     let span = info_span!("client", %peer);
     let _enter = span.enter();
-    let res = Session::start(stream, peer, cfg, shutdown).and_then(|mut s| s.run(hub));
+    let res = Session::start(stream, peer, cfg, shutdown).and_then(|mut s| s.run(hub, greeted));
     match &res {
         Ok(r) => {
             info!(digest = %r.digest, output = %r.output.display(), "round trip verified");
@@ -360,8 +374,8 @@ impl<'a> Session<'a> {
         Ok(Session { conn, peer, cfg, shutdown, mid_file: false })
     }
 
-    fn run(&mut self, hub: &Hub) -> Result<SessionReport> {
-        let res = self.data_leg(hub);
+    fn run(&mut self, hub: &Hub, greeted: &AtomicBool) -> Result<SessionReport> {
+        let res = self.data_leg(hub, greeted);
         let (sent, data_time, link) = match res {
             Ok(v) => v,
             Err(e) => {
@@ -436,7 +450,7 @@ impl<'a> Session<'a> {
         Error::Protocol { stage: self.stage(stage), detail: format!("got {}", got.kind()) }
     }
 
-    fn data_leg(&mut self, hub: &Hub) -> Result<(Digest, Duration, SessionLink)> {
+    fn data_leg(&mut self, hub: &Hub, greeted: &AtomicBool) -> Result<(Digest, Duration, SessionLink)> {
         let (token, return_port) = match self.recv("waiting for the client's Hello")? {
             DataMsg::Hello { version, token, return_port } if version == VERSION => (token, return_port),
             DataMsg::Hello { version, .. } => {
@@ -447,6 +461,7 @@ impl<'a> Session<'a> {
             other => return Err(self.unexpected("waiting for the client's Hello", &other)),
         };
         debug!(session = %hex(&token[..4]), return_port, "client hello");
+        greeted.store(true, Ordering::SeqCst);
         if self.cfg.remotehost.is_some() && return_port == 0 {
             return Err(Error::ReturnSetup(format!(
                 "this server runs with --remotehost and must connect to the client's return port, \

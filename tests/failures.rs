@@ -288,3 +288,20 @@ fn client_pointed_at_the_wrong_port_is_told_so() {
     srv.proc.signal(libc::SIGTERM);
     assert_eq!(srv.proc.finish().code(), Some(0));
 }
+
+#[test]
+fn once_server_is_not_used_up_by_a_port_probe() {
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once", "--timeout", "3"]);
+    let addr = format!("127.0.0.1:{}", srv.tcp_port);
+    // A scanner that connects and says something else, and one that says nothing at all.
+    let mut probe = TcpStream::connect(&addr).unwrap();
+    probe.write_all(b"SSH-2.0-probe\r\n").unwrap();
+    let _idle = TcpStream::connect(&addr).unwrap();
+    let out = client(b.path(), &srv.client_args("output.stl"));
+    assert_eq!(out.code(), Some(0), "the real client gets the round trip: {out:?}");
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "{s:?}");
+    assert!(same_contents(&mesh, &a.path().join("output.stl")));
+}
