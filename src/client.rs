@@ -83,7 +83,7 @@ pub fn run(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<ClientReport> {
         ReturnChannel::open(&ctx, &token, cfg.zmq_mode, &cfg.host, cfg.zmq_port, cfg.timeout, shutdown.clone())?;
     info!(session = %hex(&token[..4]), wiring = %chan.describe(), "return channel opened");
     let conn = connect(cfg, shutdown)?;
-    let mut s = Session { conn, cfg };
+    let mut s = Session { conn, cfg, shutdown };
     let res = s.run(&mut chan, &token);
     if let Err(e) = &res {
         s.tell_peer(e);
@@ -123,6 +123,7 @@ fn connect(cfg: &ClientConfig, shutdown: &Shutdown) -> Result<Conn> {
 struct Session<'a> {
     conn: Conn,
     cfg: &'a ClientConfig,
+    shutdown: &'a Shutdown,
 }
 
 impl Session<'_> {
@@ -166,7 +167,8 @@ impl Session<'_> {
         let span = tracing::Span::current();
         let (sent, made) = std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::channel();
-            scope.spawn(move || drop(tx.send(span.in_scope(|| make_csv(cfg)))));
+            let stop = self.shutdown.flag();
+            scope.spawn(move || drop(tx.send(span.in_scope(|| make_csv(cfg, stop)))));
             let sent = send_stream(chan, Stream::File, file, &digest, cfg).map(|()| started.elapsed());
             // Converting may take longer than the file's return: keep A from timing out meanwhile.
             let made = match &sent {
@@ -390,7 +392,7 @@ fn wait_for_csv(
 
 /// Converts the received file to CSV if it is STL and a CSV is wanted. `Ok(None)`: no CSV is
 /// due (not STL, or disabled); `Err`: the file is STL but not valid.
-fn make_csv(cfg: &ClientConfig) -> Result<Option<(PathBuf, Converted)>> {
+fn make_csv(cfg: &ClientConfig, stop: &std::sync::atomic::AtomicBool) -> Result<Option<(PathBuf, Converted)>> {
     let Some(path) = &cfg.csv else {
         return Ok(None);
     };
@@ -401,7 +403,12 @@ fn make_csv(cfg: &ClientConfig) -> Result<Option<(PathBuf, Converted)>> {
             return Err(Error::Output { path: cfg.out.clone(), source });
         }
     }
-    let converted = stl::convert(&cfg.out, path, CsvOptions { digest: true, ..CsvOptions::default() })?;
+    let opts = CsvOptions { digest: true, ..CsvOptions::default() };
+    let converted = match stl::convert_stoppable(&cfg.out, path, opts, stop) {
+        Ok(c) => c,
+        Err(stl::ConvertError::Stopped) => return Err(Error::Interrupted),
+        Err(e) => return Err(e.into()),
+    };
     for w in &converted.read.warnings {
         warn!("{}: {w}", cfg.out.display());
     }

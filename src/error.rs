@@ -203,7 +203,7 @@ impl Error {
             Error::Convert(crate::stl::ConvertError::Open { .. }) => exit::USAGE,
             Error::Convert(crate::stl::ConvertError::Write { .. }) => exit::LOCAL_IO,
             Error::Convert(crate::stl::ConvertError::Stl { .. }) | Error::Csv(_) => exit::CSV,
-            Error::Interrupted => exit::INTERRUPTED,
+            Error::Interrupted | Error::Convert(crate::stl::ConvertError::Stopped) => exit::INTERRUPTED,
             Error::NoServer { .. }
             | Error::Connect { .. }
             | Error::Transport { .. }

@@ -36,6 +36,11 @@ impl Shutdown {
         self.0.store(true, Ordering::SeqCst);
     }
 
+    /// The flag itself, for code that polls an `AtomicBool`.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.0
+    }
+
     /// Whether a stop was asked for.
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::SeqCst)

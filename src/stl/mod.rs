@@ -18,6 +18,7 @@ pub mod sample;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::files::StagedFile;
 
@@ -182,6 +183,9 @@ pub enum ConvertError {
         #[source]
         source: StlError,
     },
+    /// A stop was asked for (the caller's flag).
+    #[error("conversion stopped")]
+    Stopped,
     /// The CSV could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -196,11 +200,22 @@ pub enum ConvertError {
 /// Converts the STL at `input` to a CSV at `output`, through a temporary file renamed only on
 /// success, so a failed conversion leaves no output behind.
 pub fn convert(input: &Path, output: &Path, opts: CsvOptions) -> Result<Converted, ConvertError> {
+    convert_stoppable(input, output, opts, &AtomicBool::new(false))
+}
+
+/// [`convert`] that gives up with [`ConvertError::Stopped`] soon after `stop` is set (it is
+/// looked at every 64 KiB of input), leaving no output behind.
+pub fn convert_stoppable(
+    input: &Path,
+    output: &Path,
+    opts: CsvOptions,
+    stop: &AtomicBool,
+) -> Result<Converted, ConvertError> {
     let write_err = |source| ConvertError::Write { path: output.to_path_buf(), source };
     let mut staged = StagedFile::create(output).map_err(write_err)?;
     let (read, csv) = {
         let file = staged.file();
-        convert_to(input, BufWriter::with_capacity(1 << 16, file), output, opts)?
+        convert_into(input, BufWriter::with_capacity(1 << 16, file), output, opts, stop)?
     };
     staged.commit().map_err(write_err)?;
     Ok(Converted { read, csv })
@@ -213,12 +228,44 @@ pub fn convert_to<W: io::Write>(
     out_name: &Path,
     opts: CsvOptions,
 ) -> Result<(ReadSummary, csv::CsvSummary), ConvertError> {
+    convert_into(input, out, out_name, opts, &AtomicBool::new(false))
+}
+
+/// A reader that fails once `stop` is set. Not with `ErrorKind::Interrupted`: std's helpers
+/// retry that kind forever.
+struct StopReader<'a, R> {
+    inner: R,
+    stop: &'a AtomicBool,
+}
+
+impl<R: Read> Read for StopReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(io::Error::other("conversion stopped"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+impl<R: Seek> Seek for StopReader<'_, R> {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+fn convert_into<W: io::Write>(
+    input: &Path,
+    out: W,
+    out_name: &Path,
+    opts: CsvOptions,
+    stop: &AtomicBool,
+) -> Result<(ReadSummary, csv::CsvSummary), ConvertError> {
     let open_err = |source| ConvertError::Open { path: input.to_path_buf(), source };
     let file = File::open(input).map_err(open_err)?;
     if file.metadata().map_err(open_err)?.is_dir() {
         return Err(open_err(io::Error::new(io::ErrorKind::InvalidInput, "it is a directory, not a file")));
     }
-    let reader = io::BufReader::with_capacity(1 << 16, file);
+    let reader = io::BufReader::with_capacity(1 << 16, StopReader { inner: file, stop });
     let result = if opts.unique {
         // Deduplication depends on order, so it stays on one thread.
         sequential(reader, out, opts)
@@ -226,6 +273,7 @@ pub fn convert_to<W: io::Write>(
         pipeline::convert(reader, out, opts.header, opts.digest)
     };
     result.map_err(|(e, write_failed)| match e {
+        _ if stop.load(Ordering::Relaxed) => ConvertError::Stopped,
         // An I/O error while writing is the output's fault, not the input's.
         StlError::Io(source) if write_failed => ConvertError::Write { path: out_name.to_path_buf(), source },
         source => ConvertError::Stl { path: input.to_path_buf(), source },
