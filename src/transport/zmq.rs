@@ -433,7 +433,7 @@ fn hub_loop(router: zmq::Socket, pull: zmq::Socket, shared: &HubShared) {
             // be visible to a non-blocking receive yet: poll until the queue stays quiet.
             loop {
                 let mut items = [pull.as_poll_item(zmq::POLLIN)];
-                match zmq::poll(&mut items, 50) {
+                match zmq::poll(&mut items, 20) {
                     Ok(n) if n > 0 => {
                         while let Ok(parts) = pull.recv_multipart(zmq::DONTWAIT) {
                             hub_command(&router, shared, &mut remote_refs, &parts);
