@@ -395,21 +395,10 @@ impl<'a> Session<'a> {
             .spawn(move || drop(expected_tx.send(span.in_scope(|| expected_csv(&file)))));
         let return_time = match self.return_leg(&link, &sent) {
             Ok(_) => started.elapsed(),
-            Err(e) => {
-                if !matches!(e, Error::Refused { .. }) {
-                    let _ = link.send(&ReturnMsg::Abort { reason: e.to_string() });
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(abort(&link, e)),
         };
         println!("Done! - RX");
-        let csv = match self.csv_leg(&link, &sent, &expected) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = link.send(&ReturnMsg::Abort { reason: e.to_string() });
-                return Err(e);
-            }
-        };
+        let csv = self.csv_leg(&link, &sent, &expected).map_err(|e| abort(&link, e))?;
         // B says Bye when it has nothing more to send; waiting for it is a courtesy, not a check.
         let _ = link.recv(Duration::from_secs(2).min(self.cfg.timeout), self.shutdown);
         Ok(SessionReport {
@@ -470,16 +459,11 @@ impl<'a> Session<'a> {
             )));
         }
         let link = hub.register(token, return_port)?;
+        // B may be past the data channel (reading raw bytes, or already on the return leg), where
+        // it would never read a frame on TCP: failures are told on the return channel too.
         match self.offer_file(hub, &link) {
             Ok((sent, data_time)) => Ok((sent, data_time, link)),
-            Err(e) => {
-                // B may be past the data channel (reading raw bytes, or already on the return
-                // leg), where it would never read a frame on TCP: say why on the return channel too.
-                if !e.peer_knows() {
-                    let _ = link.send(&ReturnMsg::Abort { reason: reason_for_peer(&e) });
-                }
-                Err(e)
-            }
+            Err(e) => Err(abort(&link, e)),
         }
     }
 
@@ -802,6 +786,15 @@ impl<'a> Session<'a> {
         };
         Ok((hasher.finish(), claimed, staged))
     }
+}
+
+/// Tells the client on the return channel why the session ends (unless it caused or knows it),
+/// and hands the error back.
+fn abort(link: &SessionLink, e: Error) -> Error {
+    if !e.peer_knows() {
+        let _ = link.send(&ReturnMsg::Abort { reason: reason_for_peer(&e) });
+    }
+    e
 }
 
 /// How a server-side failure is explained to the client.
