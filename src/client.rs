@@ -173,7 +173,12 @@ impl Session<'_> {
             // Converting may take longer than the file's return: keep A from timing out meanwhile.
             let made = match &sent {
                 Ok(_) => wait_for_csv(chan, &rx, cfg.timeout),
-                Err(_) => Ok(None),
+                Err(_) => {
+                    // The session has failed and this process serves only it: stop the
+                    // converter rather than wait for it to finish a CSV nobody will take.
+                    self.shutdown.trigger();
+                    Ok(None)
+                }
             };
             (sent, made)
         });
