@@ -13,7 +13,7 @@ use crate::error::{Error, Leg, Result, TransportError};
 use crate::files::{StagedFile, available_space, parent_dir};
 use crate::integrity::{Digest, Hasher};
 use crate::protocol::data::{DataMsg, ErrorCode, VERSION};
-use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, Stream, data_header};
+use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, Stream, data_header, keepalive_every};
 use crate::protocol::{PROTOCOL_VERSION, Token, hex};
 use crate::shutdown::Shutdown;
 use crate::stl::{self, Converted, CsvOptions};
@@ -296,7 +296,6 @@ impl Session<'_> {
         // The name is shown, escaped, and never used as a path: B writes where -f says.
         info!(name = ?name, size, "header received");
         let out = self.cfg.out.clone();
-        let out_err = |path: PathBuf| move |source| Error::Output { path, source };
         let dir = parent_dir(&out);
         if let Ok(free) = available_space(dir)
             && free < size
@@ -343,7 +342,7 @@ impl Session<'_> {
                 }
             };
             hasher.update(&buf[..n]);
-            staged.file().write_all(&buf[..n]).map_err(out_err(temp.clone()))?;
+            staged.file().write_all(&buf[..n]).map_err(Error::output(&temp))?;
         }
         let data_time = started.elapsed();
         let expected = match self.recv("waiting for the trailer")? {
@@ -385,7 +384,7 @@ fn wait_for_csv(
     use std::sync::mpsc::RecvTimeoutError;
     let keepalive = zmq::Message::from(&ReturnMsg::KeepAlive.to_bytes()[..]);
     loop {
-        match rx.recv_timeout(crate::server::keepalive_every(timeout)) {
+        match rx.recv_timeout(keepalive_every(timeout)) {
             Ok(made) => return made,
             Err(RecvTimeoutError::Disconnected) => return Err(Error::Csv("the CSV converter crashed".into())),
             Err(RecvTimeoutError::Timeout) => {
@@ -401,17 +400,13 @@ fn make_csv(cfg: &ClientConfig, stop: &std::sync::atomic::AtomicBool) -> Result<
     let Some(path) = &cfg.csv else {
         return Ok(None);
     };
-    match stl::is_stl(&cfg.out) {
-        Ok(true) => {}
-        Ok(false) => return Ok(None),
-        Err(source) => {
-            return Err(Error::Output { path: cfg.out.clone(), source });
-        }
-    }
+    // One pass: detection is the conversion's first step, and "not STL" is not a failure here.
     let opts = CsvOptions { digest: true, ..CsvOptions::default() };
     let converted = match stl::convert_stoppable(&cfg.out, path, opts, stop) {
         Ok(c) => c,
+        Err(e) if e.is_not_stl() => return Ok(None),
         Err(stl::ConvertError::Stopped) => return Err(Error::Interrupted),
+        Err(stl::ConvertError::Open { source, .. }) => return Err(Error::Output { path: cfg.out.clone(), source }),
         Err(e) => return Err(e.into()),
     };
     for w in &converted.read.warnings {

@@ -17,14 +17,10 @@ const READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs the demo and returns the exit status to use.
 pub fn run(args: &DemoArgs) -> Result<i32, Error> {
-    let out_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Output { path, source }
-    };
     let dir = match &args.dir {
         Some(d) => {
-            std::fs::create_dir_all(d).map_err(out_err(d))?;
-            if std::fs::read_dir(d).map_err(out_err(d))?.next().is_some() {
+            std::fs::create_dir_all(d).map_err(Error::output(d))?;
+            if std::fs::read_dir(d).map_err(Error::output(d))?.next().is_some() {
                 return Err(Error::Usage(format!("{} is not empty; give an empty or new --dir", d.display())));
             }
             d.clone()
@@ -32,16 +28,16 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         None => tempfile::Builder::new()
             .prefix("machinaftp-demo-")
             .tempdir()
-            .map_err(out_err(&std::env::temp_dir()))?
+            .map_err(Error::output(&std::env::temp_dir()))?
             .keep(),
     };
     let (a, b) = (dir.join("a"), dir.join("b"));
     for d in [&a, &b] {
-        std::fs::create_dir_all(d).map_err(out_err(d))?;
+        std::fs::create_dir_all(d).map_err(Error::output(d))?;
     }
     let mesh = a.join("sample.stl");
-    let f = File::create(&mesh).map_err(out_err(&mesh))?;
-    sample::write_torus(BufWriter::new(f)).map_err(out_err(&mesh))?;
+    let f = File::create(&mesh).map_err(Error::output(&mesh))?;
+    sample::write_torus(BufWriter::new(f)).map_err(Error::output(&mesh))?;
     println!("machinaftp demo in {}", dir.display());
     println!(
         "  sample mesh: a/sample.stl, a torus of {} facets ({} bytes, binary STL)",

@@ -194,6 +194,12 @@ impl Error {
         }
     }
 
+    /// For `map_err`: a local file at `path` could not be written.
+    pub fn output(path: &std::path::Path) -> impl FnOnce(io::Error) -> Error + use<> {
+        let path = path.to_path_buf();
+        move |source| Error::Output { path, source }
+    }
+
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -21,7 +21,7 @@ use crate::files::StagedFile;
 use crate::integrity::{Digest, Hasher};
 use crate::protocol::data::{DataMsg, ErrorCode, VERSION};
 use crate::protocol::hex;
-use crate::protocol::ret::{ReturnMsg, Stream};
+use crate::protocol::ret::{ReturnMsg, Stream, is_keepalive, keepalive_every};
 use crate::shutdown::{Shutdown, TICK};
 use crate::stl::{self, CsvOptions};
 use crate::transport::tcp::Conn;
@@ -594,7 +594,7 @@ impl<'a> Session<'a> {
             let frame = link
                 .recv(self.cfg.timeout, self.shutdown)
                 .map_err(|e| Error::transport(format!("{stage}: {what}"), e))?;
-            if !matches!(ReturnMsg::decode(&frame), Ok(ReturnMsg::KeepAlive)) {
+            if !is_keepalive(&frame) {
                 return Ok(frame);
             }
         }
@@ -733,11 +733,7 @@ impl<'a> Session<'a> {
         dest: &Path,
         stage: &str,
     ) -> Result<(Digest, Digest, StagedFile)> {
-        let out_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Output { path, source }
-        };
-        let mut staged = StagedFile::create(dest).map_err(out_err(dest))?;
+        let mut staged = StagedFile::create(dest).map_err(Error::output(dest))?;
         let temp = staged.temp_path().to_path_buf();
         let send = |msg: &ReturnMsg<'_>| link.send(msg).map_err(|e| Error::transport(stage, e));
         send(&ReturnMsg::Credit { stream, bytes: CREDIT_WINDOW })?;
@@ -751,7 +747,7 @@ impl<'a> Session<'a> {
                         && payload.len() as u64 <= size - offset
                         && !payload.is_empty() =>
                 {
-                    staged.file().write_all(payload).map_err(out_err(&temp))?;
+                    staged.file().write_all(payload).map_err(Error::output(&temp))?;
                     hasher.update(payload);
                     send(&ReturnMsg::Credit { stream, bytes: payload.len() as u64 })?;
                 }
@@ -805,11 +801,6 @@ fn reason_for_peer(e: &Error) -> String {
     }
 }
 
-/// How often a side that is busy converting says so: often enough for the shortest timeout.
-pub fn keepalive_every(timeout: Duration) -> Duration {
-    (timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
-}
-
 /// What A expects of the returned CSV, derived from its own original.
 #[derive(Debug)]
 enum ExpectedCsv {
@@ -822,14 +813,11 @@ enum ExpectedCsv {
 }
 
 fn expected_csv(file: &Path) -> ExpectedCsv {
-    match stl::is_stl(file) {
-        Ok(false) => return ExpectedCsv::NotStl,
-        Err(e) => return ExpectedCsv::Unknown(format!("cannot read {}: {e}", file.display())),
-        Ok(true) => {}
-    }
     let opts = CsvOptions { digest: true, ..CsvOptions::default() };
     match stl::convert_to(file, io::sink(), Path::new("(digest only)"), opts) {
         Ok((_, csv)) => csv.digest.map_or_else(|| ExpectedCsv::Unknown("no digest".into()), ExpectedCsv::Digest),
+        Err(e) if e.is_not_stl() => ExpectedCsv::NotStl,
+        Err(e @ stl::ConvertError::Open { .. }) => ExpectedCsv::Unknown(e.to_string()),
         Err(e) => ExpectedCsv::Unknown(format!("the original is not valid STL: {e}")),
     }
 }

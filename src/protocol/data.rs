@@ -185,7 +185,7 @@ impl DataMsg {
         let mut r = Reader::new(payload);
         let msg = match ty {
             T_HELLO => {
-                check_magic(&mut r)?;
+                r.magic()?;
                 let version = r.u16("version")?;
                 let token = r.array("token")?;
                 let return_port = r.u16("return port")?;
@@ -193,7 +193,7 @@ impl DataMsg {
                 DataMsg::Hello { version, token, return_port }
             }
             T_WELCOME => {
-                check_magic(&mut r)?;
+                r.magic()?;
                 let version = r.u16("version")?;
                 let mode = r.u8("topology")?;
                 let zmq_port = r.u16("zmq port")?;
@@ -251,14 +251,6 @@ impl DataMsg {
         };
         Ok(msg)
     }
-}
-
-fn check_magic(r: &mut Reader<'_>) -> Result<(), DecodeError> {
-    let magic: [u8; 4] = r.array("magic")?;
-    if magic != MAGIC {
-        return Err(DecodeError::BadMagic(magic));
-    }
-    Ok(())
 }
 
 /// Splits a frame header into its type and payload length, refusing oversized payloads before any

@@ -168,14 +168,14 @@ impl<'a> ReturnMsg<'a> {
         }
         let msg = match ty {
             T_HELLO => {
-                check_magic(&mut r)?;
+                r.magic()?;
                 let version = r.u16("version")?;
                 let token = r.array("token")?;
                 r.finish("Hello")?;
                 ReturnMsg::Hello { version, token }
             }
             T_HELLO_ACK => {
-                check_magic(&mut r)?;
+                r.magic()?;
                 let version = r.u16("version")?;
                 r.finish("HelloAck")?;
                 ReturnMsg::HelloAck { version }
@@ -241,6 +241,19 @@ impl<'a> ReturnMsg<'a> {
     }
 }
 
+/// Whether `frame` is a `KeepAlive`, without decoding anything else (receivers skip these on
+/// the path that carries file data).
+pub fn is_keepalive(frame: &[u8]) -> bool {
+    frame == [T_KEEPALIVE]
+}
+
+/// How often a side that is busy (converting the CSV) sends `KeepAlive`: often enough for the
+/// shortest idle timeout.
+pub fn keepalive_every(timeout: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    (timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
 /// The first `DATA_HEADER_LEN` bytes of a `Data` message, so a sender can read file bytes straight
 /// into the message buffer behind it instead of copying them.
 pub fn data_header(stream: Stream, offset: u64) -> [u8; DATA_HEADER_LEN] {
@@ -249,14 +262,6 @@ pub fn data_header(stream: Stream, offset: u64) -> [u8; DATA_HEADER_LEN] {
     h[1] = stream as u8;
     h[2..].copy_from_slice(&offset.to_be_bytes());
     h
-}
-
-fn check_magic(r: &mut Reader<'_>) -> Result<(), DecodeError> {
-    let magic: [u8; 4] = r.array("magic")?;
-    if magic != MAGIC {
-        return Err(DecodeError::BadMagic(magic));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

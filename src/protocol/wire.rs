@@ -105,6 +105,15 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(raw).map(str::to_owned).map_err(|_| DecodeError::BadUtf8(field))
     }
 
+    /// The four magic bytes that open every handshake message.
+    pub(crate) fn magic(&mut self) -> Result<(), DecodeError> {
+        let magic: [u8; 4] = self.array("magic")?;
+        if magic != super::MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        Ok(())
+    }
+
     /// Whatever is left, for messages whose last field runs to the end.
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)

@@ -25,9 +25,9 @@ pub fn read<R: Read>(
         let chunk = &mut buf[..n * RECORD];
         r.read_exact(chunk).map_err(|e| match e.kind() {
             // detect() checked the size, so this means the file changed under us.
-            io::ErrorKind::UnexpectedEof => StlError::NotStl(format!(
-                "binary STL ended at facet {} of {count} (was the file truncated while being read?)",
-                done + 1
+            io::ErrorKind::UnexpectedEof => StlError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("binary STL ended at facet {} of {count} (was the file truncated while being read?)", done + 1),
             )),
             _ => StlError::Io(e),
         })?;

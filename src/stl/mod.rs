@@ -71,6 +71,21 @@ pub enum StlError {
     },
 }
 
+impl StlError {
+    /// Whether this says the input is not STL at all (by the detection rules), as opposed to an
+    /// STL that is broken or unreadable.
+    pub fn is_not_stl(&self) -> bool {
+        matches!(self, StlError::NotStl(_) | StlError::BinarySize { .. })
+    }
+}
+
+impl ConvertError {
+    /// Whether the conversion failed because the input is not STL at all.
+    pub fn is_not_stl(&self) -> bool {
+        matches!(self, ConvertError::Stl { source, .. } if source.is_not_stl())
+    }
+}
+
 /// Which kind of STL a file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -211,11 +226,15 @@ pub fn convert_stoppable(
     opts: CsvOptions,
     stop: &AtomicBool,
 ) -> Result<Converted, ConvertError> {
+    // Classify the input before any output exists: "not STL" must not depend on whether the
+    // output's directory is writable.
+    let mut file = open_input(input)?;
+    detect(&mut file).map_err(|source| ConvertError::Stl { path: input.to_path_buf(), source })?;
     let write_err = |source| ConvertError::Write { path: output.to_path_buf(), source };
     let mut staged = StagedFile::create(output).map_err(write_err)?;
     let (read, csv) = {
-        let file = staged.file();
-        convert_into(input, BufWriter::with_capacity(1 << 16, file), output, opts, stop)?
+        let out = BufWriter::with_capacity(1 << 16, staged.file());
+        convert_open(file, input, out, output, opts, stop)?
     };
     staged.commit().map_err(write_err)?;
     Ok(Converted { read, csv })
@@ -228,7 +247,16 @@ pub fn convert_to<W: io::Write>(
     out_name: &Path,
     opts: CsvOptions,
 ) -> Result<(ReadSummary, csv::CsvSummary), ConvertError> {
-    convert_into(input, out, out_name, opts, &AtomicBool::new(false))
+    convert_open(open_input(input)?, input, out, out_name, opts, &AtomicBool::new(false))
+}
+
+fn open_input(input: &Path) -> Result<File, ConvertError> {
+    let open_err = |source| ConvertError::Open { path: input.to_path_buf(), source };
+    let file = File::open(input).map_err(open_err)?;
+    if file.metadata().map_err(open_err)?.is_dir() {
+        return Err(open_err(io::Error::new(io::ErrorKind::InvalidInput, "it is a directory, not a file")));
+    }
+    Ok(file)
 }
 
 /// A reader that fails once `stop` is set. Not with `ErrorKind::Interrupted`: std's helpers
@@ -253,18 +281,15 @@ impl<R: Seek> Seek for StopReader<'_, R> {
     }
 }
 
-fn convert_into<W: io::Write>(
+/// Converts the already opened `file` (named `input` in messages; read from its start).
+fn convert_open<W: io::Write>(
+    file: File,
     input: &Path,
     out: W,
     out_name: &Path,
     opts: CsvOptions,
     stop: &AtomicBool,
 ) -> Result<(ReadSummary, csv::CsvSummary), ConvertError> {
-    let open_err = |source| ConvertError::Open { path: input.to_path_buf(), source };
-    let file = File::open(input).map_err(open_err)?;
-    if file.metadata().map_err(open_err)?.is_dir() {
-        return Err(open_err(io::Error::new(io::ErrorKind::InvalidInput, "it is a directory, not a file")));
-    }
     let reader = io::BufReader::with_capacity(1 << 16, StopReader { inner: file, stop });
     let result = if opts.unique {
         // Deduplication depends on order, so it stays on one thread.
@@ -294,16 +319,6 @@ fn sequential<R: Read + Seek, W: io::Write>(
         .map_err(|e| (e, write_failed))?;
     let (_, csv) = writer.finish().map_err(|e| (StlError::Io(e), true))?;
     Ok((summary, csv))
-}
-
-/// Whether the file at `path` is STL by content (by the detection rules above).
-pub fn is_stl(path: &Path) -> io::Result<bool> {
-    let mut f = File::open(path)?;
-    match detect(&mut f) {
-        Ok(_) => Ok(true),
-        Err(StlError::Io(e)) => Err(e),
-        Err(_) => Ok(false),
-    }
 }
 
 #[cfg(test)]

@@ -367,8 +367,14 @@ impl Hub {
                 Ok(s)
             })
             .map_err(|e| Error::ReturnSetup(format!("cannot reach the hub: {e}")));
-        let mut link = SessionLink { token, rx, push: None, shared: Arc::clone(&self.shared), remote: None };
-        link.push = Some(push?);
+        let push = match push {
+            Ok(p) => p,
+            Err(e) => {
+                unregister(&self.shared, &token);
+                return Err(e);
+            }
+        };
+        let mut link = SessionLink { token, rx, push, shared: Arc::clone(&self.shared), remote: None };
         if let Some(host) = &self.remote_host {
             let ep = endpoint(host, &return_port.to_string());
             link.command(&[b"connect", ep.as_bytes()])
@@ -574,17 +580,14 @@ fn hub_inbound(router: &zmq::Socket, shared: &HubShared, peer: Vec<u8>, frame: z
 pub struct SessionLink {
     token: Token,
     rx: Receiver<zmq::Message>,
-    push: Option<zmq::Socket>,
+    push: zmq::Socket,
     shared: Arc<HubShared>,
     remote: Option<String>,
 }
 
 impl SessionLink {
     fn command(&self, parts: &[&[u8]]) -> Result<(), zmq::Error> {
-        match &self.push {
-            Some(push) => push.send_multipart(parts, 0),
-            None => Err(zmq::Error::ENOTSOCK),
-        }
+        self.push.send_multipart(parts, 0)
     }
 
     /// Queues one frame for the session's peer.
