@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::ClientConfig;
 use crate::server::ServerConfig;
-use crate::transport::zmq::ZmqMode;
+use crate::transport::ret::ZmqMode;
 use crate::units::parse_size;
 
 /// Moves a file (typically an STL mesh) from a server (A) to a client (B) over TCP and back over

@@ -2,7 +2,7 @@
 //! each in its own directory as if on two workstations, and shows what happened.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -15,8 +15,15 @@ use crate::stl::sample;
 /// How long the demo waits for the server's `ready` line.
 const READY_WAIT: Duration = Duration::from_secs(30);
 
-/// Runs the demo and returns the exit status to use.
-pub fn run(args: &DemoArgs) -> Result<i32, Error> {
+/// Writes a line of the demo's narration; a closed output ends nothing (the demo still runs).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Runs the demo, narrating to `out`, and returns the exit status to use.
+pub fn run(args: &DemoArgs, out: &mut dyn Write) -> Result<i32, Error> {
     let dir = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(Error::output(d))?;
@@ -38,8 +45,9 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
     let mesh = a.join("sample.stl");
     let f = File::create(&mesh).map_err(Error::output(&mesh))?;
     sample::write_torus(BufWriter::new(f)).map_err(Error::output(&mesh))?;
-    println!("machinaftp demo in {}", dir.display());
-    println!(
+    say!(out, "machinaftp demo in {}", dir.display());
+    say!(
+        out,
         "  sample mesh: a/sample.stl, a torus of {} facets ({} bytes, binary STL)",
         sample::facet_count(),
         sample::file_size()
@@ -47,36 +55,40 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
     let exe = std::env::current_exe().map_err(|e| Error::Usage(format!("cannot find this program's path: {e}")))?;
 
     let server_args = ["--server", "-f", "sample.stl", "-H", "127.0.0.1", "-p", "0", "--once"];
-    println!("\n[A] $ machinaftp {}   (in a/)", server_args.join(" "));
+    say!(out, "\n[A] $ machinaftp {}   (in a/)", server_args.join(" "));
     let mut server = spawn(&exe, &server_args, &a)?;
     let (lines, stdout_thread) = forward_lines(&mut server);
-    let ready = match wait_ready(&lines) {
+    let ready = match wait_ready(&lines, out) {
         Some(line) => line,
         None => {
             let _ = server.kill();
             let status = server.wait().ok();
-            print_stderr("A", &mut server);
+            print_stderr("A", &mut server, out);
             return Err(Error::Usage(format!("the server did not become ready ({status:?})")));
         }
     };
-    println!("[A] {ready}");
+    say!(out, "[A] {ready}");
     let (tcp, zmq) = parse_ready(&ready).ok_or_else(|| Error::Usage(format!("unexpected ready line: {ready}")))?;
 
     let client_args = ["--client", "-f", "output.stl", "-H", "127.0.0.1", "-p", &tcp, "--zmq-port", &zmq];
-    println!("[B] $ machinaftp {}   (in b/)", client_args.join(" "));
+    say!(out, "[B] $ machinaftp {}   (in b/)", client_args.join(" "));
     let client = spawn(&exe, &client_args, &b)?;
     let client_out = client.wait_with_output().map_err(|e| Error::Usage(format!("cannot wait for the client: {e}")))?;
     for line in
         String::from_utf8_lossy(&client_out.stderr).lines().chain(String::from_utf8_lossy(&client_out.stdout).lines())
     {
-        println!("[B] {line}");
+        say!(out, "[B] {line}");
     }
     let server_status = server.wait().map_err(|e| Error::Usage(format!("cannot wait for the server: {e}")))?;
     drop(lines);
-    let _ = stdout_thread.join().map(|rest| rest.iter().for_each(|l| println!("[A] {l}")));
-    print_stderr("A", &mut server);
+    if let Ok(rest) = stdout_thread.join() {
+        for l in rest {
+            say!(out, "[A] {l}");
+        }
+    }
+    print_stderr("A", &mut server, out);
 
-    println!("\nFiles:");
+    say!(out, "\nFiles:");
     for (label, path) in [
         ("a/sample.stl  (A's original)", a.join("sample.stl")),
         ("b/output.stl  (B's received copy)", b.join("output.stl")),
@@ -85,12 +97,12 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         ("a/output.csv  (A's returned CSV)", a.join("output.csv")),
     ] {
         match digest(&path) {
-            Ok((size, d)) => println!("  {label:38} {size:>9} bytes  BLAKE3 {}", &d[..16]),
-            Err(e) => println!("  {label:38} missing: {e}"),
+            Ok((size, d)) => say!(out, "  {label:38} {size:>9} bytes  BLAKE3 {}", &d[..16]),
+            Err(e) => say!(out, "  {label:38} missing: {e}"),
         }
     }
-    println!("  logs: a/server.log, b/client.log");
-    println!("  (the directory is kept so you can look; remove it when done: rm -r {})", dir.display());
+    say!(out, "  logs: a/server.log, b/client.log");
+    say!(out, "  (the directory is kept so you can look; remove it when done: rm -r {})", dir.display());
     let same = |p: &Path| digest(p).ok().map(|x| x.1);
     let original = same(&a.join("sample.stl"));
     let verified = server_status.success()
@@ -102,13 +114,15 @@ pub fn run(args: &DemoArgs) -> Result<i32, Error> {
         && same(&b.join("output.csv")) == same(&a.join("output.csv"));
     if verified {
         let rows = std::fs::read(b.join("output.csv")).map(|c| c.iter().filter(|&&x| x == b'\n').count()).unwrap_or(0);
-        println!(
+        say!(
+            out,
             "\nVERIFIED: A's returned copy and B's copy are byte-for-byte identical to the original, and the \
              vertex CSV ({rows} lines, one per vertex of each facet) reached A intact (exit 0 on both sides)."
         );
         Ok(exit::OK)
     } else {
-        println!(
+        say!(
+            out,
             "\nNOT VERIFIED: server exit {:?}, client exit {:?}; see the logs above and in {}",
             server_status.code(),
             client_out.status.code(),
@@ -151,13 +165,13 @@ fn forward_lines(child: &mut Child) -> (mpsc::Receiver<String>, std::thread::Joi
     (rx, handle)
 }
 
-fn wait_ready(lines: &mpsc::Receiver<String>) -> Option<String> {
+fn wait_ready(lines: &mpsc::Receiver<String>, out: &mut dyn Write) -> Option<String> {
     loop {
         let line = lines.recv_timeout(READY_WAIT).ok()?;
         if line.starts_with("ready") {
             return Some(line);
         }
-        println!("[A] {line}");
+        say!(out, "[A] {line}");
     }
 }
 
@@ -172,11 +186,13 @@ pub fn parse_ready(line: &str) -> Option<(String, String)> {
     Some((field("tcp=")?, field("zmq=")?))
 }
 
-fn print_stderr(label: &str, child: &mut Child) {
+fn print_stderr(label: &str, child: &mut Child, out: &mut dyn Write) {
     if let Some(mut err) = child.stderr.take() {
         let mut s = String::new();
         let _ = err.read_to_string(&mut s);
-        s.lines().for_each(|l| println!("[{label}] {l}"));
+        for l in s.lines() {
+            say!(out, "[{label}] {l}");
+        }
     }
 }
 

@@ -1,11 +1,15 @@
 //! The errors the library reports, one variant per thing that can go wrong, each saying what and
-//! where. `main` prints the chain, adds [`Error::hint`] and exits with [`Error::exit_code`].
+//! where. A cause is carried as `#[source]`, never repeated in the message, so `main` prints the
+//! chain once ([`chain`]), adds [`Error::hint`] and exits with [`Error::exit_code`].
 
 use std::io;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use crate::protocol::DecodeError;
+pub use crate::session::chain;
+use crate::session::{CsvFailure, Failure, LocalFailure};
+use crate::stl::ConvertError;
+use crate::transport::hub::HubError;
+use crate::transport::ret::WiringError;
 
 /// Exit statuses, documented in the README.
 pub mod exit {
@@ -26,55 +30,11 @@ pub mod exit {
     pub const INTERRUPTED: i32 = 130;
 }
 
-/// Which way the bytes were going when something went wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Leg {
-    /// A to B over the TCP data channel.
-    Data,
-    /// B to A over the ZeroMQ return channel.
-    Return,
-}
-
-impl std::fmt::Display for Leg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Leg::Data => "data leg (A to B over TCP)",
-            Leg::Return => "return leg (B to A over ZeroMQ)",
-        })
-    }
-}
-
-/// A failure of the I/O underneath a channel.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    /// The peer closed the connection.
-    #[error("the peer closed the connection")]
-    Closed,
-    /// Nothing moved for the whole idle timeout.
-    #[error("the peer sent nothing for {} s", .0.as_secs())]
-    Timeout(Duration),
-    /// SIGINT/SIGTERM arrived while waiting.
-    #[error("interrupted by a signal")]
-    Interrupted,
-    /// The operating system reported an error.
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    /// The bytes received are not a valid message.
-    #[error("malformed message: {0}")]
-    Decode(#[from] DecodeError),
-    /// The peer sent more than A's credit allowed, so its frames were dropped.
-    #[error("the peer sent more than its flow-control credit allowed")]
-    CreditOverrun,
-    /// libzmq reported an error.
-    #[error("ZeroMQ: {0}")]
-    Zmq(#[from] zmq::Error),
-}
-
 /// Everything that can end a server or client run unsuccessfully.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file to serve cannot be opened or is not a regular file.
-    #[error("cannot read input file {path}: {source}")]
+    #[error("cannot read input file {path}")]
     Input {
         /// The path given with `-f`.
         path: PathBuf,
@@ -86,7 +46,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// Listening on an address failed.
-    #[error("cannot listen on {addr} for the {channel}: {source}")]
+    #[error("cannot listen on {addr} for the {channel}")]
     Bind {
         /// The address.
         addr: String,
@@ -96,6 +56,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The return channel's ROUTER could not be set up.
+    #[error("return channel (--zmq-port)")]
+    Hub(#[source] HubError),
     /// Nothing accepts connections at the address.
     #[error("no server is listening at {addr} (connection refused)")]
     NoServer {
@@ -103,7 +66,7 @@ pub enum Error {
         addr: String,
     },
     /// Connecting failed for another reason (unreachable, timeout, bad name).
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// The address tried.
         addr: String,
@@ -111,41 +74,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A channel failed mid-session.
-    #[error("{stage}: {source}")]
-    Transport {
-        /// What was happening, with the peer and progress.
-        stage: String,
-        /// What failed.
-        #[source]
-        source: TransportError,
-    },
-    /// The peer sent a valid message that is wrong at this point.
-    #[error("{stage}: unexpected message from the peer: {detail}")]
-    Protocol {
-        /// What was happening.
-        stage: String,
-        /// What arrived instead of what was expected.
-        detail: String,
-    },
-    /// The peer refused or aborted the transfer and said why.
-    #[error("{stage}: the peer refused: {reason}")]
-    Refused {
-        /// What was happening.
-        stage: String,
-        /// The peer's words.
-        reason: String,
-    },
-    /// Bytes arrived whole but do not match what was sent.
-    #[error("checksum mismatch on the {leg}: {detail}")]
-    Mismatch {
-        /// Which leg.
-        leg: Leg,
-        /// What differs.
-        detail: String,
-    },
+    /// B's return channel could not be opened.
+    #[error("return channel")]
+    Wiring(#[source] WiringError),
     /// A local file could not be created or written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Output {
         /// The file.
         path: PathBuf,
@@ -153,47 +86,30 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The return channel could not be set up.
-    #[error("return channel: {0}")]
-    ReturnSetup(String),
+    /// A round trip failed.
+    #[error("round trip with {peer}")]
+    Session {
+        /// `server HOST:PORT` or `client HOST:PORT`.
+        peer: String,
+        /// What went wrong.
+        #[source]
+        failure: Box<Failure>,
+    },
     /// STL to CSV conversion failed.
-    #[error("{0}")]
-    Convert(#[from] crate::stl::ConvertError),
-    /// The file made its round trip, but its CSV did not (the reason says which side and why).
-    #[error("the file made its round trip intact, but its CSV did not: {0}")]
-    Csv(String),
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
     /// SIGINT/SIGTERM stopped the run.
     #[error("interrupted by a signal; temporary files were removed")]
     Interrupted,
+    /// A session's thread panicked (a bug); the server went on.
+    #[error("the session with {peer} crashed")]
+    Crashed {
+        /// The client.
+        peer: String,
+    },
 }
 
 impl Error {
-    /// Wraps a transport failure with what was going on, keeping interruption distinct.
-    pub fn transport(stage: impl Into<String>, source: TransportError) -> Error {
-        match source {
-            TransportError::Interrupted => Error::Interrupted,
-            source => Error::Transport { stage: stage.into(), source },
-        }
-    }
-
-    /// Whether the peer caused or already knows this outcome, so telling it again is pointless.
-    pub fn peer_knows(&self) -> bool {
-        matches!(
-            self,
-            Error::Refused { .. } | Error::Mismatch { .. } | Error::Transport { source: TransportError::Closed, .. }
-        )
-    }
-
-    /// The data channel's `Error` code that describes this error to the peer.
-    pub fn wire_code(&self) -> crate::protocol::data::ErrorCode {
-        use crate::protocol::data::ErrorCode;
-        match self {
-            Error::Protocol { .. } | Error::Transport { source: TransportError::Decode(_), .. } => ErrorCode::Protocol,
-            Error::ReturnSetup(_) => ErrorCode::ReturnChannel,
-            _ => ErrorCode::Internal,
-        }
-    }
-
     /// For `map_err`: a local file at `path` could not be written.
     pub fn output(path: &std::path::Path) -> impl FnOnce(io::Error) -> Error + use<> {
         let path = path.to_path_buf();
@@ -203,19 +119,20 @@ impl Error {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Mismatch { .. } => exit::MISMATCH,
-            Error::Input { .. } | Error::Usage(_) | Error::Bind { .. } => exit::USAGE,
+            Error::Input { .. } | Error::Usage(_) | Error::Bind { .. } | Error::Hub(HubError::Bind { .. }) => {
+                exit::USAGE
+            }
             Error::Output { .. } => exit::LOCAL_IO,
-            Error::Convert(crate::stl::ConvertError::Open { .. }) => exit::USAGE,
-            Error::Convert(crate::stl::ConvertError::Write { .. }) => exit::LOCAL_IO,
-            Error::Convert(crate::stl::ConvertError::Stl { .. }) | Error::Csv(_) => exit::CSV,
-            Error::Interrupted | Error::Convert(crate::stl::ConvertError::Stopped) => exit::INTERRUPTED,
-            Error::NoServer { .. }
+            Error::Convert(ConvertError::Open { .. }) => exit::USAGE,
+            Error::Convert(ConvertError::Write { .. }) => exit::LOCAL_IO,
+            Error::Convert(ConvertError::Stl { .. }) => exit::CSV,
+            Error::Interrupted | Error::Convert(ConvertError::Stopped) => exit::INTERRUPTED,
+            Error::Session { failure, .. } => failure_exit(failure),
+            Error::Hub(_)
+            | Error::NoServer { .. }
             | Error::Connect { .. }
-            | Error::Transport { .. }
-            | Error::Protocol { .. }
-            | Error::Refused { .. }
-            | Error::ReturnSetup(_) => exit::NETWORK,
+            | Error::Wiring(_)
+            | Error::Crashed { .. } => exit::NETWORK,
         }
     }
 
@@ -223,34 +140,113 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         Some(match self {
             Error::Input { .. } => "check the path given with -f/--filename",
-            Error::Convert(crate::stl::ConvertError::Open { .. }) => "check the input path",
-            Error::Bind { .. } => {
+            Error::Convert(ConvertError::Open { .. }) => "check the input path",
+            Error::Bind { .. } | Error::Hub(HubError::Bind { .. }) => {
                 "another process may hold that port: pick another with the flag named (0 picks a free one), or check -H"
             }
             Error::NoServer { .. } => {
                 "start the server first (machinaftp --server ...) and check -H/--host and -p/--port"
             }
             Error::Connect { .. } => "check -H/--host and -p/--port, and that the network path is open",
-            Error::Transport { source: TransportError::Timeout(_), .. } => {
-                "the peer stopped responding; check that it is still running, or raise --timeout"
-            }
-            Error::Transport { source: TransportError::Closed, .. } => {
-                "the peer went away mid-session; see its log for why"
-            }
-            Error::ReturnSetup(_) => {
+            Error::Wiring(_) => {
                 "check that the ZeroMQ port (--zmq-port, default PORT+1) is reachable and not firewalled"
             }
-            Error::Mismatch { .. } => "the bytes were corrupted in transit or on disk; run the transfer again",
-            Error::Output { .. } | Error::Convert(crate::stl::ConvertError::Write { .. }) => {
+            Error::Output { .. } | Error::Convert(ConvertError::Write { .. }) => {
                 "check free space and permissions in the destination directory"
             }
-            Error::Convert(crate::stl::ConvertError::Stl { .. }) => {
+            Error::Convert(ConvertError::Stl { .. }) => {
                 "the file is not valid STL at the place named; fix or re-export it"
             }
+            Error::Session { failure, .. } => return failure_hint(failure),
             _ => return None,
         })
     }
 }
 
+fn failure_exit(f: &Failure) -> i32 {
+    match f {
+        Failure::Mismatch { .. } | Failure::SizeMismatch { .. } | Failure::PeerMismatch { .. } => exit::MISMATCH,
+        Failure::Local(LocalFailure::Input { .. } | LocalFailure::SourceChanged { .. }) => exit::USAGE,
+        Failure::Local(LocalFailure::Output { .. } | LocalFailure::NoRoom { .. }) => exit::LOCAL_IO,
+        Failure::Csv(_) => exit::CSV,
+        Failure::Interrupted => exit::INTERRUPTED,
+        _ => exit::NETWORK,
+    }
+}
+
+fn failure_hint(f: &Failure) -> Option<&'static str> {
+    Some(match f {
+        Failure::Timeout { .. } => "the peer stopped responding; check that it is still running, or raise --timeout",
+        Failure::Closed { .. } => "the peer went away mid-session; see its log for why",
+        Failure::Mismatch { .. } | Failure::PeerMismatch { .. } | Failure::SizeMismatch { .. } => {
+            "the bytes were corrupted in transit or on disk; run the transfer again"
+        }
+        Failure::Local(LocalFailure::Output { .. } | LocalFailure::NoRoom { .. }) => {
+            "check free space and permissions in the destination directory"
+        }
+        Failure::Local(LocalFailure::ReturnChannel { .. }) => {
+            "check that the ZeroMQ port (--zmq-port, default PORT+1) is reachable and not firewalled"
+        }
+        Failure::Local(LocalFailure::SourceChanged { .. }) => {
+            "something wrote to the served file during the transfer; run it again once the file is final"
+        }
+        Failure::Csv(CsvFailure::Convert(ConvertError::Stl { .. })) => {
+            "the file is not valid STL at the place named; fix or re-export it"
+        }
+        _ => return None,
+    })
+}
+
+/// Whether a broken pipe (a closed stdout: `... | head`) is anywhere in the chain.
+pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe) {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{Phase, Role};
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let e = Error::Session {
+            peer: "server 127.0.0.1:8080".into(),
+            failure: Box::new(Failure::Local(LocalFailure::Output {
+                path: "out.stl".into(),
+                source: io::Error::new(io::ErrorKind::StorageFull, "No space left on device"),
+            })),
+        };
+        assert_eq!(chain(&e), "round trip with server 127.0.0.1:8080: cannot write out.stl: No space left on device");
+        assert_eq!(e.exit_code(), exit::LOCAL_IO);
+        let closed = Error::Session {
+            peer: "client 1.2.3.4:5".into(),
+            failure: Box::new(Failure::Closed { during: Phase::Data { role: Role::Server, done: 5, size: 9 } }),
+        };
+        assert_eq!(
+            chain(&closed),
+            "round trip with client 1.2.3.4:5: sending the file (5 of 9 bytes): the peer closed the connection"
+        );
+        assert_eq!(closed.exit_code(), exit::NETWORK);
+        assert!(closed.hint().is_some());
+    }
+
+    #[test]
+    fn broken_pipe_is_found_deep_in_the_chain() {
+        let e = Error::Convert(ConvertError::Write {
+            path: "standard output".into(),
+            source: io::Error::from(io::ErrorKind::BrokenPipe),
+        });
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&Error::Interrupted));
+    }
+}

@@ -56,6 +56,12 @@ pub struct Hasher {
     b3: blake3::Hasher,
 }
 
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hasher({} bytes)", self.size)
+    }
+}
+
 impl Hasher {
     /// A hasher that has seen nothing.
     pub fn new() -> Self {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use machinaftp::integrity::{Digest, Hasher};
 use machinaftp::protocol::data::{DataMsg, FRAME_HEADER_LEN, parse_frame_header};
-use machinaftp::protocol::ret::{MAX_CHUNK, ReturnMsg, Stream};
+use machinaftp::protocol::ret::{FRAME_V1, ReturnMsg, Stream};
 use machinaftp::stl::{self, CsvOptions};
 
 fn recv_frame(s: &mut TcpStream) -> DataMsg {
@@ -52,7 +52,7 @@ impl Fake {
         let mut credit = 0u64;
         let mut offset = 0usize;
         while offset < bytes.len() {
-            let n = (bytes.len() - offset).min(MAX_CHUNK);
+            let n = (bytes.len() - offset).min(FRAME_V1);
             while credit < n as u64 {
                 match self.recv() {
                     ReturnMsg::Credit { bytes, .. } => credit += bytes,

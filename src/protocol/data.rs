@@ -5,7 +5,7 @@
 //! then a `Trailer` frame.
 
 use super::wire::{DecodeError, Reader, put_str16};
-use super::{MAGIC, PROTOCOL_VERSION, Token};
+use super::{MAGIC, Token};
 
 /// Length of a frame header: type byte plus u32 payload length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -284,9 +284,6 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(DataMsg, usize)>, DecodeError> 
     };
     Ok(Some((DataMsg::decode(ty, payload)?, FRAME_HEADER_LEN + len)))
 }
-
-/// The version this build speaks, exported for the handshake.
-pub const VERSION: u16 = PROTOCOL_VERSION;
 
 #[cfg(test)]
 mod tests {

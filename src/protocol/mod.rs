@@ -12,8 +12,11 @@ pub use wire::DecodeError;
 
 /// Bytes that open every handshake message, so a stray client is told apart at once.
 pub const MAGIC: [u8; 4] = *b"MFTP";
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks by preference: full duplex (the client returns the file
+/// while it receives it).
+pub const VERSION: u16 = 2;
+/// The oldest version the server still answers, with that version's own sequence.
+pub const MIN_VERSION: u16 = 1;
 
 /// A random session identifier chosen by B; it ties the data channel to the return channel.
 pub type Token = [u8; 16];

@@ -9,8 +9,18 @@ use super::{MAGIC, Token};
 
 /// Bytes of a `Data` message before its payload: type, stream, offset.
 pub const DATA_HEADER_LEN: usize = 1 + 1 + 8;
-/// Largest `Data` payload a sender may put in one message.
-pub const MAX_CHUNK: usize = 256 * 1024;
+/// Largest `Data` payload any protocol version allows in one message (version 2's frame).
+pub const MAX_CHUNK: usize = FRAME_V2;
+/// Version 1's `Data` frame: every frame but a stream's last carries exactly this many bytes.
+pub const FRAME_V1: usize = 256 * 1024;
+/// Version 2's `Data` frame: larger frames cost less per byte on both ends.
+pub const FRAME_V2: usize = 1024 * 1024;
+
+/// The `Data` frame size of protocol `version`: every frame of a stream carries exactly
+/// `min(frame, size - offset)` bytes.
+pub fn frame_size(version: u16) -> usize {
+    if version >= 2 { FRAME_V2 } else { FRAME_V1 }
+}
 /// Largest control message (anything but `Data`).
 pub const MAX_CONTROL_LEN: usize = 4096;
 /// Longest reason string in `Result` and `Abort`.
@@ -239,6 +249,11 @@ impl<'a> ReturnMsg<'a> {
         };
         Ok(msg)
     }
+}
+
+/// Whether `frame` claims to be a `Hello` (by its type byte), without decoding it.
+pub fn is_hello(frame: &[u8]) -> bool {
+    frame.first() == Some(&T_HELLO)
 }
 
 /// Whether `frame` is a `KeepAlive`, without decoding anything else (receivers skip these on

@@ -181,7 +181,7 @@ pub struct Converted {
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     /// The input could not be opened.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         /// The input.
         path: std::path::PathBuf,
@@ -190,7 +190,7 @@ pub enum ConvertError {
         source: io::Error,
     },
     /// The input is not valid STL.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Stl {
         /// The input.
         path: std::path::PathBuf,
@@ -202,7 +202,7 @@ pub enum ConvertError {
     #[error("conversion stopped")]
     Stopped,
     /// The CSV could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The output.
         path: std::path::PathBuf,
@@ -247,7 +247,18 @@ pub fn convert_to<W: io::Write>(
     out_name: &Path,
     opts: CsvOptions,
 ) -> Result<(ReadSummary, csv::CsvSummary), ConvertError> {
-    convert_open(open_input(input)?, input, out, out_name, opts, &AtomicBool::new(false))
+    convert_to_stoppable(input, out, out_name, opts, &AtomicBool::new(false))
+}
+
+/// [`convert_to`] that gives up with [`ConvertError::Stopped`] soon after `stop` is set.
+pub fn convert_to_stoppable<W: io::Write>(
+    input: &Path,
+    out: W,
+    out_name: &Path,
+    opts: CsvOptions,
+    stop: &AtomicBool,
+) -> Result<(ReadSummary, csv::CsvSummary), ConvertError> {
+    convert_open(open_input(input)?, input, out, out_name, opts, stop)
 }
 
 fn open_input(input: &Path) -> Result<File, ConvertError> {

@@ -1,34 +1,61 @@
-//! The data channel's socket: a TCP stream whose every wait is bounded by an idle timeout and
-//! interruptible by the shutdown flag, plus framed send/receive of control messages.
+//! The data channel's socket, non-blocking: control frames are read whole (never past their end,
+//! since raw file bytes may follow) and queued for writing; raw bytes are read into and written
+//! from the caller's buffers. Nothing here waits: drivers wait in [`super::poll::wait`], and the
+//! session machines keep the timeouts.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown as Both, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::error::TransportError;
+use crate::protocol::DecodeError;
 use crate::protocol::data::{DataMsg, FRAME_HEADER_LEN, parse_frame_header};
-use crate::shutdown::{Shutdown, TICK};
+use crate::shutdown::Shutdown;
 
-/// A connected data-channel socket.
-pub struct Conn {
-    stream: TcpStream,
-    peer: SocketAddr,
-    idle: Duration,
-    shutdown: Shutdown,
-    scratch: Vec<u8>,
+use super::poll::{Watch, wait};
+
+/// What can go wrong on the data channel.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    /// The peer closed the connection (end of stream, reset, broken pipe).
+    #[error("the peer closed the connection")]
+    Closed,
+    /// Bytes that are not a frame.
+    #[error("malformed frame")]
+    Decode(#[from] DecodeError),
+    /// Another socket error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
-impl Conn {
-    /// Wraps a connected stream. `idle` bounds how long any single read or write may make no
-    /// progress before it fails with [`TransportError::Timeout`].
-    pub fn new(stream: TcpStream, idle: Duration, shutdown: Shutdown) -> io::Result<Conn> {
+/// A connected data-channel socket.
+#[derive(Debug)]
+pub struct DataConn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    head: [u8; FRAME_HEADER_LEN],
+    head_len: usize,
+    /// The payload of the frame being read, once its header is in.
+    payload: Option<(u8, Vec<u8>, usize)>,
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+impl DataConn {
+    /// Wraps a connected stream, switching it to non-blocking mode.
+    pub fn new(stream: TcpStream) -> io::Result<DataConn> {
         let peer = stream.peer_addr()?;
         stream.set_nodelay(true)?;
-        // Short socket timeouts turn blocking calls into ticks at which we check the stop flag
-        // and the idle deadline; they are not the idle timeout itself.
-        stream.set_read_timeout(Some(TICK))?;
-        stream.set_write_timeout(Some(TICK))?;
-        Ok(Conn { stream, peer, idle, shutdown, scratch: Vec::with_capacity(256) })
+        stream.set_nonblocking(true)?;
+        Ok(DataConn {
+            stream,
+            peer,
+            head: [0; FRAME_HEADER_LEN],
+            head_len: 0,
+            payload: None,
+            out: Vec::new(),
+            out_pos: 0,
+        })
     }
 
     /// The remote address.
@@ -36,117 +63,188 @@ impl Conn {
         self.peer
     }
 
-    /// Reads at least one byte into `buf`; `Closed` on end of stream.
-    pub fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
-        self.read_some_since(buf, Instant::now())
+    /// What to wait for: reading if `read`, writing while frames are queued or `write`.
+    pub fn watch(&self, read: bool, write: bool) -> Watch<'static> {
+        Watch::fd(self.stream.as_raw_fd(), read, write || self.pending())
     }
 
-    /// As [`Conn::read_some`], but the idle timeout counts from `started`.
-    fn read_some_since(&mut self, buf: &mut [u8], started: Instant) -> Result<usize, TransportError> {
-        // Checked on every call, not only when blocked: a peer streaming steadily must not be
-        // able to delay a stop until the transfer ends.
-        self.check_stop()?;
-        loop {
-            match self.stream.read(buf) {
-                Ok(0) if !buf.is_empty() => return Err(TransportError::Closed),
-                Ok(n) => return Ok(n),
-                Err(e) if is_tick(&e) => self.check_wait(started)?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_reset(&e) => return Err(TransportError::Closed),
-                Err(e) => return Err(e.into()),
-            }
-        }
+    /// The descriptor, for a wait.
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
     }
 
-    /// Fills `buf` completely, all within one idle timeout from `started`: a peer that trickles
-    /// a byte now and then cannot hold a connection (and a client slot) indefinitely.
-    fn read_exact_since(&mut self, mut buf: &mut [u8], started: Instant) -> Result<(), TransportError> {
-        while !buf.is_empty() {
-            let n = self.read_some_since(buf, started)?;
-            buf = &mut buf[n..];
-        }
-        Ok(())
-    }
-
-    /// Writes all of `buf`.
-    pub fn write_all(&mut self, mut buf: &[u8]) -> Result<(), TransportError> {
-        let mut started = Instant::now();
-        self.check_stop()?;
-        while !buf.is_empty() {
-            match self.stream.write(buf) {
-                Ok(0) => return Err(TransportError::Closed),
-                Ok(n) => {
-                    buf = &buf[n..];
-                    started = Instant::now();
-                }
-                Err(e) if is_tick(&e) => self.check_wait(started)?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_reset(&e) => return Err(TransportError::Closed),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends one control message.
-    pub fn send(&mut self, msg: &DataMsg) -> Result<(), TransportError> {
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        msg.encode(&mut buf);
-        let res = self.write_all(&buf);
-        self.scratch = buf;
-        res
-    }
-
-    /// Receives one control message. The length is checked before the payload is read, so a
+    /// Reads toward the next control frame: `Ok(Some)` when one is complete, `Ok(None)` when the
+    /// socket has no more bytes for now. The length is checked before the payload is read, so a
     /// hostile peer cannot make us allocate more than the protocol's frame limit.
-    pub fn recv(&mut self) -> Result<DataMsg, TransportError> {
-        let started = Instant::now();
-        let mut head = [0u8; FRAME_HEADER_LEN];
-        self.read_exact_since(&mut head, started)?;
-        let (ty, len) = parse_frame_header(&head)?;
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.resize(len, 0);
-        let res = self.read_exact_since(&mut payload, started).and_then(|()| Ok(DataMsg::decode(ty, &payload)?));
-        self.scratch = payload;
-        res
-    }
-
-    /// Best effort, for the last word of a failing session: sends `msg` even when a stop was
-    /// asked for (a stopping server still says why), waiting at most a second on a bad peer.
-    pub fn send_final(&mut self, msg: &DataMsg) {
-        self.idle = Duration::from_secs(1);
-        let stop = std::mem::take(&mut self.shutdown);
-        let _ = self.send(msg);
-        self.shutdown = stop;
-    }
-
-    /// Half-closes the write side so the peer sees a clean end of stream.
-    pub fn finish(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-    }
-
-    fn check_stop(&self) -> Result<(), TransportError> {
-        if self.shutdown.is_set() { Err(TransportError::Interrupted) } else { Ok(()) }
-    }
-
-    fn check_wait(&self, since: Instant) -> Result<(), TransportError> {
-        if self.shutdown.is_set() {
-            Err(TransportError::Interrupted)
-        } else if since.elapsed() >= self.idle {
-            Err(TransportError::Timeout(self.idle))
-        } else {
-            Ok(())
+    pub fn read_frame(&mut self) -> Result<Option<DataMsg>, TcpError> {
+        loop {
+            if let Some((_, payload, filled)) = &mut self.payload {
+                while *filled < payload.len() {
+                    match read_some(&mut self.stream, &mut payload[*filled..])? {
+                        0 => return Ok(None),
+                        n => *filled += n,
+                    }
+                }
+                let (ty, payload, _) = self.payload.take().expect("checked");
+                return Ok(Some(DataMsg::decode(ty, &payload)?));
+            }
+            while self.head_len < FRAME_HEADER_LEN {
+                match read_some(&mut self.stream, &mut self.head[self.head_len..])? {
+                    0 => return Ok(None),
+                    n => self.head_len += n,
+                }
+            }
+            self.head_len = 0;
+            let (ty, len) = parse_frame_header(&self.head)?;
+            self.payload = Some((ty, vec![0; len], 0));
         }
+    }
+
+    /// Reads raw bytes into `buf`; `Ok(0)`: none for now.
+    pub fn read_raw(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
+        read_some(&mut self.stream, buf)
+    }
+
+    /// Queues a control frame behind those already queued.
+    pub fn queue(&mut self, msg: &DataMsg) {
+        msg.encode(&mut self.out);
+    }
+
+    /// Whether queued frames wait to be written.
+    pub fn pending(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Writes queued frames as far as the socket takes them; `Ok(true)` when none are left.
+    pub fn flush(&mut self) -> Result<bool, TcpError> {
+        while self.pending() {
+            match write_some(&mut self.stream, &self.out[self.out_pos..])? {
+                0 => return Ok(false),
+                n => self.out_pos += n,
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(true)
+    }
+
+    /// Writes raw bytes; `Ok(0)`: the socket takes none for now. Queued frames go first.
+    pub fn write_raw(&mut self, buf: &[u8]) -> Result<usize, TcpError> {
+        if !self.flush()? {
+            return Ok(0);
+        }
+        write_some(&mut self.stream, buf)
+    }
+
+    /// Best effort, for a session's last words: writes what is queued, waiting at most `limit`
+    /// (a stopping server still says why; a peer that does not read does not hold it up).
+    pub fn flush_within(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while let Ok(false) = self.flush() {
+            let mut w = [self.watch(false, true)];
+            if wait(&mut w, Some(deadline)).is_err() || Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+
+    /// Closes both directions.
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(Both::Both);
     }
 }
 
-fn is_tick(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, TcpError> {
+    loop {
+        return match stream.read(buf) {
+            Ok(0) if !buf.is_empty() => Err(TcpError::Closed),
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_reset(&e) => Err(TcpError::Closed),
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+fn write_some(stream: &mut TcpStream, buf: &[u8]) -> Result<usize, TcpError> {
+    loop {
+        return match stream.write(buf) {
+            Ok(0) if !buf.is_empty() => Err(TcpError::Closed),
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_reset(&e) => Err(TcpError::Closed),
+            Err(e) => Err(e.into()),
+        };
+    }
 }
 
 fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Nothing listens there.
+    #[error("connection refused")]
+    Refused,
+    /// The stop signal came first.
+    #[error("interrupted")]
+    Interrupted,
+    /// Anything else: unreachable, timed out, a name that does not resolve.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Connects to `addr` (`host:port`), trying each address it resolves to within `timeout`, and
+/// giving up at once when `stop` is set.
+pub fn connect(addr: &str, timeout: Duration, stop: &Shutdown) -> Result<DataConn, ConnectError> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    let mut last = ConnectError::Io(io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address"));
+    for a in addrs {
+        match connect_one(a, timeout, stop) {
+            Ok(stream) => return Ok(DataConn::new(stream)?),
+            Err(ConnectError::Interrupted) => return Err(ConnectError::Interrupted),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn connect_one(addr: SocketAddr, timeout: Duration, stop: &Shutdown) -> Result<TcpStream, ConnectError> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) || e.kind() == io::ErrorKind::WouldBlock => {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let mut w = [Watch::fd(sock.as_raw_fd(), false, true), Watch::fd(stop.fd(), true, false)];
+                wait(&mut w, Some(deadline))?;
+                if w[1].readable {
+                    return Err(ConnectError::Interrupted);
+                }
+                if w[0].writable || w[0].readable {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer").into());
+                }
+            }
+            if let Some(e) = sock.take_error()? {
+                return Err(classify(e));
+            }
+        }
+        Err(e) => return Err(classify(e)),
+    }
+    Ok(sock.into())
+}
+
+fn classify(e: io::Error) -> ConnectError {
+    if e.kind() == io::ErrorKind::ConnectionRefused { ConnectError::Refused } else { ConnectError::Io(e) }
 }
 
 #[cfg(test)]
@@ -154,45 +252,76 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    fn pair(idle: Duration) -> (Conn, TcpStream) {
+    fn pair() -> (DataConn, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
-        (Conn::new(s, idle, Shutdown::new()).unwrap(), c)
+        (DataConn::new(s).unwrap(), c)
+    }
+
+    fn next_frame(conn: &mut DataConn) -> Result<DataMsg, TcpError> {
+        loop {
+            if let Some(m) = conn.read_frame()? {
+                return Ok(m);
+            }
+            let mut w = [conn.watch(true, false)];
+            wait(&mut w, Some(Instant::now() + Duration::from_secs(10))).unwrap();
+            assert!(w[0].readable, "no frame within 10 s");
+        }
     }
 
     #[test]
-    fn frames_cross_in_pieces() {
-        let (mut conn, mut raw) = pair(Duration::from_secs(5));
-        let bytes = DataMsg::Header { size: 5, name: "x.stl".into() }.to_bytes();
+    fn frames_cross_in_pieces_and_never_read_past_their_end() {
+        let (mut conn, mut raw) = pair();
+        let mut bytes = DataMsg::Header { size: 5, name: "x.stl".into() }.to_bytes();
+        bytes.extend_from_slice(b"RAW");
         let t = std::thread::spawn(move || {
             for b in bytes {
                 raw.write_all(&[b]).unwrap();
+                std::thread::yield_now();
             }
             raw
         });
-        assert_eq!(conn.recv().unwrap(), DataMsg::Header { size: 5, name: "x.stl".into() });
-        drop(t.join().unwrap());
-        assert!(matches!(conn.recv(), Err(TransportError::Closed)));
+        assert_eq!(next_frame(&mut conn).unwrap(), DataMsg::Header { size: 5, name: "x.stl".into() });
+        let raw = t.join().unwrap();
+        let mut buf = [0u8; 16];
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let n = conn.read_raw(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"RAW", "the bytes after the frame are left for the raw reader");
+        drop(raw);
+        assert!(matches!(next_frame(&mut conn), Err(TcpError::Closed)));
     }
 
     #[test]
-    fn silent_peer_times_out() {
-        let (mut conn, _raw) = pair(Duration::from_millis(300));
-        assert!(matches!(conn.recv(), Err(TransportError::Timeout(_))));
-    }
-
-    #[test]
-    fn shutdown_interrupts_a_wait() {
-        let (mut conn, _raw) = pair(Duration::from_secs(60));
-        conn.shutdown.trigger();
-        assert!(matches!(conn.recv(), Err(TransportError::Interrupted)));
-    }
-
-    #[test]
-    fn oversized_frame_is_an_error() {
-        let (mut conn, mut raw) = pair(Duration::from_secs(5));
+    fn oversized_frame_is_an_error_before_allocation() {
+        let (mut conn, mut raw) = pair();
         raw.write_all(&[4, 0x7f, 0xff, 0xff, 0xff]).unwrap();
-        assert!(matches!(conn.recv(), Err(TransportError::Decode(_))));
+        assert!(matches!(next_frame(&mut conn), Err(TcpError::Decode(_))));
+    }
+
+    #[test]
+    fn queued_frames_go_before_raw_bytes() {
+        let (mut conn, mut raw) = pair();
+        conn.queue(&DataMsg::Accept);
+        assert_eq!(conn.write_raw(b"xyz").unwrap(), 3);
+        let mut got = [0u8; 8];
+        raw.read_exact(&mut got).unwrap();
+        assert_eq!(got, [5, 0, 0, 0, 0, b'x', b'y', b'z']);
+    }
+
+    #[test]
+    fn connect_refused_and_interrupted() {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let addr = sock.local_addr().unwrap().as_socket().unwrap().to_string();
+        let stop = Shutdown::new();
+        assert!(matches!(connect(&addr, Duration::from_secs(5), &stop), Err(ConnectError::Refused)));
+        stop.trigger();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Connecting to a listener succeeds at once even when stopped: only waits are cut short.
+        let _ = connect(&l.local_addr().unwrap().to_string(), Duration::from_secs(5), &stop);
     }
 }

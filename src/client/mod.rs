@@ -1,0 +1,412 @@
+//! Process B: opens the return channel, connects the data channel, and runs the client's
+//! session machine ([`crate::session::ClientSession`]) over them: the file is read from the data
+//! channel into pooled buffers, hashed, saved to a staged file, and sent back from the same
+//! buffers while more of it arrives. The vertex CSV is made on a second thread.
+
+mod csv;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, info_span, warn};
+
+use crate::error::{Error, Result};
+use crate::files::{StagedFile, available_space, parent_dir};
+use crate::protocol::data::DataMsg;
+use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
+use crate::protocol::{Token, VERSION, hex};
+use crate::report::{ClientEvent, ClientReport, Reporter};
+use crate::session::{
+    ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvReturned, Failure, LocalFailure,
+    Milestone,
+};
+use crate::shutdown::Shutdown;
+use crate::transport::poll::{Watch, wait};
+use crate::transport::pool::{Chunk, ChunkPool};
+use crate::transport::ret::{Inbound, ReturnChannel, ReturnEnd, ZmqMode};
+use crate::transport::tcp::{self, ConnectError, DataConn, TcpError};
+use crate::transport::wake::Waker;
+use crate::units;
+
+/// Raw bytes read per turn of the loop before the return channel gets a look.
+const READ_TURN: u64 = 8 << 20;
+/// How long a finished session may spend delivering its last frames.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
+/// Everything process B needs, validated.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Where the received file goes.
+    pub out: PathBuf,
+    /// A's address.
+    pub host: String,
+    /// A's TCP port.
+    pub port: u16,
+    /// The return channel's port: A's (to connect) or ours (to bind).
+    pub zmq_port: u16,
+    /// How the return channel is wired.
+    pub zmq_mode: ZmqMode,
+    /// How long any wait on A may make no progress (also the connect timeout).
+    pub timeout: Duration,
+    /// Where the vertex CSV goes when the file is STL; `None` with `--no-csv`.
+    pub csv: Option<PathBuf>,
+}
+
+/// Runs one round trip against A.
+pub fn run(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> Result<ClientReport> {
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let span = info_span!("session", server = %addr);
+    let _enter = span.enter();
+    let mut token: Token = [0; 16];
+    getrandom::fill(&mut token).map_err(|e| Error::Usage(format!("no randomness for a session token: {e}")))?;
+    let ret = ReturnChannel::open(&token, cfg.zmq_mode, &cfg.host, cfg.zmq_port).map_err(Error::Wiring)?;
+    info!(session = %hex(&token[..4]), wiring = %ret.describe(), "return channel opened");
+    let conn = tcp::connect(&addr, cfg.timeout, shutdown).map_err(|e| match e {
+        ConnectError::Refused => Error::NoServer { addr: addr.clone() },
+        ConnectError::Interrupted => Error::Interrupted,
+        ConnectError::Io(source) => Error::Connect { addr: addr.clone(), source },
+    })?;
+    info!(server = %conn.peer(), "connected to the data channel");
+    let now = Instant::now();
+    let params = ClientParams { idle: cfg.timeout, token, return_port: ret.bound_port().unwrap_or(0) };
+    let mut driver = Driver {
+        cfg,
+        shutdown,
+        reporter,
+        machine: ClientSession::new(params, now),
+        conn,
+        ret,
+        pool: ChunkPool::new(frame_size(VERSION)),
+        waker: Waker::new().map_err(|e| Error::Usage(format!("cannot create a wake-up socket: {e}")))?,
+        staged: None,
+        size: 0,
+        received: 0,
+        filling: None,
+        pending: VecDeque::new(),
+        csv_job: None,
+        csv_file: None,
+        done: None,
+    };
+    let result = driver.run();
+    // Whatever happened, the converter stops and is joined: no thread outlives its session.
+    if let Some(job) = driver.csv_job.take() {
+        job.stop();
+    }
+    match result {
+        Ok(outcome) => {
+            let csv = matches!(outcome.csv, CsvReturned::Returned { .. }).then(|| cfg.csv.clone()).flatten();
+            Ok(ClientReport { server: addr, output: cfg.out.clone(), csv, outcome })
+        }
+        Err(failure) => Err(Error::Session { peer: format!("server {addr}"), failure: Box::new(failure) }),
+    }
+}
+
+struct Driver<'a> {
+    cfg: &'a ClientConfig,
+    shutdown: &'a Shutdown,
+    reporter: &'a dyn Reporter,
+    machine: ClientSession,
+    conn: DataConn,
+    ret: ReturnChannel,
+    pool: ChunkPool,
+    waker: Waker,
+    staged: Option<StagedFile>,
+    /// The file's size, from the Header.
+    size: u64,
+    /// Raw bytes read so far.
+    received: u64,
+    /// The frame being filled from the data channel.
+    filling: Option<Chunk>,
+    /// Frames saved and waiting for credit to go back.
+    pending: VecDeque<Chunk>,
+    csv_job: Option<csv::Job>,
+    csv_file: Option<File>,
+    done: Option<std::result::Result<ClientOutcome, Failure>>,
+}
+
+impl Driver<'_> {
+    fn run(&mut self) -> std::result::Result<ClientOutcome, Failure> {
+        self.act();
+        while self.done.is_none() {
+            let read_tcp = self.machine.reads_data() && (!self.machine.in_raw() || self.machine.raw_budget() > 0);
+            let mut w = [
+                self.conn.watch(read_tcp, false),
+                self.ret.watch(),
+                Watch::fd(self.shutdown.fd(), true, false),
+                Watch::fd(self.waker.fd(), true, false),
+            ];
+            if let Err(e) = wait(&mut w, self.machine.poll_timeout()) {
+                self.feed(Instant::now(), ClientInput::Local(return_channel_failure(&self.ret, e)));
+                break;
+            }
+            let (stopped, woken) = (w[2].readable, w[3].readable);
+            let now = Instant::now();
+            if stopped {
+                if let Some(job) = &self.csv_job {
+                    job.cancel();
+                }
+                self.feed(now, ClientInput::Stop);
+                break;
+            }
+            if woken {
+                self.waker.drain();
+                self.csv_result(now);
+            }
+            self.read_data(now);
+            self.read_return(now);
+            self.flush(now);
+            if self.machine.poll_timeout().is_some_and(|t| now >= t) {
+                self.machine.handle_timeout(now);
+                self.act();
+            }
+        }
+        // The session's last frames (a verdict, an Abort, Bye) still go out, briefly.
+        self.conn.flush_within(LAST_WORDS);
+        self.ret.flush_within(LAST_WORDS);
+        self.done.take().expect("the loop ends with an outcome")
+    }
+
+    fn feed(&mut self, now: Instant, input: ClientInput<'_>) {
+        self.machine.handle(now, input);
+        self.act();
+    }
+
+    /// Reads the data channel: raw bytes into frame buffers, or control frames.
+    fn read_data(&mut self, now: Instant) {
+        let mut turn = 0;
+        while self.done.is_none() && self.machine.reads_data() && turn < READ_TURN {
+            if !self.machine.in_raw() {
+                match self.conn.read_frame() {
+                    Ok(Some(msg)) => self.feed(now, ClientInput::Data(msg)),
+                    Ok(None) => return,
+                    Err(TcpError::Decode(e)) => return self.feed(now, ClientInput::DataUndecodable(e)),
+                    Err(TcpError::Closed | TcpError::Io(_)) => return self.feed(now, ClientInput::DataClosed),
+                }
+                continue;
+            }
+            let budget = self.machine.raw_budget();
+            if budget == 0 {
+                return;
+            }
+            let (size, received) = (self.size, self.received);
+            let chunk =
+                self.filling.get_or_insert_with(|| self.pool.get(ClientSession::frame_len(size, received) as usize));
+            let space = chunk.unfilled();
+            let want = space.len().min(usize::try_from(budget).unwrap_or(usize::MAX));
+            let n = match self.conn.read_raw(&mut space[..want]) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(_) => return self.feed(now, ClientInput::DataClosed),
+            };
+            let before = chunk.filled().len();
+            chunk.advance(n);
+            self.received += n as u64;
+            turn += n as u64;
+            self.machine.handle(now, ClientInput::Raw(&chunk.filled()[before..]));
+            if chunk.is_full() {
+                let chunk = self.filling.take().expect("filled above");
+                self.save(now, chunk);
+            }
+            self.act();
+        }
+    }
+
+    /// Writes a whole frame to the staged file and holds it for the return channel.
+    fn save(&mut self, now: Instant, chunk: Chunk) {
+        let Some(staged) = self.staged.as_mut() else { return };
+        if let Err(source) = staged.file().write_all(chunk.filled()) {
+            let path = staged.temp_path().to_path_buf();
+            return self.feed(now, ClientInput::Local(LocalFailure::Output { path, source }));
+        }
+        let n = chunk.len() as u64;
+        self.pending.push_back(chunk);
+        self.machine.handle(now, ClientInput::Saved(n));
+    }
+
+    fn read_return(&mut self, now: Instant) {
+        while self.done.is_none() {
+            match self.ret.recv() {
+                Ok(Some(Inbound::Frame(frame))) => match ReturnMsg::decode(&frame) {
+                    Ok(msg) => {
+                        self.machine.handle(now, ClientInput::Ret(msg));
+                        self.act();
+                    }
+                    Err(e) => self.feed(now, ClientInput::RetUndecodable(e)),
+                },
+                // Only A's end hears of Hellos and floods.
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(e) => {
+                    let f = return_channel_failure(&self.ret, e);
+                    return self.feed(now, ClientInput::Local(f));
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        if let Err(e) = self.conn.flush() {
+            match e {
+                TcpError::Closed | TcpError::Io(_) => self.feed(now, ClientInput::DataClosed),
+                TcpError::Decode(_) => {}
+            }
+        }
+        if let Err(e) = self.ret.flush() {
+            let f = return_channel_failure(&self.ret, e);
+            self.feed(now, ClientInput::Local(f));
+        }
+    }
+
+    fn csv_result(&mut self, now: Instant) {
+        let Some(result) = self.csv_job.as_ref().and_then(csv::Job::result) else { return };
+        if let Some(job) = self.csv_job.take() {
+            job.stop();
+        }
+        self.feed(now, result);
+    }
+
+    /// Carries out what the machine asks for.
+    fn act(&mut self) {
+        while let Some(action) = self.machine.poll_action() {
+            let now = Instant::now();
+            match action {
+                ClientAction::SendData(msg) => {
+                    if matches!(msg, DataMsg::Ready) {
+                        info!(wiring = %self.ret.describe(), "return channel up");
+                    }
+                    self.conn.queue(&msg);
+                }
+                ClientAction::SendRet(msg) => self.ret.send(&msg),
+                ClientAction::Wire(topology) => {
+                    if let Err(e) = self.ret.use_topology(topology, &self.cfg.host) {
+                        let wiring = self.ret.describe();
+                        self.machine.handle(
+                            now,
+                            ClientInput::Local(LocalFailure::ReturnChannel { wiring, source: io::Error::other(e) }),
+                        );
+                    } else {
+                        debug!(%topology, wiring = %self.ret.describe(), "return channel wired");
+                    }
+                }
+                ClientAction::PrepareOutput { size, name } => {
+                    // The name is shown, escaped, and never used as a path.
+                    info!(name = ?name, size, "header received");
+                    self.size = size;
+                    let input = match self.prepare(size) {
+                        Ok(staged) => {
+                            info!(temp = %staged.temp_path().display(), "accepted; receiving");
+                            self.staged = Some(staged);
+                            ClientInput::OutputReady
+                        }
+                        Err(f) => ClientInput::Local(f),
+                    };
+                    self.machine.handle(now, input);
+                }
+                ClientAction::SendFrame { stream, offset, len } => {
+                    let chunk = match stream {
+                        Stream::File => self.pending.pop_front(),
+                        Stream::Csv => self.read_csv(len),
+                    };
+                    let Some(chunk) = chunk else { continue };
+                    debug_assert_eq!(chunk.len() as u64, len);
+                    if let Err(e) = self.ret.send_chunk(stream, offset, chunk) {
+                        let f = return_channel_failure(&self.ret, e);
+                        self.machine.handle(now, ClientInput::Local(f));
+                    }
+                }
+                ClientAction::Commit => {
+                    let staged = self.staged.take();
+                    let input = match staged.map(|mut s| s.file().flush().and_then(|()| s.commit())) {
+                        Some(Ok(_)) => {
+                            info!(output = %self.cfg.out.display(), "data leg verified and saved");
+                            ClientInput::Committed
+                        }
+                        Some(Err(source)) => {
+                            ClientInput::Local(LocalFailure::Output { path: self.cfg.out.clone(), source })
+                        }
+                        None => continue,
+                    };
+                    self.machine.handle(now, input);
+                }
+                ClientAction::MakeCsv => match &self.cfg.csv {
+                    None => self.machine.handle(now, ClientInput::CsvNone("disabled with --no-csv".into())),
+                    Some(path) => match csv::Job::start(&self.cfg.out, path, self.waker.handle()) {
+                        Ok(job) => self.csv_job = Some(job),
+                        Err(source) => {
+                            let f = Failure::Local(LocalFailure::Output { path: path.clone(), source });
+                            self.machine.handle(now, ClientInput::CsvFailed(f));
+                        }
+                    },
+                },
+                ClientAction::Milestone(Milestone::DataLeg { digest }) => {
+                    info!(
+                        bytes = digest.size, crc32 = digest.crc32, blake3 = %digest.blake3_hex(), "data leg received"
+                    );
+                    self.reporter.client(ClientEvent::DataLegDone);
+                }
+                ClientAction::Milestone(Milestone::ReturnLeg { .. }) => {
+                    info!("the server verified the returned copy");
+                    self.reporter.client(ClientEvent::ReturnLegDone);
+                }
+                ClientAction::CloseData => {
+                    self.conn.flush_within(LAST_WORDS);
+                    self.conn.close();
+                }
+                ClientAction::Finish(result) => {
+                    match &result {
+                        Ok(o) => info!(
+                            digest = %o.digest, data = %units::duration(o.data_time), ret = %units::duration(o.return_time),
+                            "round trip verified"
+                        ),
+                        Err(f) => warn!("session failed: {}", f.chain()),
+                    }
+                    self.done = Some(result);
+                }
+            }
+        }
+    }
+
+    /// Checks for room and creates the staged output file.
+    fn prepare(&self, size: u64) -> std::result::Result<StagedFile, LocalFailure> {
+        let out = &self.cfg.out;
+        let dir = parent_dir(out);
+        if let Ok(free) = available_space(dir)
+            && free < size
+        {
+            return Err(LocalFailure::NoRoom { dir: dir.to_path_buf(), free, size });
+        }
+        StagedFile::create(out).map_err(|source| LocalFailure::Output { path: out.clone(), source })
+    }
+
+    /// The next `len` bytes of the CSV, read into a frame buffer.
+    fn read_csv(&mut self, len: u64) -> Option<Chunk> {
+        let path = self.cfg.csv.as_ref()?;
+        let now = Instant::now();
+        if self.csv_file.is_none() {
+            match File::open(path) {
+                Ok(f) => self.csv_file = Some(f),
+                Err(source) => {
+                    let f = LocalFailure::Output { path: path.clone(), source };
+                    self.machine.handle(now, ClientInput::Local(f));
+                    return None;
+                }
+            }
+        }
+        let mut chunk = self.pool.get(len as usize);
+        let file = self.csv_file.as_mut()?;
+        if let Err(source) = file.read_exact(chunk.unfilled()) {
+            let f = LocalFailure::Output { path: path.clone(), source };
+            self.machine.handle(now, ClientInput::Local(f));
+            return None;
+        }
+        chunk.advance(len as usize);
+        Some(chunk)
+    }
+}
+
+fn return_channel_failure(ret: &ReturnChannel, source: io::Error) -> LocalFailure {
+    LocalFailure::ReturnChannel { wiring: ret.describe(), source }
+}

@@ -1,0 +1,171 @@
+//! Results as values. The library never prints: the server and client hand these to a
+//! [`Reporter`] as they happen, and the binary decides how they look (the Python version's
+//! `Done! - TX` lines and a one-line verdict today; JSON would be another reporter).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::session::{ClientOutcome, ServerOutcome};
+
+/// What became of one client's session on the server.
+#[derive(Debug)]
+pub struct ServerSessionReport {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether it showed itself a machinaftp client (a valid `Hello`), rather than a port probe.
+    pub greeted: bool,
+    /// The served file.
+    pub file: PathBuf,
+    /// Where the returned copy was saved.
+    pub output: PathBuf,
+    /// Where the returned CSV was saved, if one was.
+    pub csv_output: PathBuf,
+    /// The outcome.
+    pub result: Result<ServerOutcome, Error>,
+}
+
+/// A client's successful round trip.
+#[derive(Debug)]
+pub struct ClientReport {
+    /// `HOST:PORT` of the server.
+    pub server: String,
+    /// Where the received file was saved.
+    pub output: PathBuf,
+    /// Where the CSV was saved, if one was made.
+    pub csv: Option<PathBuf>,
+    /// What was proved.
+    pub outcome: ClientOutcome,
+}
+
+/// Something the server has to say while it runs.
+#[derive(Debug)]
+pub enum ServerEvent<'a> {
+    /// A client verified the data leg (the Python version's `Done! - TX`).
+    DataLegDone {
+        /// Which client.
+        peer: SocketAddr,
+    },
+    /// The returned copy was verified and saved (`Done! - RX`).
+    ReturnLegDone {
+        /// Which client.
+        peer: SocketAddr,
+    },
+    /// A session ended.
+    SessionEnded(&'a ServerSessionReport),
+}
+
+/// Something the client has to say while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The file arrived and was verified (`Done! - RX`).
+    DataLegDone,
+    /// The server verified the returned copy (`Done! - TX`).
+    ReturnLegDone,
+}
+
+/// Where results go. Called from session threads; implementations must not fail loudly (a
+/// closed stdout is the reader's choice, not a reason to stop a transfer).
+pub trait Reporter: Send + Sync {
+    /// The server's events.
+    fn server(&self, _event: ServerEvent<'_>) {}
+    /// The client's events.
+    fn client(&self, _event: ClientEvent) {}
+}
+
+/// A reporter that says nothing (for tests and embedding).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Reporter for Silent {}
+
+/// The text the Python version's users know: `Done! - TX` / `Done! - RX` lines and one verdict
+/// line per round trip, written to `out` (stdout in the binary). Lines are written whole under a
+/// lock, so sessions' lines never interleave; a failed write (a closed stdout) is ignored.
+#[derive(Debug)]
+pub struct Text<W: std::io::Write + Send> {
+    out: std::sync::Mutex<W>,
+}
+
+impl<W: std::io::Write + Send> Text<W> {
+    /// Text to `out`.
+    pub fn new(out: W) -> Self {
+        Text { out: std::sync::Mutex::new(out) }
+    }
+
+    /// Writes one line and flushes it (scripts wait for lines such as `ready`).
+    pub fn line(&self, line: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    }
+
+    /// The client's final line.
+    pub fn client_done(&self, r: &ClientReport) {
+        use crate::session::CsvReturned;
+        let o = &r.outcome;
+        let csv = match (&o.csv, &r.csv) {
+            (CsvReturned::Returned { rows, .. }, Some(path)) => {
+                format!("CSV {} ({rows} vertices) returned and verified", path.display())
+            }
+            (CsvReturned::Returned { rows, .. }, None) => format!("CSV ({rows} vertices) returned and verified"),
+            (CsvReturned::NotMade(why), _) => format!("no CSV ({why})"),
+        };
+        self.line(&format!(
+            "verified: {} ({}) received intact and returned intact to the server, CRC-32 {}, BLAKE3 {}…; \
+             data {} ({}), return {} ({}); {csv}",
+            r.output.display(),
+            units::bytes(o.digest.size),
+            o.digest.crc32,
+            &o.digest.blake3_hex()[..16],
+            units::duration(o.data_time),
+            units::rate(o.digest.size, o.data_time),
+            units::duration(o.return_time),
+            units::rate(o.digest.size, o.return_time),
+        ));
+    }
+}
+
+use crate::units;
+
+impl<W: std::io::Write + Send> Reporter for Text<W> {
+    fn server(&self, event: ServerEvent<'_>) {
+        match event {
+            ServerEvent::DataLegDone { .. } => self.line("Done! - TX"),
+            ServerEvent::ReturnLegDone { .. } => self.line("Done! - RX"),
+            ServerEvent::SessionEnded(r) => match &r.result {
+                Ok(o) => {
+                    use crate::session::CsvResult;
+                    let csv = match &o.csv {
+                        CsvResult::Saved(d) => {
+                            format!("CSV verified, saved {} ({})", r.csv_output.display(), units::bytes(d.size))
+                        }
+                        CsvResult::NotMade(why) => format!("no CSV ({why})"),
+                        CsvResult::Failed(f) => format!("CSV FAILED: {}", crate::session::chain(f)),
+                    };
+                    self.line(&format!(
+                        "verified {}: {} ({}) sent and returned identical, CRC-32 {}, BLAKE3 {}…; data {} ({}), \
+                         return {} ({}); saved {}; {csv}",
+                        r.peer,
+                        r.file.display(),
+                        units::bytes(o.digest.size),
+                        o.digest.crc32,
+                        &o.digest.blake3_hex()[..16],
+                        units::duration(o.data_time),
+                        units::rate(o.digest.size, o.data_time),
+                        units::duration(o.return_time),
+                        units::rate(o.digest.size, o.return_time),
+                        r.output.display()
+                    ));
+                }
+                Err(e) => self.line(&format!("FAILED: {}", crate::error::chain(e))),
+            },
+        }
+    }
+
+    fn client(&self, event: ClientEvent) {
+        self.line(match event {
+            ClientEvent::DataLegDone => "Done! - RX",
+            ClientEvent::ReturnLegDone => "Done! - TX",
+        });
+    }
+}

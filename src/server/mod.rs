@@ -1,0 +1,349 @@
+//! Process A: serves one file to every client over the data channel, takes it back over the
+//! return channel, and proves the returned copy identical to what it sent.
+//!
+//! One accept loop, one thread per client (bounded by `max_clients`) running
+//! [`session::serve`], one hub thread owning the ZeroMQ ROUTER, and a [`cache::SourceCache`] of
+//! the served file's digests. The accept loop waits on the listener, the stop signal and the
+//! sessions' ends at once, so it reacts to each at once; every session is joined before `run`
+//! returns.
+
+mod cache;
+mod session;
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::error::{Error, Result};
+use crate::files::StagedFile;
+use crate::protocol::data::{DataMsg, ErrorCode};
+use crate::report::{Reporter, ServerSessionReport};
+use crate::session::{CsvResult, Failure};
+use crate::shutdown::Shutdown;
+use crate::transport::hub::{Hub, HubWiring};
+use crate::transport::poll::{Watch, wait};
+use crate::transport::ret::endpoint;
+use crate::transport::wake::{WakeHandle, Waker};
+
+use cache::SourceCache;
+
+/// How bind errors name the data channel.
+const DATA_CHANNEL: &str = "data channel (-p/--port)";
+
+/// Everything process A needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The file to serve.
+    pub file: PathBuf,
+    /// Address to listen on.
+    pub host: String,
+    /// TCP port (0: any free port).
+    pub port: u16,
+    /// ZeroMQ port; `None` means PORT + 1 (or any free port when PORT is 0).
+    pub zmq_port: Option<u16>,
+    /// `--remotehost`: connect the return channel to the client instead of listening.
+    pub remotehost: Option<String>,
+    /// Where the returned copy is saved.
+    pub output: PathBuf,
+    /// Where the returned vertex CSV is saved.
+    pub csv_output: PathBuf,
+    /// Exit after the first round trip.
+    pub once: bool,
+    /// Clients served at once; more are told the server is busy.
+    pub max_clients: usize,
+    /// How long any wait on a peer may make no progress.
+    pub timeout: Duration,
+    /// Cap on the data channel's sending rate, bytes per second.
+    pub rate_limit: Option<u64>,
+}
+
+/// What every session shares.
+struct Shared {
+    cfg: ServerConfig,
+    hub: Hub,
+    cache: Arc<SourceCache>,
+    /// The sessions' stop: set when the process is asked to stop, or a `--once` server is done.
+    stop: Shutdown,
+    reporter: Arc<dyn Reporter>,
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    cfg: ServerConfig,
+    listener: TcpListener,
+    hub: Hub,
+}
+
+impl Server {
+    /// Checks the input file and binds both channels; nothing is accepted until [`Server::run`].
+    pub fn bind(cfg: ServerConfig) -> Result<Server> {
+        check_input(&cfg.file)?;
+        // Find out now, not after the first transfer, that a returned copy could not be saved.
+        for (out, flag) in [(&cfg.output, "--output"), (&cfg.csv_output, "--csv-output")] {
+            if same_file(&cfg.file, out) {
+                return Err(Error::Usage(format!(
+                    "{flag} {} is the file being served; choose another path so it is not overwritten",
+                    out.display()
+                )));
+            }
+            StagedFile::create(out).map(drop).map_err(Error::output(out))?;
+        }
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| Error::Bind {
+            addr: addr.clone(),
+            channel: DATA_CHANNEL,
+            source,
+        })?;
+        let tcp_port =
+            listener.local_addr().map_err(|source| Error::Bind { addr, channel: DATA_CHANNEL, source })?.port();
+        let wiring = match &cfg.remotehost {
+            Some(host) => HubWiring::Remote(host.clone()),
+            None => {
+                let port = match (cfg.zmq_port, cfg.port) {
+                    (Some(0), _) | (None, 0) => "*".to_owned(),
+                    (Some(p), _) => p.to_string(),
+                    (None, _) => tcp_port.checked_add(1).map(|p| p.to_string()).ok_or_else(|| {
+                        Error::Usage("-p 65535 leaves no room for the default --zmq-port (PORT + 1)".into())
+                    })?,
+                };
+                HubWiring::Bind(endpoint(&cfg.host, &port))
+            }
+        };
+        let hub = Hub::start(wiring).map_err(Error::Hub)?;
+        Ok(Server { cfg, listener, hub })
+    }
+
+    /// The bound data-channel address.
+    pub fn tcp_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The line printed when A accepts: `ready tcp=HOST:PORT zmq=HOST:PORT` (or `zmq=connect:HOST`).
+    pub fn ready_line(&self) -> String {
+        let tcp = self.tcp_addr().map(|a| a.to_string()).unwrap_or_default();
+        let zmq = match (self.hub.local_port(), &self.cfg.remotehost) {
+            (Some(p), _) => format!("{}:{p}", bracket(&self.cfg.host)),
+            (None, Some(h)) => format!("connect:{h}"),
+            (None, None) => String::new(),
+        };
+        format!("ready tcp={tcp} zmq={zmq}")
+    }
+
+    /// Serves until `shutdown` is set, or, with `once`, until the first round trip ends (whose
+    /// outcome is then the result). Every session's end goes to `reporter`.
+    pub fn run(self, shutdown: &Shutdown, reporter: Arc<dyn Reporter>) -> Result<()> {
+        let Server { cfg, listener, hub } = self;
+        let bind_err = |source| Error::Bind { addr: cfg.host.clone(), channel: DATA_CHANNEL, source };
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let ended = Waker::new().map_err(bind_err)?;
+        info!(
+            file = %cfg.file.display(), tcp = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            topology = %hub.topology(), "serving"
+        );
+        let shared =
+            Arc::new(Shared { cfg, hub, cache: Arc::new(SourceCache::default()), stop: Shutdown::new(), reporter });
+        let cfg = &shared.cfg;
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut workers: Vec<Worker> = Vec::new();
+        let result = loop {
+            if let Some(outcome) = reap(&mut workers, cfg.once) {
+                break outcome;
+            }
+            if shutdown.is_set() {
+                info!("stop requested; finishing");
+                // A --once server that was stopped did not make its round trip.
+                break if cfg.once { Err(Error::Interrupted) } else { Ok(()) };
+            }
+            let backoff = match listener.accept() {
+                Ok((stream, peer)) => {
+                    info!(%peer, "accepted connection");
+                    if cfg.once && workers.iter().any(|w| w.greeted.load(Ordering::SeqCst)) {
+                        warn!(%peer, "busy with the one round trip of --once; refusing");
+                        refuse_busy(stream, "this server makes one round trip (--once) and is busy with it".into());
+                    } else if active.load(Ordering::SeqCst) >= cfg.max_clients {
+                        let n = cfg.max_clients;
+                        warn!(%peer, limit = n, "too many clients; refusing");
+                        refuse_busy(stream, format!("already serving {n} client{}", if n == 1 { "" } else { "s" }));
+                    } else if let Some(w) = spawn(stream, peer, &shared, &active, ended.handle()) {
+                        workers.push(w);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Out of file descriptors and the like: the listener itself is fine and stays
+                // readable, so wait a moment (the condition clears without an event) and retry.
+                Err(e) => {
+                    error!("accept failed: {e}");
+                    Some(std::time::Instant::now() + Duration::from_millis(100))
+                }
+            };
+            // While backing off, the listener (readable all along) is left out of the wait.
+            let backing_off = backoff.is_some();
+            let mut w = [
+                Watch::fd(listener.as_raw_fd(), !backing_off, false),
+                Watch::fd(shutdown.fd(), true, false),
+                Watch::fd(ended.fd(), true, false),
+            ];
+            let _ = wait(&mut w, backoff);
+            if w[2].readable {
+                ended.drain();
+            }
+        };
+        // Sessions still running (a stopping server's, or stray connections of a --once one)
+        // end now and are joined; their last words reach their clients.
+        shared.stop.trigger();
+        for w in workers {
+            let _ = w.handle.join();
+        }
+        shared.cache.shutdown();
+        if let Ok(shared) = Arc::try_unwrap(shared) {
+            shared.hub.stop();
+        }
+        result
+    }
+}
+
+/// A session's thread, whether its peer has shown itself a machinaftp client (a valid Hello),
+/// and whether the session has ended (its thread is then about to finish).
+struct Worker {
+    handle: JoinHandle<ServerSessionReport>,
+    greeted: Arc<AtomicBool>,
+    ended: Arc<AtomicBool>,
+}
+
+/// A place among the `--max-clients`; given back when dropped, also when a session panics.
+struct ActiveSlot(Arc<AtomicUsize>);
+
+impl ActiveSlot {
+    fn take(active: &Arc<AtomicUsize>) -> ActiveSlot {
+        active.fetch_add(1, Ordering::SeqCst);
+        ActiveSlot(Arc::clone(active))
+    }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Tells the accept loop, even from a panicking session, that a session ended.
+struct EndNotice(Arc<AtomicBool>, WakeHandle);
+
+impl Drop for EndNotice {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        self.1.wake();
+    }
+}
+
+fn spawn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    active: &Arc<AtomicUsize>,
+    ended: WakeHandle,
+) -> Option<Worker> {
+    let slot = ActiveSlot::take(active);
+    let (greeted, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (shared, flag, notice) = (Arc::clone(shared), Arc::clone(&greeted), EndNotice(Arc::clone(&done), ended));
+    let spawned = std::thread::Builder::new().name(format!("client-{peer}")).spawn(move || {
+        // The notice goes last, after the slot is given back, also if the session panics.
+        let _notice = notice;
+        let _slot = slot;
+        session::serve(stream, peer, &shared, &flag)
+    });
+    match spawned {
+        Ok(handle) => Some(Worker { handle, greeted, ended: done }),
+        Err(e) => {
+            error!(%peer, "cannot start a session thread: {e}");
+            None
+        }
+    }
+}
+
+/// Joins the sessions that ended. With `once`, the first that ended after greeting decides the
+/// server's outcome; connections that never greeted (port probes, garbage) do not use up its turn.
+fn reap(workers: &mut Vec<Worker>, once: bool) -> Option<Result<()>> {
+    let mut outcome = None;
+    let mut i = 0;
+    while i < workers.len() {
+        // A session that ended is joined even if its thread is still returning.
+        if !workers[i].ended.load(Ordering::SeqCst) && !workers[i].handle.is_finished() {
+            i += 1;
+            continue;
+        }
+        let w = workers.swap_remove(i);
+        let greeted = w.greeted.load(Ordering::SeqCst);
+        let report = w.handle.join();
+        if once && outcome.is_none() {
+            match report {
+                Ok(r) if r.greeted => outcome = Some(once_outcome(r)),
+                Ok(_) => {
+                    info!("a connection that was not a machinaftp client ended; --once still waits for its round trip")
+                }
+                Err(_) if greeted => outcome = Some(Err(Error::Crashed { peer: "a client".into() })),
+                Err(_) => {}
+            }
+        }
+    }
+    outcome
+}
+
+/// The exit outcome of a `--once` server from its one session.
+fn once_outcome(report: ServerSessionReport) -> Result<()> {
+    match report.result {
+        Ok(o) => match o.csv {
+            CsvResult::Failed(f) => {
+                Err(Error::Session { peer: format!("client {}", report.peer), failure: Box::new(Failure::Csv(f)) })
+            }
+            _ => Ok(()),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
+}
+
+/// Whether `out` names the existing file `served` (it need not exist itself).
+fn same_file(served: &Path, out: &Path) -> bool {
+    let Ok(served) = std::fs::canonicalize(served) else { return false };
+    let out = match std::fs::canonicalize(out) {
+        Ok(p) => p,
+        Err(_) => match (std::fs::canonicalize(crate::files::parent_dir(out)), out.file_name()) {
+            (Ok(dir), Some(name)) => dir.join(name),
+            _ => return false,
+        },
+    };
+    served == out
+}
+
+/// Fails early, with the path, if the file cannot be served: the Python version hung instead.
+fn check_input(path: &Path) -> Result<()> {
+    let input = |source| Error::Input { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(input)?;
+    if !meta.is_file() {
+        return Err(input(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    std::fs::File::open(path).map_err(input)?;
+    Ok(())
+}
+
+fn refuse_busy(stream: TcpStream, why: String) {
+    // Tell the client why instead of letting it wait; the kernel's socket buffer takes this
+    // small frame at once, so the accept loop is not held up.
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let msg = DataMsg::Error { code: ErrorCode::Busy, reason: format!("server busy: {why}; try again shortly") };
+    let _ = (&stream).write_all(&msg.to_bytes());
+}

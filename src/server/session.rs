@@ -1,0 +1,449 @@
+//! One client's session on A: runs the server's session machine
+//! ([`crate::session::ServerSession`]) over the client's TCP connection, its link to the hub,
+//! the served file and the staged output files.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::error::Error;
+use crate::files::StagedFile;
+use crate::protocol::hex;
+use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream};
+use crate::report::{ServerEvent, ServerSessionReport};
+use crate::session::{
+    Failure, LocalFailure, Milestone, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession, WINDOW_V2,
+};
+use crate::transport::hub::{RegisterError, SessionLink};
+use crate::transport::poll::{Watch, wait};
+use crate::transport::ret::{Inbound, ReturnEnd};
+use crate::transport::tcp::{DataConn, TcpError};
+use crate::transport::wake::Waker;
+use crate::units;
+
+use super::Shared;
+use super::cache::FileId;
+
+/// Bytes read from the file and written to the socket at a time.
+const SEND_CHUNK: usize = 1 << 20;
+/// Raw bytes written per turn of the loop before the other channel gets a look.
+const WRITE_TURN: u64 = 8 << 20;
+/// How long a finished session may spend delivering its last frames.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// Serves one connection to its end and reports how it went.
+pub(super) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, greeted: &AtomicBool) -> ServerSessionReport {
+    let span = info_span!("client", %peer);
+    let _enter = span.enter();
+    let cfg = &shared.cfg;
+    let result = match (DataConn::new(stream), Waker::new()) {
+        (Ok(conn), Ok(waker)) => {
+            let params = ServerParams { idle: cfg.timeout, topology: shared.hub.topology(), window: WINDOW_V2 };
+            let mut d = Driver {
+                shared,
+                machine: ServerSession::new(params, Instant::now()),
+                conn,
+                link: None,
+                source: None,
+                buf: vec![0; send_chunk(cfg.rate_limit)],
+                buf_pos: 0,
+                buf_len: 0,
+                raw_active: false,
+                rate: cfg.rate_limit.map(|rate| Rate { rate, started: Instant::now(), sent: 0 }),
+                sinks: [None, None],
+                waker,
+                greeted,
+                done: None,
+            };
+            d.run()
+        }
+        (Err(e), _) | (_, Err(e)) => Err(Failure::Local(LocalFailure::Input { path: cfg.file.clone(), source: e })),
+    };
+    let result =
+        result.map_err(|failure| Error::Session { peer: format!("client {peer}"), failure: Box::new(failure) });
+    match &result {
+        Ok(o) => info!(digest = %o.digest, output = %cfg.output.display(), "round trip verified"),
+        Err(e) => error!("session failed: {}", crate::error::chain(e)),
+    }
+    let report = ServerSessionReport {
+        peer,
+        greeted: greeted.load(Ordering::SeqCst),
+        file: cfg.file.clone(),
+        output: cfg.output.clone(),
+        csv_output: cfg.csv_output.clone(),
+        result,
+    };
+    shared.reporter.server(ServerEvent::SessionEnded(&report));
+    report
+}
+
+fn send_chunk(rate: Option<u64>) -> usize {
+    match rate {
+        // Small writes keep a throttled stream smooth instead of bursty.
+        Some(rate) => (rate / 20).clamp(1024, SEND_CHUNK as u64) as usize,
+        None => SEND_CHUNK,
+    }
+}
+
+/// The served file, open, and the version of it being sent.
+struct Source {
+    file: File,
+    id: FileId,
+}
+
+/// The data channel's rate cap.
+struct Rate {
+    rate: u64,
+    started: Instant,
+    sent: u64,
+}
+
+impl Rate {
+    /// When the next byte may go, if not now.
+    fn next(&self, now: Instant) -> Option<Instant> {
+        let due = self.started + Duration::from_secs_f64(self.sent as f64 / self.rate.max(1) as f64);
+        (due > now).then_some(due)
+    }
+}
+
+struct Driver<'a> {
+    shared: &'a Shared,
+    machine: ServerSession,
+    conn: DataConn,
+    link: Option<SessionLink>,
+    source: Option<Source>,
+    /// File bytes read but not yet written to the socket: `buf[buf_pos..buf_len]`.
+    buf: Vec<u8>,
+    buf_pos: usize,
+    buf_len: usize,
+    /// Between `StartRaw` and `RawDone`.
+    raw_active: bool,
+    rate: Option<Rate>,
+    sinks: [Option<StagedFile>; 2],
+    waker: Waker,
+    greeted: &'a AtomicBool,
+    done: Option<Result<ServerOutcome, Failure>>,
+}
+
+impl Driver<'_> {
+    fn run(&mut self) -> Result<ServerOutcome, Failure> {
+        self.act(None);
+        while self.done.is_none() {
+            let now = Instant::now();
+            let rate_wait = self.rate.as_ref().and_then(|r| r.next(now)).filter(|_| self.raw_active);
+            let write_raw = self.raw_active && self.machine.raw_left() > 0 && rate_wait.is_none();
+            let deadline = [self.machine.poll_timeout(), rate_wait].into_iter().flatten().min();
+            let stop_fd = self.shared.stop.fd();
+            let mut w = vec![
+                self.conn.watch(self.machine.reads_data(), write_raw),
+                Watch::fd(stop_fd, true, false),
+                Watch::fd(self.waker.fd(), true, false),
+            ];
+            if let Some(link) = &self.link {
+                w.push(link.watch());
+            }
+            if let Err(e) = wait(&mut w, deadline) {
+                let f = LocalFailure::ReturnChannel { wiring: "hub".into(), source: e };
+                self.feed(Instant::now(), ServerInput::Local(f));
+                break;
+            }
+            let (stopped, woken) = (w[1].readable, w[2].readable);
+            drop(w);
+            let now = Instant::now();
+            if stopped {
+                self.feed(now, ServerInput::Stop);
+                break;
+            }
+            if woken {
+                self.waker.drain();
+                self.expected_csv(now);
+            }
+            self.read_data(now);
+            self.read_return(now);
+            self.send_raw(now);
+            self.flush(now);
+            if self.machine.poll_timeout().is_some_and(|t| now >= t) {
+                self.machine.handle_timeout(now);
+                self.act(None);
+            }
+        }
+        // The session's last frames (a verdict, an Abort) still go out, briefly, even when the
+        // server is stopping: a client is told why.
+        self.conn.flush_within(LAST_WORDS);
+        if let Some(link) = &mut self.link {
+            link.flush_within(LAST_WORDS);
+        }
+        self.done.take().expect("the loop ends with an outcome")
+    }
+
+    fn feed(&mut self, now: Instant, input: ServerInput<'_>) {
+        self.machine.handle(now, input);
+        self.act(None);
+    }
+
+    fn read_data(&mut self, now: Instant) {
+        while self.done.is_none() && self.machine.reads_data() {
+            match self.conn.read_frame() {
+                Ok(Some(msg)) => self.feed(now, ServerInput::Data(msg)),
+                Ok(None) => return,
+                Err(TcpError::Decode(e)) => return self.feed(now, ServerInput::DataUndecodable(e)),
+                Err(TcpError::Closed | TcpError::Io(_)) => return self.feed(now, ServerInput::DataClosed),
+            }
+        }
+    }
+
+    fn read_return(&mut self, now: Instant) {
+        while self.done.is_none() {
+            let Some(link) = &mut self.link else { return };
+            match link.recv() {
+                Ok(Some(Inbound::Hello { version })) => self.feed(now, ServerInput::ReturnHello { version }),
+                Ok(Some(Inbound::Frame(frame))) => match ReturnMsg::decode(&frame) {
+                    Ok(msg) => {
+                        let is_data = matches!(msg, ReturnMsg::Data { .. });
+                        self.machine.handle(now, ServerInput::Ret(msg));
+                        // A Write refers to this frame's payload.
+                        self.act(is_data.then(|| &frame[DATA_HEADER_LEN..]));
+                    }
+                    Err(e) => self.feed(now, ServerInput::RetUndecodable(e)),
+                },
+                Ok(Some(Inbound::Flooded)) => self.feed(now, ServerInput::RetFlooded),
+                Ok(None) => return,
+                Err(source) => {
+                    let f = LocalFailure::ReturnChannel { wiring: "hub".into(), source };
+                    return self.feed(now, ServerInput::Local(f));
+                }
+            }
+        }
+    }
+
+    /// Streams the file's raw bytes while the socket takes them and the rate allows.
+    fn send_raw(&mut self, now: Instant) {
+        let mut turn = 0;
+        while self.done.is_none() && self.raw_active && self.machine.raw_left() > 0 && turn < WRITE_TURN {
+            if let Some(rate) = &self.rate
+                && rate.next(now).is_some()
+            {
+                return;
+            }
+            if self.buf_pos == self.buf_len && !self.refill(now) {
+                return;
+            }
+            let n = match self.conn.write_raw(&self.buf[self.buf_pos..self.buf_len]) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(_) => return self.feed(now, ServerInput::DataClosed),
+            };
+            self.buf_pos += n;
+            turn += n as u64;
+            if let Some(rate) = &mut self.rate {
+                rate.sent += n as u64;
+            }
+            self.feed(now, ServerInput::RawWritten(n as u64));
+        }
+        if self.done.is_none() && self.raw_active && self.machine.raw_left() == 0 {
+            self.raw_active = false;
+            // What went out must be one version of the file: it may not change while it is sent.
+            let Some(src) = &self.source else { return };
+            let input = match src.file.metadata().map(|m| FileId::of(&m)) {
+                Ok(now_id) => match src.id.changes(&now_id) {
+                    None => ServerInput::RawDone,
+                    Some(what) => {
+                        ServerInput::Local(LocalFailure::SourceChanged { path: self.shared.cfg.file.clone(), what })
+                    }
+                },
+                Err(source) => ServerInput::Local(LocalFailure::Input { path: self.shared.cfg.file.clone(), source }),
+            };
+            self.feed(now, input);
+        }
+    }
+
+    /// Reads the next piece of the file into the send buffer; false if the session failed.
+    fn refill(&mut self, now: Instant) -> bool {
+        let want = self.machine.raw_left().min(self.buf.len() as u64) as usize;
+        let Some(src) = &mut self.source else { return false };
+        let input = match read_full(&mut src.file, &mut self.buf[..want]) {
+            Ok(0) => {
+                let what = format!("it shrank: it ended {} bytes early", self.machine.raw_left());
+                ServerInput::Local(LocalFailure::SourceChanged { path: self.shared.cfg.file.clone(), what })
+            }
+            Ok(n) => {
+                self.buf_pos = 0;
+                self.buf_len = n;
+                ServerInput::RawRead(&self.buf[..n])
+            }
+            Err(source) => ServerInput::Local(LocalFailure::Input { path: self.shared.cfg.file.clone(), source }),
+        };
+        let ok = matches!(input, ServerInput::RawRead(_));
+        self.machine.handle(now, input);
+        self.act(None);
+        ok
+    }
+
+    fn flush(&mut self, now: Instant) {
+        if let Err(TcpError::Closed | TcpError::Io(_)) = self.conn.flush() {
+            self.feed(now, ServerInput::DataClosed);
+        }
+        if let Some(link) = &mut self.link
+            && let Err(source) = link.flush()
+        {
+            let f = LocalFailure::ReturnChannel { wiring: "hub".into(), source };
+            self.feed(now, ServerInput::Local(f));
+        }
+    }
+
+    fn expected_csv(&mut self, now: Instant) {
+        let Some(src) = &self.source else { return };
+        let id = src.id;
+        if let Some(e) = self.shared.cache.expected_csv(id, &self.shared.cfg.file, self.waker.handle()) {
+            self.feed(now, ServerInput::ExpectedCsv(e));
+        }
+    }
+
+    /// Carries out what the machine asks for; `payload` is the `Data` frame just handled.
+    fn act(&mut self, payload: Option<&[u8]>) {
+        while let Some(action) = self.machine.poll_action() {
+            if self.machine.greeted() {
+                self.greeted.store(true, Ordering::SeqCst);
+            }
+            let now = Instant::now();
+            let cfg = &self.shared.cfg;
+            match action {
+                ServerAction::SendData(msg) => self.conn.queue(&msg),
+                ServerAction::SendRet(msg) => {
+                    if let Some(link) = &mut self.link {
+                        link.send(&msg);
+                    }
+                }
+                ServerAction::Register { token, return_port } => {
+                    debug!(session = %hex(&token[..4]), return_port, version = self.machine.version(), "client hello");
+                    let input = match self.shared.hub.register(token, return_port, &self.shared.stop) {
+                        Ok(link) => {
+                            if let Some(ep) = link.remote() {
+                                debug!("return channel: connecting to the client at {ep}");
+                            }
+                            self.link = Some(link);
+                            ServerInput::Registered
+                        }
+                        Err(RegisterError::TokenInUse) => ServerInput::TokenInUse,
+                        Err(RegisterError::Interrupted) => ServerInput::Stop,
+                        Err(RegisterError::Io(source)) => {
+                            ServerInput::Local(LocalFailure::ReturnChannel { wiring: "hub".into(), source })
+                        }
+                    };
+                    self.machine.handle(now, input);
+                }
+                ServerAction::OpenSource => {
+                    let input = match open_source(&cfg.file) {
+                        Ok((file, meta)) => {
+                            let id = FileId::of(&meta);
+                            let digest = self.shared.cache.digest(&id);
+                            let name =
+                                cfg.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                            info!(name = %name, size = id.size(), cached_digest = digest.is_some(), "sending file");
+                            self.source = Some(Source { file, id });
+                            ServerInput::SourceOpened { size: id.size(), name, digest }
+                        }
+                        Err(source) => ServerInput::Local(LocalFailure::Input { path: cfg.file.clone(), source }),
+                    };
+                    self.machine.handle(now, input);
+                    // A's own CSV of the original is derived (or found) while the file travels.
+                    self.expected_csv(now);
+                }
+                ServerAction::StartRaw => {
+                    self.raw_active = true;
+                    if let Some(rate) = &mut self.rate {
+                        rate.started = now;
+                    }
+                }
+                ServerAction::OpenSink(stream) => {
+                    let dest = match stream {
+                        Stream::File => &cfg.output,
+                        Stream::Csv => &cfg.csv_output,
+                    };
+                    match StagedFile::create(dest) {
+                        Ok(s) => self.sinks[stream as usize] = Some(s),
+                        Err(source) => {
+                            let f = LocalFailure::Output { path: dest.clone(), source };
+                            self.machine.handle(now, ServerInput::Local(f));
+                        }
+                    }
+                }
+                ServerAction::Write(stream) => {
+                    let (Some(sink), Some(bytes)) = (&mut self.sinks[stream as usize], payload) else { continue };
+                    if let Err(source) = sink.file().write_all(bytes) {
+                        let path = sink.temp_path().to_path_buf();
+                        self.machine.handle(now, ServerInput::Local(LocalFailure::Output { path, source }));
+                    }
+                }
+                ServerAction::Commit(stream) => {
+                    let Some(mut sink) = self.sinks[stream as usize].take() else { continue };
+                    let dest = sink.dest().to_path_buf();
+                    let input = match sink.file().flush().and_then(|()| sink.commit()) {
+                        Ok(_) => ServerInput::Committed(stream),
+                        Err(source) => ServerInput::Local(LocalFailure::Output { path: dest, source }),
+                    };
+                    self.machine.handle(now, input);
+                }
+                ServerAction::Digested(d) => {
+                    if let Some(src) = &self.source {
+                        self.shared.cache.store_digest(src.id, d);
+                    }
+                }
+                ServerAction::Milestone(Milestone::DataLeg { digest }) => {
+                    info!(
+                        bytes = digest.size, crc32 = digest.crc32, blake3 = %digest.blake3_hex(),
+                        "data leg sent; the client verified it"
+                    );
+                    self.shared.reporter.server(ServerEvent::DataLegDone { peer: self.conn.peer() });
+                }
+                ServerAction::Milestone(Milestone::ReturnLeg { digest }) => {
+                    info!(output = %cfg.output.display(), crc32 = digest.crc32, "returned copy verified identical and saved");
+                    self.shared.reporter.server(ServerEvent::ReturnLegDone { peer: self.conn.peer() });
+                }
+                ServerAction::ClaimDiffers(diff) => {
+                    warn!("the client's End digests disagree with what was sent (its copy was right): {diff}");
+                }
+                ServerAction::CloseData => {
+                    self.conn.flush_within(LAST_WORDS);
+                    self.conn.close();
+                }
+                ServerAction::Finish(result) => {
+                    if let Ok(o) = &result {
+                        info!(
+                            version = o.version, data = %units::duration(o.data_time), ret = %units::duration(o.return_time),
+                            "session finished"
+                        );
+                    }
+                    self.done = Some(result);
+                }
+            }
+        }
+    }
+}
+
+fn open_source(path: &std::path::Path) -> io::Result<(File, std::fs::Metadata)> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    Ok((file, meta))
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

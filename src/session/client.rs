@@ -1,0 +1,647 @@
+//! B's state machine, protocol version 2: the handshake on both channels, then the file arrives
+//! on the data channel and goes back on the return channel at the same time, frame by frame as it
+//! is hashed, under A's credit; B commits its copy only after the `Trailer` matched, and ends the
+//! file's return with the digests it verified. Then the vertex CSV, or word of why there is none.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::integrity::{Digest, Hasher};
+use crate::protocol::data::{DataMsg, ErrorCode, Topology};
+use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
+use crate::protocol::{DecodeError, Token, VERSION};
+
+use super::failure::{CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
+use super::streams::Outgoing;
+use super::timers::{Due, Timers};
+use super::{ABORT_GRACE, Milestone, PENDING_FRAMES, wire_code};
+
+/// What B's machine needs to know.
+#[derive(Debug, Clone)]
+pub struct ClientParams {
+    /// How long A may make no progress.
+    pub idle: Duration,
+    /// The session token presented on both channels.
+    pub token: Token,
+    /// The port B's return socket is bound to (0: not bound).
+    pub return_port: u16,
+}
+
+/// Everything that can happen to B's session.
+#[derive(Debug)]
+pub enum ClientInput<'a> {
+    /// A control frame arrived on the data channel.
+    Data(DataMsg),
+    /// Bytes on the data channel that are not a frame.
+    DataUndecodable(DecodeError),
+    /// The data channel closed.
+    DataClosed,
+    /// A frame from A on the return channel.
+    Ret(ReturnMsg<'a>),
+    /// A return-channel frame that does not decode.
+    RetUndecodable(DecodeError),
+    /// The output's temporary file exists and there is room for the file.
+    OutputReady,
+    /// Raw file bytes arrived (they are hashed here).
+    Raw(&'a [u8]),
+    /// `n` received bytes are saved and held ready to go back.
+    Saved(u64),
+    /// The received file is saved under its final name.
+    Committed,
+    /// The CSV is made and saved.
+    CsvMade {
+        /// Its size.
+        size: u64,
+        /// Its digest, computed while writing it.
+        digest: Digest,
+        /// Vertex lines.
+        rows: u64,
+    },
+    /// No CSV is due, and why.
+    CsvNone(String),
+    /// The CSV could not be made: a [`Failure::Csv`] for an invalid STL, a [`Failure::Local`]
+    /// when it could not be written.
+    CsvFailed(Failure),
+    /// Local work failed.
+    Local(LocalFailure),
+    /// SIGINT/SIGTERM.
+    Stop,
+}
+
+/// What B's driver must do.
+#[derive(Debug)]
+pub enum ClientAction {
+    /// Send a control frame on the data channel.
+    SendData(DataMsg),
+    /// Send a control frame on the return channel.
+    SendRet(ReturnMsg<'static>),
+    /// Keep only the return-channel wiring A announced.
+    Wire(Topology),
+    /// Check for room and create the output's temporary file; report [`ClientInput::OutputReady`].
+    PrepareOutput {
+        /// The file's size.
+        size: u64,
+        /// Its name, for display only: never a path.
+        name: String,
+    },
+    /// Send the next `len` bytes of `stream`, from `offset`, as one `Data` frame.
+    SendFrame {
+        /// The file or the CSV.
+        stream: Stream,
+        /// Where the frame starts.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Save the received file under its final name; report [`ClientInput::Committed`].
+    Commit,
+    /// Convert the saved file to CSV (if it is STL and a CSV is wanted); report the result.
+    MakeCsv,
+    /// A point for the user.
+    Milestone(Milestone),
+    /// Close the data channel.
+    CloseData,
+    /// The session is over.
+    Finish(Result<ClientOutcome, Failure>),
+}
+
+/// What a successful round trip proved.
+#[derive(Debug, Clone)]
+pub struct ClientOutcome {
+    /// The name A gave the file (informational).
+    pub name: String,
+    /// The file, verified on arrival and by A on return.
+    pub digest: Digest,
+    /// From `Accept` to the verified `Trailer`.
+    pub data_time: Duration,
+    /// From the first returned frame to A's verdict.
+    pub return_time: Duration,
+    /// The vertex CSV's fate.
+    pub csv: CsvReturned,
+}
+
+/// What became of the vertex CSV in a successful round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CsvReturned {
+    /// Made, returned and verified by A.
+    Returned {
+        /// Its size.
+        size: u64,
+        /// Vertex lines.
+        rows: u64,
+    },
+    /// Not made, and not expected: the file is not STL, or CSVs are off.
+    NotMade(String),
+}
+
+#[derive(Debug)]
+enum DataState {
+    /// Raw bytes still coming.
+    Raw,
+    /// All bytes in; waiting for the `Trailer`.
+    Trailer,
+    /// The `Trailer` matched; the copy is being saved under its final name.
+    Committing(Digest),
+    /// Saved and the `Verdict(ok)` sent.
+    Verified(Digest),
+}
+
+#[derive(Debug)]
+struct Transfer {
+    name: String,
+    hasher: Hasher,
+    data: DataState,
+    out: Outgoing,
+    data_started: Instant,
+    data_time: Duration,
+    ret_started: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum CsvState {
+    /// The CSV is being made.
+    Making,
+    /// Sending it.
+    Sending { out: Outgoing, digest: Digest, rows: u64 },
+    /// `End` sent; waiting for A's `Result`.
+    Result { size: u64, rows: u64 },
+}
+
+#[derive(Debug)]
+enum State {
+    Welcome,
+    HelloAck,
+    Header,
+    Preparing {
+        size: u64,
+        name: String,
+    },
+    Transfer(Box<Transfer>),
+    /// `End` for the file sent; waiting for A's `Result`.
+    FileResult(Box<Transfer>),
+    Csv(CsvState),
+    Done,
+}
+
+/// What the CSV converter reported, kept until the file's return is verified.
+#[derive(Debug)]
+enum CsvReady {
+    Made { size: u64, digest: Digest, rows: u64 },
+    None(String),
+    Failed(Failure),
+}
+
+/// B's session.
+#[derive(Debug)]
+pub struct ClientSession {
+    params: ClientParams,
+    state: State,
+    timers: Timers,
+    actions: VecDeque<ClientAction>,
+    ret_up: bool,
+    data_open: bool,
+    csv: Option<CsvReady>,
+    file: Option<(String, Digest, Duration, Duration)>,
+    pending: Option<Failure>,
+}
+
+impl ClientSession {
+    /// Starts a session: the first action is the data channel's `Hello`.
+    pub fn new(params: ClientParams, now: Instant) -> ClientSession {
+        let mut s = ClientSession {
+            timers: Timers::new(params.idle, now),
+            params,
+            state: State::Welcome,
+            actions: VecDeque::new(),
+            ret_up: false,
+            data_open: true,
+            csv: None,
+            file: None,
+            pending: None,
+        };
+        let hello = DataMsg::Hello { version: VERSION, token: s.params.token, return_port: s.params.return_port };
+        s.send_data(hello);
+        s
+    }
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<ClientAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`ClientSession::handle_timeout`] is due, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_done() { None } else { self.timers.deadline() }
+    }
+
+    /// Whether the session is over.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// How many raw bytes the driver may read from the data channel now: none outside the data
+    /// leg, and none while enough frames wait for credit (so memory stays bounded when A is slow
+    /// to take the file back).
+    pub fn raw_budget(&self) -> u64 {
+        match &self.state {
+            State::Transfer(t) if matches!(t.data, DataState::Raw) => {
+                let frame = frame_size(VERSION) as u64;
+                if t.hasher.size() - t.out.sent >= PENDING_FRAMES * frame { 0 } else { t.out.size - t.hasher.size() }
+            }
+            _ => 0,
+        }
+    }
+
+    /// Whether the data channel carries raw file bytes next (rather than a control frame).
+    pub fn in_raw(&self) -> bool {
+        matches!(&self.state, State::Transfer(t) if matches!(t.data, DataState::Raw))
+    }
+
+    /// Whether the data channel should be read at all.
+    pub fn reads_data(&self) -> bool {
+        self.data_open && !self.is_done()
+    }
+
+    /// The length of the return frame that starts at `offset` of a file of `size` bytes.
+    pub fn frame_len(size: u64, offset: u64) -> u64 {
+        super::streams::frame_len(frame_size(VERSION), size, offset)
+    }
+
+    /// Where the session is, for messages.
+    pub fn phase(&self) -> Phase {
+        match &self.state {
+            State::Welcome => Phase::Handshake,
+            State::HelloAck => Phase::ReturnHandshake,
+            State::Header | State::Preparing { .. } => Phase::Offer,
+            State::Transfer(t) => match t.data {
+                DataState::Raw => Phase::Data { role: Role::Client, done: t.hasher.size(), size: t.out.size },
+                DataState::Trailer | DataState::Committing(_) => Phase::Verdict,
+                DataState::Verified(_) => Phase::Return { stream: Stream::File, done: t.out.sent, size: t.out.size },
+            },
+            State::FileResult(_) => Phase::Result(Stream::File),
+            State::Csv(CsvState::Making) => Phase::Csv,
+            State::Csv(CsvState::Sending { out, .. }) => {
+                Phase::Return { stream: Stream::Csv, done: out.sent, size: out.size }
+            }
+            State::Csv(CsvState::Result { .. }) => Phase::Result(Stream::Csv),
+            State::Done => Phase::Closing,
+        }
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Instant, input: ClientInput<'_>) {
+        if self.is_done() {
+            return;
+        }
+        match input {
+            ClientInput::Data(msg) => {
+                self.timers.progress(now);
+                self.on_data(now, msg);
+            }
+            ClientInput::DataUndecodable(e) => match self.state {
+                // Garbage in answer to Hello: whatever listens there is not a machinaftp server
+                // (a common slip: -p pointed at the server's --zmq-port).
+                State::Welcome => self.fail(Failure::NotAServer(Some(e))),
+                _ => self.protocol(Violation::Undecodable(e)),
+            },
+            ClientInput::DataClosed => self.on_data_closed(now),
+            ClientInput::Ret(msg) => {
+                self.timers.progress(now);
+                self.on_ret(now, msg);
+            }
+            ClientInput::RetUndecodable(e) => self.protocol(Violation::Undecodable(e)),
+            ClientInput::OutputReady => {
+                if let State::Preparing { size, name } = &mut self.state {
+                    let (size, name) = (*size, std::mem::take(name));
+                    self.send_data(DataMsg::Accept);
+                    self.timers.watch(true, now);
+                    let t = Transfer {
+                        name,
+                        hasher: Hasher::new(),
+                        data: if size == 0 { DataState::Trailer } else { DataState::Raw },
+                        out: Outgoing::new(size, frame_size(VERSION)),
+                        data_started: now,
+                        data_time: Duration::ZERO,
+                        ret_started: None,
+                    };
+                    self.state = State::Transfer(Box::new(t));
+                }
+            }
+            ClientInput::Raw(bytes) => {
+                self.timers.progress(now);
+                if let State::Transfer(t) = &mut self.state
+                    && matches!(t.data, DataState::Raw)
+                {
+                    t.hasher.update(bytes);
+                    if t.hasher.size() >= t.out.size {
+                        t.data = DataState::Trailer;
+                    }
+                }
+            }
+            ClientInput::Saved(n) => {
+                if let State::Transfer(t) = &mut self.state {
+                    t.out.add_ready(n);
+                }
+                self.pump(now);
+            }
+            ClientInput::Committed => {
+                let State::Transfer(t) = &mut self.state else { return };
+                let DataState::Committing(digest) = t.data else { return };
+                t.data = DataState::Verified(digest);
+                t.data_time = now.saturating_duration_since(t.data_started);
+                self.timers.watch(true, now);
+                self.send_data(DataMsg::Verdict { ok: true, reason: String::new() });
+                self.actions.push_back(ClientAction::Milestone(Milestone::DataLeg { digest }));
+                // The CSV is made from the saved copy while the file's last frames go back.
+                self.actions.push_back(ClientAction::MakeCsv);
+                self.pump(now);
+            }
+            ClientInput::CsvMade { size, digest, rows } => self.csv_ready(now, CsvReady::Made { size, digest, rows }),
+            ClientInput::CsvNone(why) => self.csv_ready(now, CsvReady::None(why)),
+            ClientInput::CsvFailed(f) => self.csv_ready(now, CsvReady::Failed(f)),
+            ClientInput::Local(f) => {
+                if let State::Preparing { .. } = self.state {
+                    // A waits for the answer to its Header: refuse, with the reason.
+                    let f = Failure::Local(f);
+                    let reason = f.chain();
+                    self.send_data(DataMsg::Refuse { reason });
+                    self.end(f, false);
+                    return;
+                }
+                self.fail(Failure::Local(f));
+            }
+            ClientInput::Stop => self.fail(Failure::Interrupted),
+        }
+    }
+
+    /// Handles whatever timer is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(due) = self.timers.due(now) {
+            match due {
+                Due::KeepAlive => self.send_ret(ReturnMsg::KeepAlive),
+                Due::Grace => {
+                    let f = self.pending.take().unwrap_or(Failure::Closed { during: self.phase() });
+                    self.fail(f);
+                }
+                Due::Idle => {
+                    let f = Failure::Timeout { during: self.phase(), idle: self.timers.idle() };
+                    self.fail(f);
+                }
+            }
+            if self.is_done() {
+                return;
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, msg: DataMsg) {
+        let got = msg.kind();
+        match (&mut self.state, msg) {
+            (_, DataMsg::Error { reason, .. }) => {
+                let during = self.phase();
+                self.end(Failure::Refused { during, reason }, false);
+            }
+            (State::Welcome, DataMsg::Welcome { version, topology }) => {
+                if version != VERSION {
+                    let reason = format!("server speaks protocol version {version}; this client speaks {VERSION}");
+                    self.send_data(DataMsg::Error { code: ErrorCode::Version, reason });
+                    self.end(Failure::Version { ours: VERSION.to_string(), theirs: version }, false);
+                    return;
+                }
+                self.actions.push_back(ClientAction::Wire(topology));
+                self.send_ret(ReturnMsg::Hello { version: VERSION, token: self.params.token });
+                self.state = State::HelloAck;
+            }
+            (State::Header, DataMsg::Header { size, name }) => {
+                // The name is shown, never used as a path: B writes where its operator said.
+                self.actions.push_back(ClientAction::PrepareOutput { size, name: name.clone() });
+                self.timers.watch(false, now);
+                self.state = State::Preparing { size, name };
+            }
+            (State::Transfer(t), DataMsg::Trailer { crc32, blake3 }) if matches!(t.data, DataState::Trailer) => {
+                let got = t.hasher.finish();
+                let expected = Digest { size: t.out.size, crc32, blake3 };
+                if let Some(diff) = DigestDiff::check(got, expected) {
+                    let f = Failure::Mismatch { leg: Leg::Data, what: "received file", diff };
+                    let reason = format!("received file differs from what the server sent: {diff}");
+                    self.send_data(DataMsg::Verdict { ok: false, reason });
+                    self.fail(f);
+                    return;
+                }
+                t.data = DataState::Committing(got);
+                self.timers.watch(false, now);
+                self.actions.push_back(ClientAction::Commit);
+            }
+            _ => self.unexpected(got),
+        }
+    }
+
+    fn on_ret(&mut self, now: Instant, msg: ReturnMsg<'_>) {
+        let got = msg.kind();
+        match (&mut self.state, msg) {
+            (_, ReturnMsg::KeepAlive) => {}
+            (_, ReturnMsg::Abort { reason }) => {
+                let during = self.phase();
+                self.pending = None;
+                self.end(Failure::Refused { during, reason }, false);
+            }
+            (State::HelloAck, ReturnMsg::HelloAck { version }) if version == VERSION => {
+                self.ret_up = true;
+                self.send_data(DataMsg::Ready);
+                self.state = State::Header;
+            }
+            (State::Transfer(t), ReturnMsg::Credit { stream: Stream::File, bytes }) => {
+                t.out.add_credit(bytes);
+                self.pump(now);
+            }
+            // Credits may still arrive once a stream is all sent; they are ignored.
+            (State::FileResult(_) | State::Csv(_), ReturnMsg::Credit { stream: Stream::File, .. }) => {}
+            (State::Csv(CsvState::Sending { out, .. }), ReturnMsg::Credit { stream: Stream::Csv, bytes }) => {
+                out.add_credit(bytes);
+                self.pump(now);
+            }
+            (State::Csv(CsvState::Result { .. }), ReturnMsg::Credit { stream: Stream::Csv, .. }) => {}
+            (State::FileResult(_), ReturnMsg::Result { stream: Stream::File, ok, reason }) => {
+                if !ok {
+                    self.end(Failure::PeerMismatch { leg: Leg::Return, reason }, false);
+                    return;
+                }
+                let State::FileResult(t) = std::mem::replace(&mut self.state, State::Csv(CsvState::Making)) else {
+                    unreachable!()
+                };
+                let DataState::Verified(digest) = t.data else { unreachable!("End follows the verdict") };
+                let return_time = t.ret_started.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+                self.file = Some((t.name, digest, t.data_time, return_time));
+                self.actions.push_back(ClientAction::Milestone(Milestone::ReturnLeg { digest }));
+                match self.csv.take() {
+                    Some(ready) => self.csv_ready(now, ready),
+                    None => {
+                        // Converting may take longer than A's timeout: keep it from firing.
+                        self.timers.watch(false, now);
+                        self.timers.keepalive(true, now);
+                    }
+                }
+            }
+            (State::Csv(CsvState::Result { size, rows }), ReturnMsg::Result { stream: Stream::Csv, ok, reason }) => {
+                let (size, rows) = (*size, *rows);
+                self.send_ret(ReturnMsg::Bye);
+                if ok {
+                    self.finish_ok(CsvReturned::Returned { size, rows });
+                } else {
+                    self.end(Failure::Csv(CsvFailure::Rejected(reason)), false);
+                }
+            }
+            _ => self.unexpected(got),
+        }
+    }
+
+    fn on_data_closed(&mut self, now: Instant) {
+        self.data_open = false;
+        match &self.state {
+            State::Welcome => self.fail(Failure::NotAServer(None)),
+            // A that stops mid-file cannot frame its reason into the byte stream; it sends it
+            // on the return channel, which may still be on its way.
+            State::Transfer(t) if !matches!(t.data, DataState::Verified(_)) => {
+                if !self.timers.in_grace() {
+                    self.pending = Some(Failure::Closed { during: self.phase() });
+                    self.timers.grace(Some(ABORT_GRACE), now);
+                }
+            }
+            // Past the data leg, nothing more is due on TCP.
+            State::Transfer(_) | State::FileResult(_) | State::Csv(_) => {}
+            _ => {
+                let during = self.phase();
+                self.fail(Failure::Closed { during });
+            }
+        }
+    }
+
+    /// Sends every frame whose bytes are ready and covered by credit; ends the stream when all is
+    /// sent (and, for the file, verified).
+    fn pump(&mut self, now: Instant) {
+        match &mut self.state {
+            State::Transfer(t) => {
+                while let Some((offset, len)) = t.out.next_frame() {
+                    t.ret_started.get_or_insert(now);
+                    self.actions.push_back(ClientAction::SendFrame { stream: Stream::File, offset, len });
+                }
+                // End carries the digests B verified: only after the Trailer matched and the
+                // copy is saved, and after the last frame.
+                if let DataState::Verified(d) = t.data
+                    && t.out.all_sent()
+                {
+                    t.ret_started.get_or_insert(now);
+                    self.send_ret(ReturnMsg::End { stream: Stream::File, crc32: d.crc32, blake3: d.blake3 });
+                    let State::Transfer(t) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
+                    self.state = State::FileResult(t);
+                }
+            }
+            State::Csv(CsvState::Sending { out, digest, rows }) => {
+                while let Some((offset, len)) = out.next_frame() {
+                    self.actions.push_back(ClientAction::SendFrame { stream: Stream::Csv, offset, len });
+                }
+                if out.all_sent() {
+                    let (size, rows, d) = (out.size, *rows, *digest);
+                    self.send_ret(ReturnMsg::End { stream: Stream::Csv, crc32: d.crc32, blake3: d.blake3 });
+                    self.state = State::Csv(CsvState::Result { size, rows });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The converter finished: keep the result until the file's return is verified, then send
+    /// the CSV or say why there is none.
+    fn csv_ready(&mut self, now: Instant, ready: CsvReady) {
+        if !matches!(self.state, State::Csv(CsvState::Making)) {
+            self.csv = Some(ready);
+            return;
+        }
+        self.timers.keepalive(false, now);
+        self.timers.watch(true, now);
+        match ready {
+            CsvReady::Made { size, digest, rows } => {
+                self.send_ret(ReturnMsg::Offer { stream: Stream::Csv, size });
+                let mut out = Outgoing::new(size, frame_size(VERSION));
+                out.add_ready(size);
+                self.state = State::Csv(CsvState::Sending { out, digest, rows });
+                self.pump(now);
+            }
+            CsvReady::None(reason) => {
+                self.send_ret(ReturnMsg::Skip { stream: Stream::Csv, failed: false, reason: reason.clone() });
+                self.send_ret(ReturnMsg::Bye);
+                self.finish_ok(CsvReturned::NotMade(reason));
+            }
+            CsvReady::Failed(f) => {
+                let reason = match &f {
+                    Failure::Csv(inner) => super::chain(inner),
+                    f => f.chain(),
+                };
+                self.send_ret(ReturnMsg::Skip { stream: Stream::Csv, failed: true, reason });
+                self.send_ret(ReturnMsg::Bye);
+                self.end(f, false);
+            }
+        }
+    }
+
+    fn finish_ok(&mut self, csv: CsvReturned) {
+        let Some((name, digest, data_time, return_time)) = self.file.take() else { return };
+        self.state = State::Done;
+        self.actions.push_back(ClientAction::CloseData);
+        self.actions.push_back(ClientAction::Finish(Ok(ClientOutcome { name, digest, data_time, return_time, csv })));
+    }
+
+    fn unexpected(&mut self, got: &'static str) {
+        let expected = match &self.state {
+            State::Welcome => "Welcome",
+            State::HelloAck => "HelloAck",
+            State::Header => "Header",
+            State::Preparing { .. } => "nothing yet",
+            State::Transfer(t) if matches!(t.data, DataState::Trailer) => "Trailer",
+            State::Transfer(_) => "Credit",
+            State::FileResult(_) | State::Csv(CsvState::Result { .. }) => "Result",
+            State::Csv(_) => "Credit",
+            State::Done => "nothing",
+        };
+        self.protocol(Violation::Unexpected { expected, got });
+    }
+
+    fn protocol(&mut self, violation: Violation) {
+        let during = self.phase();
+        self.fail(Failure::Protocol { during, violation });
+    }
+
+    fn send_data(&mut self, msg: DataMsg) {
+        self.actions.push_back(ClientAction::SendData(msg));
+    }
+
+    fn send_ret(&mut self, msg: ReturnMsg<'static>) {
+        self.actions.push_back(ClientAction::SendRet(msg));
+    }
+
+    /// Ends the session and tells A why, on both channels, unless it caused or knows it.
+    fn fail(&mut self, f: Failure) {
+        let tell = !f.peer_knows();
+        self.end(f, tell);
+    }
+
+    fn end(&mut self, f: Failure, tell: bool) {
+        if self.is_done() {
+            return;
+        }
+        // Frames still queued are sent (a Verdict or Refuse explains the end); other work is moot.
+        self.actions.retain(|a| matches!(a, ClientAction::SendData(_) | ClientAction::SendRet(_)));
+        if tell {
+            let reason = format!("client: {}", f.chain());
+            if self.data_open {
+                self.send_data(DataMsg::Error { code: wire_code(&f), reason: reason.clone() });
+            }
+            if self.ret_up {
+                self.send_ret(ReturnMsg::Abort { reason });
+            }
+        }
+        self.state = State::Done;
+        self.actions.push_back(ClientAction::CloseData);
+        self.actions.push_back(ClientAction::Finish(Err(f)));
+    }
+}

@@ -1,0 +1,816 @@
+//! A's state machine: one client's session, from its `Hello` to its `Bye`, in protocol version 1
+//! (the file comes back after the data leg) or 2 (it comes back while it is being sent).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::integrity::{Digest, Hasher};
+use crate::protocol::data::{DataMsg, ErrorCode, Topology};
+use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
+use crate::protocol::{DecodeError, MIN_VERSION, Token, VERSION};
+
+use super::failure::{CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
+use super::streams::Incoming;
+use super::timers::{Due, Timers};
+use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, Milestone, WINDOW_V1, wire_code};
+
+/// What A's machine needs to know of its configuration.
+#[derive(Debug, Clone)]
+pub struct ServerParams {
+    /// How long the client may make no progress.
+    pub idle: Duration,
+    /// How the return channel is wired, as announced in `Welcome`.
+    pub topology: Topology,
+    /// The return window granted in version 2.
+    pub window: u64,
+}
+
+/// Everything that can happen to A's session.
+#[derive(Debug)]
+pub enum ServerInput<'a> {
+    /// A control frame arrived on the data channel.
+    Data(DataMsg),
+    /// Bytes on the data channel that are not a frame.
+    DataUndecodable(DecodeError),
+    /// The data channel closed (end of stream, reset, or a write that found it gone).
+    DataClosed,
+    /// The hub took the session's token.
+    Registered,
+    /// The hub already routes this token for another session.
+    TokenInUse,
+    /// The client's `Hello` on the return channel (the hub decoded it and bound the peer).
+    ReturnHello {
+        /// The version it carries.
+        version: u16,
+    },
+    /// Any other frame from the client on the return channel.
+    Ret(ReturnMsg<'a>),
+    /// A return-channel frame that does not decode.
+    RetUndecodable(DecodeError),
+    /// The client sent faster than its frames could be taken (the hub's queue overflowed).
+    RetFlooded,
+    /// The served file is open.
+    SourceOpened {
+        /// Its size.
+        size: u64,
+        /// Its name, for the client's display.
+        name: String,
+        /// Its digest, when it is known from an earlier session and the file is unchanged.
+        digest: Option<Digest>,
+    },
+    /// Bytes read from the served file, about to be sent.
+    RawRead(&'a [u8]),
+    /// Bytes written to the data channel.
+    RawWritten(u64),
+    /// All raw bytes are written and the file did not change while they were.
+    RawDone,
+    /// A returned file is saved under its final name.
+    Committed(Stream),
+    /// A's own derivation of the expected CSV finished.
+    ExpectedCsv(ExpectedCsv),
+    /// Local work failed.
+    Local(LocalFailure),
+    /// The server is stopping.
+    Stop,
+}
+
+/// What A's driver must do.
+#[derive(Debug)]
+pub enum ServerAction {
+    /// Send a control frame on the data channel.
+    SendData(DataMsg),
+    /// Send a control frame on the return channel.
+    SendRet(ReturnMsg<'static>),
+    /// Register the token with the hub (and, with `--remotehost`, connect to the client's port).
+    Register {
+        /// The client's token.
+        token: Token,
+        /// The client's bound return port (0: none).
+        return_port: u16,
+    },
+    /// Open the served file and report [`ServerInput::SourceOpened`].
+    OpenSource,
+    /// Create the temporary file that receives `stream`.
+    OpenSink(Stream),
+    /// Stream the file's raw bytes on the data channel, reporting each read, each write, and the end.
+    StartRaw,
+    /// Write the payload of the `Data` frame just handled to `stream`'s temporary file.
+    Write(Stream),
+    /// Save `stream`'s temporary file under its final name and report [`ServerInput::Committed`].
+    Commit(Stream),
+    /// The served file's digest, computed while sending (to reuse while the file is unchanged).
+    Digested(Digest),
+    /// A point for the user.
+    Milestone(Milestone),
+    /// The client's `End` claims other digests than what it returned (which was right): a buggy
+    /// client, worth a warning.
+    ClaimDiffers(DigestDiff),
+    /// Close the data channel.
+    CloseData,
+    /// The session is over.
+    Finish(Result<ServerOutcome, Failure>),
+}
+
+/// What a successful session proved.
+#[derive(Debug)]
+pub struct ServerOutcome {
+    /// The protocol version spoken.
+    pub version: u16,
+    /// The served file's name, as sent.
+    pub name: String,
+    /// What was sent, verified by B, and returned identical.
+    pub digest: Digest,
+    /// From the client's `Accept` to its `Verdict`.
+    pub data_time: Duration,
+    /// From the start of the return leg to A's verdict on it.
+    pub return_time: Duration,
+    /// The vertex CSV's fate.
+    pub csv: CsvResult,
+}
+
+/// The vertex CSV's fate in one session; none of these fails the session, whose file made its
+/// round trip.
+#[derive(Debug)]
+pub enum CsvResult {
+    /// Received, verified against the client's digests and A's own conversion, and saved.
+    Saved(Digest),
+    /// None was due: the file is not STL, or the client has CSVs turned off.
+    NotMade(String),
+    /// The file is STL but the CSV did not arrive intact, or differs, or could not be made.
+    Failed(CsvFailure),
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for the data channel's `Hello`.
+    Hello,
+    /// Waiting for the hub to take the token.
+    Registering,
+    /// Waiting for the return channel's `Hello`, then the data channel's `Ready`.
+    Ready,
+    /// Waiting for the driver to open the file.
+    Opening,
+    /// `Header` sent; waiting for `Accept` or `Refuse`.
+    Accept(Box<Transfer>),
+    /// The file goes out and (version 2) comes back.
+    Transfer(Box<Transfer>),
+    /// Waiting for the CSV, a `Skip`, or a `Bye`.
+    Csv(CsvState),
+    /// Waiting (briefly) for `Bye`.
+    Bye(Option<CsvResult>),
+    /// Finished.
+    Done,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    size: u64,
+    name: String,
+    /// Hashes what is sent, unless the digest is known already.
+    hasher: Option<Hasher>,
+    /// Known from the cache, or once every byte is sent.
+    digest: Option<Digest>,
+    sent: u64,
+    /// The `Trailer` is out.
+    trailer: bool,
+    /// B's `Verdict(ok)` came.
+    verdict: bool,
+    /// The return stream, once it is offered (version 1) or the file accepted (version 2).
+    ret: Option<Incoming>,
+    /// B's `End` for the file, once it came.
+    claimed: Option<Digest>,
+    /// The returned copy is being renamed into place.
+    committing: bool,
+    data_started: Instant,
+    data_time: Duration,
+    ret_started: Instant,
+}
+
+#[derive(Debug)]
+enum CsvState {
+    /// Waiting for `Offer(1)`, `Skip` or `Bye`.
+    Offer,
+    /// Receiving it.
+    Receiving(Box<Incoming>),
+    /// All in and `End` came; waiting for A's own conversion.
+    Checking { got: Digest, claimed: Digest },
+    /// Verified; being renamed into place.
+    Committing(Digest),
+}
+
+/// What the outcome keeps of the file's round trip.
+#[derive(Debug)]
+struct FileDone {
+    name: String,
+    digest: Digest,
+    data_time: Duration,
+    return_time: Duration,
+}
+
+/// A's session with one client.
+#[derive(Debug)]
+pub struct ServerSession {
+    params: ServerParams,
+    state: State,
+    version: u16,
+    timers: Timers,
+    actions: VecDeque<ServerAction>,
+    /// The return channel's `Hello` came, so `Abort` reaches the client.
+    ret_up: bool,
+    /// The `Header` is out: B may be reading raw bytes, so nothing more is framed on TCP.
+    mid_file: bool,
+    data_open: bool,
+    greeted: bool,
+    expected: Option<ExpectedCsv>,
+    file: Option<FileDone>,
+    /// A failure waiting out the grace period: an `Abort` may still explain it.
+    pending: Option<Failure>,
+}
+
+impl ServerSession {
+    /// A session on a freshly accepted connection.
+    pub fn new(params: ServerParams, now: Instant) -> ServerSession {
+        let timers = Timers::new(params.idle, now);
+        ServerSession {
+            params,
+            state: State::Hello,
+            version: VERSION,
+            timers,
+            actions: VecDeque::new(),
+            ret_up: false,
+            mid_file: false,
+            data_open: true,
+            greeted: false,
+            expected: None,
+            file: None,
+            pending: None,
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_action(&mut self) -> Option<ServerAction> {
+        self.actions.pop_front()
+    }
+
+    /// When [`ServerSession::handle_timeout`] is due, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_done() { None } else { self.timers.deadline() }
+    }
+
+    /// Whether the client has shown itself a machinaftp client (a valid `Hello`).
+    pub fn greeted(&self) -> bool {
+        self.greeted
+    }
+
+    /// The protocol version spoken (meaningful once greeted).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Whether the session is over.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Raw bytes still to be written on the data channel (0 outside the data leg).
+    pub fn raw_left(&self) -> u64 {
+        match &self.state {
+            State::Transfer(t) if !t.trailer => t.size - t.sent,
+            _ => 0,
+        }
+    }
+
+    /// Whether the data channel should be read for control frames.
+    pub fn reads_data(&self) -> bool {
+        self.data_open && !self.is_done()
+    }
+
+    /// Where the session is, for messages.
+    pub fn phase(&self) -> Phase {
+        match &self.state {
+            State::Hello | State::Registering => Phase::Handshake,
+            State::Ready if !self.ret_up => Phase::ReturnHandshake,
+            State::Ready | State::Opening | State::Accept(_) => Phase::Offer,
+            State::Transfer(t) if !t.trailer => Phase::Data { role: Role::Server, done: t.sent, size: t.size },
+            State::Transfer(t) if !t.verdict => Phase::Verdict,
+            State::Transfer(t) => {
+                Phase::Return { stream: Stream::File, done: t.ret.as_ref().map_or(0, Incoming::received), size: t.size }
+            }
+            State::Csv(CsvState::Receiving(r)) => {
+                Phase::Return { stream: Stream::Csv, done: r.received(), size: r.size }
+            }
+            State::Csv(_) => Phase::Csv,
+            State::Bye(_) | State::Done => Phase::Closing,
+        }
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Instant, input: ServerInput<'_>) {
+        if self.is_done() {
+            return;
+        }
+        match input {
+            ServerInput::Data(msg) => {
+                self.timers.progress(now);
+                self.on_data(now, msg);
+            }
+            ServerInput::DataUndecodable(e) => self.protocol(Violation::Undecodable(e)),
+            ServerInput::DataClosed => self.on_data_closed(now),
+            ServerInput::Registered => {
+                if matches!(self.state, State::Registering) {
+                    let topology = self.params.topology;
+                    self.send_data(DataMsg::Welcome { version: self.version, topology });
+                    self.state = State::Ready;
+                }
+            }
+            ServerInput::TokenInUse => self.protocol(Violation::DuplicateToken),
+            ServerInput::ReturnHello { version } => {
+                self.timers.progress(now);
+                self.on_return_hello(version);
+            }
+            ServerInput::Ret(msg) => {
+                self.timers.progress(now);
+                self.on_ret(now, msg);
+            }
+            ServerInput::RetUndecodable(e) => self.protocol(Violation::Undecodable(e)),
+            ServerInput::RetFlooded => self.protocol(Violation::Flooded),
+            ServerInput::SourceOpened { size, name, digest } => {
+                if !matches!(self.state, State::Opening) {
+                    return;
+                }
+                self.send_data(DataMsg::Header { size, name: name.clone() });
+                // From here B may be reading raw bytes (it does right after its Accept), so a
+                // failure can no longer be framed on TCP: it is told on the return channel.
+                self.mid_file = true;
+                self.state = State::Accept(Box::new(Transfer {
+                    size,
+                    name,
+                    hasher: digest.is_none().then(Hasher::new),
+                    digest,
+                    sent: 0,
+                    trailer: false,
+                    verdict: false,
+                    ret: None,
+                    claimed: None,
+                    committing: false,
+                    data_started: now,
+                    data_time: Duration::ZERO,
+                    ret_started: now,
+                }));
+            }
+            ServerInput::RawRead(bytes) => {
+                if let State::Transfer(t) = &mut self.state
+                    && let Some(h) = &mut t.hasher
+                {
+                    h.update(bytes);
+                }
+            }
+            ServerInput::RawWritten(n) => {
+                self.timers.progress(now);
+                if let State::Transfer(t) = &mut self.state {
+                    t.sent = t.sent.saturating_add(n).min(t.size);
+                }
+            }
+            ServerInput::RawDone => self.on_raw_done(now),
+            ServerInput::Committed(stream) => self.on_committed(now, stream),
+            ServerInput::ExpectedCsv(e) => {
+                self.expected = Some(e);
+                if let State::Csv(CsvState::Checking { got, claimed }) = self.state {
+                    self.timers.keepalive(false, now);
+                    self.timers.watch(true, now);
+                    self.check_csv(now, got, claimed);
+                }
+            }
+            ServerInput::Local(f) => self.fail(Failure::Local(f)),
+            ServerInput::Stop => self.fail(Failure::Interrupted),
+        }
+    }
+
+    /// Handles whatever timer is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(due) = self.timers.due(now) {
+            match due {
+                Due::KeepAlive => self.send_ret(ReturnMsg::KeepAlive),
+                Due::Grace => {
+                    if let State::Bye(csv) = &mut self.state {
+                        // The client's Bye is a courtesy; its verdicts are all in.
+                        let csv = csv.take();
+                        self.finish_ok(csv);
+                    } else {
+                        let f = self.pending.take().unwrap_or(Failure::Closed { during: self.phase() });
+                        self.fail(f);
+                    }
+                }
+                Due::Idle => {
+                    let f = Failure::Timeout { during: self.phase(), idle: self.timers.idle() };
+                    self.fail(f);
+                }
+            }
+            if self.is_done() {
+                return;
+            }
+        }
+    }
+
+    fn on_data(&mut self, now: Instant, msg: DataMsg) {
+        let got = msg.kind();
+        match (&mut self.state, msg) {
+            // Whatever the state: the client gives up and says why.
+            (_, DataMsg::Error { reason, .. }) => {
+                let during = self.phase();
+                self.fail(Failure::Refused { during, reason });
+            }
+            (State::Hello, DataMsg::Hello { version, token, return_port }) => {
+                if version < MIN_VERSION {
+                    let theirs = version;
+                    let ours = format!("{MIN_VERSION} to {VERSION}");
+                    let reason = format!("client speaks protocol version {theirs}; this server speaks {ours}");
+                    self.send_data(DataMsg::Error { code: ErrorCode::Version, reason });
+                    self.fail(Failure::Version { ours, theirs });
+                    return;
+                }
+                // The highest version both speak; a newer client may step down to it.
+                self.version = version.min(VERSION);
+                self.greeted = true;
+                if matches!(self.params.topology, Topology::Remote) && return_port == 0 {
+                    self.fail(Failure::NoReturnPort);
+                    return;
+                }
+                self.actions.push_back(ServerAction::Register { token, return_port });
+                self.state = State::Registering;
+            }
+            (State::Ready, DataMsg::Ready) if self.ret_up => {
+                self.actions.push_back(ServerAction::OpenSource);
+                self.state = State::Opening;
+            }
+            (State::Ready, DataMsg::Ready) => self.protocol(Violation::ReadyTooEarly),
+            (State::Accept(_), DataMsg::Accept) => {
+                let State::Accept(mut t) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
+                t.data_started = now;
+                if self.version >= 2 {
+                    // Version 2: the file comes back while it goes out, under a window granted now.
+                    let window = self.params.window;
+                    t.ret = Some(Incoming::new(t.size, frame_size(self.version), window));
+                    t.ret_started = now;
+                    self.actions.push_back(ServerAction::OpenSink(Stream::File));
+                    self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes: window });
+                }
+                self.state = State::Transfer(t);
+                self.actions.push_back(ServerAction::StartRaw);
+            }
+            (State::Accept(_), DataMsg::Refuse { reason }) => {
+                self.fail(Failure::Refused { during: Phase::Offer, reason });
+            }
+            (State::Transfer(t), DataMsg::Verdict { ok, reason }) if t.trailer && !t.verdict => {
+                if !ok {
+                    self.fail(Failure::PeerMismatch { leg: Leg::Data, reason });
+                    return;
+                }
+                t.verdict = true;
+                t.data_time = now.saturating_duration_since(t.data_started);
+                let digest = t.digest.expect("the digest is known once the Trailer is out");
+                self.actions.push_back(ServerAction::Milestone(Milestone::DataLeg { digest }));
+                if t.claimed.is_some() {
+                    self.check_return();
+                }
+            }
+            _ => self.unexpected(got),
+        }
+    }
+
+    fn on_return_hello(&mut self, version: u16) {
+        if !matches!(self.state, State::Hello | State::Registering) && version != self.version {
+            let reason = format!("return channel Hello speaks version {version}; this session speaks {}", self.version);
+            self.send_ret(ReturnMsg::Abort { reason });
+            self.ret_up = true;
+            let ours = self.version.to_string();
+            self.fail(Failure::Version { ours, theirs: version });
+            return;
+        }
+        // A repeated Hello is answered again and otherwise ignored.
+        self.ret_up = true;
+        self.send_ret(ReturnMsg::HelloAck { version: self.version });
+    }
+
+    fn on_ret(&mut self, now: Instant, msg: ReturnMsg<'_>) {
+        let got = msg.kind();
+        match (&mut self.state, msg) {
+            (_, ReturnMsg::KeepAlive) => {}
+            (_, ReturnMsg::Abort { reason }) => {
+                let during = self.phase();
+                self.pending = None;
+                self.fail(Failure::Refused { during, reason });
+            }
+            (State::Transfer(t), ReturnMsg::Offer { stream: Stream::File, size })
+                if self.version == 1 && t.verdict && t.ret.is_none() =>
+            {
+                if size != t.size {
+                    let f = Failure::SizeMismatch { leg: Leg::Return, offered: size, sent: t.size };
+                    self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: false, reason: f.to_string() });
+                    self.fail(f);
+                    return;
+                }
+                t.ret = Some(Incoming::new(size, frame_size(1), WINDOW_V1));
+                t.ret_started = now;
+                self.actions.push_back(ServerAction::OpenSink(Stream::File));
+                self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes: WINDOW_V1 });
+            }
+            (State::Transfer(t), ReturnMsg::Data { stream: Stream::File, offset, payload })
+                if t.ret.is_some() && t.claimed.is_none() =>
+            {
+                let ret = t.ret.as_mut().expect("checked");
+                match ret.accept(offset, payload) {
+                    Ok(()) => {
+                        ret.grant(payload.len() as u64);
+                        self.actions.push_back(ServerAction::Write(Stream::File));
+                        let bytes = payload.len() as u64;
+                        self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes });
+                    }
+                    Err(v) => self.protocol(v),
+                }
+            }
+            (State::Transfer(t), ReturnMsg::End { stream: Stream::File, crc32, blake3 })
+                if t.ret.is_some() && t.claimed.is_none() =>
+            {
+                let ret = t.ret.as_ref().expect("checked");
+                if !ret.complete() {
+                    let v = Violation::EarlyEnd { received: ret.received(), size: ret.size };
+                    self.protocol(v);
+                    return;
+                }
+                t.claimed = Some(Digest { size: ret.size, crc32, blake3 });
+                // The channels are independent: End may overtake the Verdict.
+                if t.verdict {
+                    self.check_return();
+                }
+            }
+            (State::Csv(CsvState::Offer), ReturnMsg::Offer { stream: Stream::Csv, size }) => {
+                let file = self.file.as_ref().map_or(0, |f| f.digest.size);
+                // A CSV line is at most 138 bytes (three of f32::MAX's 45 characters, two
+                // commas, a newline) and every vertex takes at least 13 bytes of STL, so no CSV
+                // of a valid STL reaches 11 times its size: refuse before a byte is written.
+                if size > file.saturating_mul(11).saturating_add(64) {
+                    let f = CsvFailure::TooBig { size, file };
+                    self.send_ret(ReturnMsg::Result { stream: Stream::Csv, ok: false, reason: f.to_string() });
+                    self.await_bye(now, Some(CsvResult::Failed(f)));
+                    return;
+                }
+                let window = self.window();
+                self.state =
+                    State::Csv(CsvState::Receiving(Box::new(Incoming::new(size, frame_size(self.version), window))));
+                self.actions.push_back(ServerAction::OpenSink(Stream::Csv));
+                self.send_ret(ReturnMsg::Credit { stream: Stream::Csv, bytes: window });
+            }
+            (State::Csv(CsvState::Receiving(r)), ReturnMsg::Data { stream: Stream::Csv, offset, payload }) => {
+                match r.accept(offset, payload) {
+                    Ok(()) => {
+                        r.grant(payload.len() as u64);
+                        self.actions.push_back(ServerAction::Write(Stream::Csv));
+                        let bytes = payload.len() as u64;
+                        self.send_ret(ReturnMsg::Credit { stream: Stream::Csv, bytes });
+                    }
+                    Err(v) => self.protocol(v),
+                }
+            }
+            (State::Csv(CsvState::Receiving(r)), ReturnMsg::End { stream: Stream::Csv, crc32, blake3 }) => {
+                if !r.complete() {
+                    let v = Violation::EarlyEnd { received: r.received(), size: r.size };
+                    self.protocol(v);
+                    return;
+                }
+                let got = r.digest();
+                let claimed = Digest { size: r.size, crc32, blake3 };
+                if self.expected.is_some() {
+                    self.check_csv(now, got, claimed);
+                } else {
+                    // A's own conversion is still running: say so rather than go quiet.
+                    self.state = State::Csv(CsvState::Checking { got, claimed });
+                    self.timers.watch(false, now);
+                    self.timers.keepalive(true, now);
+                }
+            }
+            (State::Csv(CsvState::Offer), ReturnMsg::Skip { stream: Stream::Csv, failed, reason }) => {
+                let csv = if failed {
+                    CsvResult::Failed(CsvFailure::ClientCouldNot(reason))
+                } else {
+                    CsvResult::NotMade(reason)
+                };
+                self.await_bye(now, Some(csv));
+            }
+            (State::Csv(CsvState::Offer), ReturnMsg::Bye) => {
+                self.finish_ok(Some(CsvResult::NotMade("the client sent none".into())));
+            }
+            (State::Bye(csv), ReturnMsg::Bye) => {
+                let csv = csv.take();
+                self.finish_ok(csv);
+            }
+            // Credits and chatter after the last verdict do not matter.
+            (State::Bye(_), _) => {}
+            _ => self.unexpected(got),
+        }
+    }
+
+    fn window(&self) -> u64 {
+        if self.version >= 2 { self.params.window } else { WINDOW_V1 }
+    }
+
+    fn on_data_closed(&mut self, now: Instant) {
+        self.data_open = false;
+        match &self.state {
+            // B half-closes once it has given its verdict; nothing more is due on TCP.
+            State::Transfer(t) if t.verdict => {}
+            State::Csv(_) | State::Bye(_) => {}
+            // Mid-file the reason cannot be framed on TCP: it may be on its way as an Abort.
+            State::Accept(_) | State::Transfer(_) if self.ret_up => {
+                if !self.timers.in_grace() {
+                    self.pending = Some(Failure::Closed { during: self.phase() });
+                    self.timers.grace(Some(ABORT_GRACE), now);
+                }
+            }
+            _ => {
+                let during = self.phase();
+                self.fail(Failure::Closed { during });
+            }
+        }
+    }
+
+    fn on_raw_done(&mut self, now: Instant) {
+        let State::Transfer(t) = &mut self.state else { return };
+        if t.trailer {
+            return;
+        }
+        t.sent = t.size;
+        let digest = match (t.digest, t.hasher.take()) {
+            (Some(d), _) => d,
+            (None, Some(h)) => {
+                let d = h.finish();
+                self.actions.push_back(ServerAction::Digested(d));
+                d
+            }
+            (None, None) => unreachable!("a transfer hashes unless its digest is known"),
+        };
+        t.digest = Some(digest);
+        t.trailer = true;
+        // Progress: the peer now owes a Verdict, and gets a full timeout for it.
+        self.timers.progress(now);
+        self.send_data(DataMsg::Trailer { crc32: digest.crc32, blake3: digest.blake3 });
+    }
+
+    /// The file is back whole and B verified the data leg: compare with what was sent.
+    fn check_return(&mut self) {
+        let State::Transfer(t) = &mut self.state else { return };
+        let (Some(ret), Some(claimed), Some(sent)) = (&t.ret, t.claimed, t.digest) else { return };
+        if t.committing {
+            return;
+        }
+        let got = ret.digest();
+        // What came back is compared with what was sent, never with what B claims.
+        if let Some(diff) = DigestDiff::check(got, sent) {
+            let f = Failure::Mismatch { leg: Leg::Return, what: "returned copy", diff };
+            self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: false, reason: mismatch_reason(&f) });
+            self.fail(f);
+            return;
+        }
+        if let Some(diff) = DigestDiff::check(claimed, sent) {
+            self.actions.push_back(ServerAction::ClaimDiffers(diff));
+        }
+        t.committing = true;
+        self.actions.push_back(ServerAction::Commit(Stream::File));
+    }
+
+    fn on_committed(&mut self, now: Instant, stream: Stream) {
+        match (&mut self.state, stream) {
+            (State::Transfer(t), Stream::File) if t.committing => {
+                let digest = t.digest.expect("known when committing");
+                self.file = Some(FileDone {
+                    name: std::mem::take(&mut t.name),
+                    digest,
+                    data_time: t.data_time,
+                    return_time: now.saturating_duration_since(t.ret_started),
+                });
+                self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() });
+                self.actions.push_back(ServerAction::Milestone(Milestone::ReturnLeg { digest }));
+                self.state = State::Csv(CsvState::Offer);
+            }
+            (State::Csv(CsvState::Committing(d)), Stream::Csv) => {
+                let d = *d;
+                self.send_ret(ReturnMsg::Result { stream: Stream::Csv, ok: true, reason: String::new() });
+                self.await_bye(now, Some(CsvResult::Saved(d)));
+            }
+            _ => {}
+        }
+    }
+
+    /// The CSV must arrive as B wrote it and equal what A derives from its own original.
+    fn check_csv(&mut self, now: Instant, got: Digest, claimed: Digest) {
+        let problem = match (&self.expected, DigestDiff::check(got, claimed)) {
+            (_, Some(diff)) => Some(CsvFailure::Damaged(diff)),
+            (Some(ExpectedCsv::Digest(own)), None) => DigestDiff::check(got, *own).map(CsvFailure::DiffersFromOwn),
+            (Some(ExpectedCsv::NotStl), None) => Some(CsvFailure::NotStl),
+            (Some(ExpectedCsv::Unknown(why)), None) => Some(CsvFailure::CannotCheck(why.clone())),
+            (None, None) => return,
+        };
+        match problem {
+            Some(f) => {
+                self.send_ret(ReturnMsg::Result { stream: Stream::Csv, ok: false, reason: f.to_string() });
+                self.await_bye(now, Some(CsvResult::Failed(f)));
+            }
+            None => {
+                self.state = State::Csv(CsvState::Committing(got));
+                self.actions.push_back(ServerAction::Commit(Stream::Csv));
+            }
+        }
+    }
+
+    fn await_bye(&mut self, now: Instant, csv: Option<CsvResult>) {
+        self.state = State::Bye(csv);
+        self.timers.grace(Some(BYE_WAIT.min(self.params.idle)), now);
+    }
+
+    fn finish_ok(&mut self, csv: Option<CsvResult>) {
+        let Some(file) = self.file.take() else { return };
+        let csv = csv.unwrap_or(CsvResult::NotMade("the client sent none".into()));
+        self.state = State::Done;
+        self.actions.push_back(ServerAction::CloseData);
+        self.actions.push_back(ServerAction::Finish(Ok(ServerOutcome {
+            version: self.version,
+            name: file.name,
+            digest: file.digest,
+            data_time: file.data_time,
+            return_time: file.return_time,
+            csv,
+        })));
+    }
+
+    fn unexpected(&mut self, got: &'static str) {
+        let expected = self.expecting();
+        self.protocol(Violation::Unexpected { expected, got });
+    }
+
+    /// What the protocol allows next, for messages.
+    fn expecting(&self) -> &'static str {
+        match &self.state {
+            State::Hello => "Hello",
+            State::Registering | State::Opening => "nothing yet",
+            State::Ready if !self.ret_up => "the return channel's Hello",
+            State::Ready => "Ready",
+            State::Accept(_) => "Accept or Refuse",
+            State::Transfer(t) if !t.trailer && self.version >= 2 => "Data or End on the return channel",
+            State::Transfer(t) if !t.trailer => "nothing during the data leg",
+            State::Transfer(t) if !t.verdict => "Verdict",
+            State::Transfer(t) if t.ret.is_none() => "Offer",
+            State::Transfer(_) => "Data or End",
+            State::Csv(CsvState::Offer) => "a CSV Offer, Skip or Bye",
+            State::Csv(CsvState::Receiving(_)) => "Data or End",
+            State::Csv(_) => "nothing until the CSV's verdict",
+            State::Bye(_) | State::Done => "Bye",
+        }
+    }
+
+    fn protocol(&mut self, violation: Violation) {
+        let during = self.phase();
+        self.fail(Failure::Protocol { during, violation });
+    }
+
+    fn send_data(&mut self, msg: DataMsg) {
+        self.actions.push_back(ServerAction::SendData(msg));
+    }
+
+    fn send_ret(&mut self, msg: ReturnMsg<'static>) {
+        self.actions.push_back(ServerAction::SendRet(msg));
+    }
+
+    /// Ends the session: tells the client why on every channel it still reads (unless it
+    /// caused or knows it), closes the data channel and finishes.
+    fn fail(&mut self, f: Failure) {
+        if self.is_done() {
+            return;
+        }
+        // What was queued for a session that is over goes nowhere.
+        self.actions.retain(|a| matches!(a, ServerAction::SendData(_) | ServerAction::SendRet(_)));
+        if !f.peer_knows() {
+            let reason = match &f {
+                Failure::Interrupted => "the server is shutting down; try again later".to_owned(),
+                f => f.chain(),
+            };
+            if self.data_open && !self.mid_file {
+                self.send_data(DataMsg::Error { code: wire_code(&f), reason: reason.clone() });
+            }
+            if self.ret_up {
+                self.send_ret(ReturnMsg::Abort { reason });
+            }
+        }
+        self.state = State::Done;
+        self.actions.push_back(ServerAction::CloseData);
+        self.actions.push_back(ServerAction::Finish(Err(f)));
+    }
+}
+
+/// The reason in a negative `Result`, without the "checksum mismatch on the return leg" the
+/// client adds itself.
+fn mismatch_reason(f: &Failure) -> String {
+    match f {
+        Failure::Mismatch { what, diff, .. } => format!("{what} differs from what was sent: {diff}"),
+        f => f.to_string(),
+    }
+}

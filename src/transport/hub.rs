@@ -1,0 +1,580 @@
+//! A's end of the return channel: one ROUTER, owned by one hub thread (ZeroMQ sockets are not
+//! thread-safe), and a [`SessionLink`] per session.
+//!
+//! The hub routes and decides nothing about sessions. It owns the only decoding of the return
+//! channel's `Hello`: a `Hello` that carries a registered token binds its sender's routing id to
+//! that session and is passed on as [`Inbound::Hello`]; the session's machine answers it. Frames
+//! from a bound peer go to its session, frames from a session to its peer. A `Hello` with a token
+//! nobody registered, or for a session bound to another peer, is answered with `Abort` (there is
+//! no session to ask). Sessions and hub talk over an inproc PAIR each, in [`HubEvent`]s one way
+//! and [`LinkCommand`]s the other, so a session waits on its TCP socket and its link at once.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::protocol::data::Topology;
+use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, is_hello};
+use crate::protocol::{Token, hex};
+use crate::shutdown::Shutdown;
+
+use super::poll::{Watch, wait};
+use super::ret::{DATA_HWM, Frame, Inbound, LINGER_MS, Outbox, ReturnEnd, endpoint, port_of_endpoint, zmq_err};
+
+/// Messages queued from the hub to one session: a well-behaved client (honouring its credit)
+/// never has more than its window's frames and a few control frames in flight.
+const LINK_HWM: i32 = 16;
+/// How long registration may wait for the (local) hub's answer.
+const REGISTER_WAIT: Duration = Duration::from_secs(5);
+
+/// Where A's ROUTER is wired.
+#[derive(Debug, Clone)]
+pub enum HubWiring {
+    /// Bind this endpoint; clients connect to it.
+    Bind(String),
+    /// Bind nothing; connect to each client's bound port on this host (`--remotehost`).
+    Remote(String),
+}
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Binding the ROUTER failed.
+    #[error("cannot listen on {endpoint}")]
+    Bind {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Another socket call failed.
+    #[error("cannot set up the return channel's ROUTER")]
+    Setup(#[source] io::Error),
+}
+
+/// Why a session could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// Another session uses the token.
+    #[error("session token is already in use")]
+    TokenInUse,
+    /// The stop signal came first.
+    #[error("interrupted")]
+    Interrupted,
+    /// The hub did not answer, or a socket call failed.
+    #[error("cannot reach the return channel's hub")]
+    Io(#[source] io::Error),
+}
+
+/// Commands on the hub's control socket.
+#[derive(Debug, PartialEq, Eq)]
+enum Control {
+    /// A session's PAIR is bound at `link`; route `token` there (and connect to `remote`).
+    Register { token: Token, link: String, remote: Option<String> },
+    /// Stop once every session has closed.
+    Stop,
+}
+
+impl Control {
+    fn encode(&self) -> Vec<Vec<u8>> {
+        match self {
+            Control::Register { token, link, remote } => vec![
+                b"R".to_vec(),
+                token.to_vec(),
+                link.as_bytes().to_vec(),
+                remote.as_deref().unwrap_or_default().as_bytes().to_vec(),
+            ],
+            Control::Stop => vec![b"Q".to_vec()],
+        }
+    }
+
+    fn decode(parts: &[Vec<u8>]) -> Option<Control> {
+        match parts {
+            [r, token, link, remote] if r == b"R" => Some(Control::Register {
+                token: Token::try_from(token.as_slice()).ok()?,
+                link: String::from_utf8(link.clone()).ok()?,
+                remote: (!remote.is_empty()).then(|| String::from_utf8_lossy(remote).into_owned()),
+            }),
+            [q] if q == b"Q" => Some(Control::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// What the hub tells a session, in order.
+#[derive(Debug)]
+pub(crate) enum HubEvent {
+    /// The token is routed to this session.
+    Registered,
+    /// The token belongs to another session.
+    TokenInUse,
+    /// The peer's `Hello`, with its version.
+    Hello(u16),
+    /// A frame from the peer.
+    Frame(zmq::Message),
+    /// The peer overran the session's queue; nothing more of it will come.
+    Flooded,
+}
+
+impl HubEvent {
+    fn send(self, pair: &zmq::Socket) -> Result<(), zmq::Error> {
+        match self {
+            HubEvent::Registered => pair.send(&b"K"[..], zmq::DONTWAIT),
+            HubEvent::TokenInUse => pair.send(&b"D"[..], zmq::DONTWAIT),
+            HubEvent::Hello(v) => pair.send(&[b'H', (v >> 8) as u8, v as u8][..], zmq::DONTWAIT),
+            HubEvent::Flooded => pair.send(&b"X"[..], zmq::DONTWAIT),
+            HubEvent::Frame(m) => {
+                // Multipart messages are atomic: if the tag goes, the frame goes.
+                pair.send(&b"F"[..], zmq::DONTWAIT | zmq::SNDMORE)?;
+                pair.send(m, 0)
+            }
+        }
+    }
+
+    fn recv(pair: &zmq::Socket) -> Result<Option<HubEvent>, zmq::Error> {
+        let tag = match pair.recv_msg(zmq::DONTWAIT) {
+            Ok(m) => m,
+            Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let ev = match &tag[..] {
+            b"K" => HubEvent::Registered,
+            b"D" => HubEvent::TokenInUse,
+            [b'H', hi, lo] => HubEvent::Hello(u16::from_be_bytes([*hi, *lo])),
+            b"X" => HubEvent::Flooded,
+            b"F" if pair.get_rcvmore()? => HubEvent::Frame(pair.recv_msg(0)?),
+            _ => return Err(zmq::Error::EPROTO),
+        };
+        Ok(Some(ev))
+    }
+}
+
+/// What a session tells the hub: a frame for its peer, or that it is over. Encoded as one part:
+/// every return-channel message has at least one byte, so an empty part means `Close`.
+#[derive(Debug)]
+enum LinkCommand {
+    Send(zmq::Message),
+    Close,
+}
+
+impl LinkCommand {
+    fn from_message(m: zmq::Message) -> LinkCommand {
+        if m.is_empty() { LinkCommand::Close } else { LinkCommand::Send(m) }
+    }
+}
+
+/// A's ROUTER, owned by the hub thread.
+pub struct Hub {
+    ctx: zmq::Context,
+    control: String,
+    id: u64,
+    seq: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+    local_port: Option<u16>,
+    remote_host: Option<String>,
+}
+
+static HUB_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Hub {
+    /// Creates the ROUTER, binds it (unless remote), and starts the hub thread.
+    pub fn start(wiring: HubWiring) -> Result<Hub, HubError> {
+        let ctx = zmq::Context::new();
+        let setup = |e: zmq::Error| HubError::Setup(zmq_err(e));
+        let router = ctx.socket(zmq::ROUTER).map_err(setup)?;
+        router.set_router_mandatory(true).map_err(setup)?;
+        router.set_rcvhwm(DATA_HWM).map_err(setup)?;
+        router.set_sndhwm(1000).map_err(setup)?; // outbound frames are small credits and verdicts
+        router.set_linger(LINGER_MS).map_err(setup)?;
+        router.set_maxmsgsize((DATA_HEADER_LEN + MAX_CHUNK) as i64).map_err(setup)?;
+        router.set_ipv6(true).map_err(setup)?;
+        router.set_reconnect_ivl(100).map_err(setup)?;
+        router.set_reconnect_ivl_max(1000).map_err(setup)?;
+        let (local_port, remote_host) = match &wiring {
+            HubWiring::Bind(ep) => {
+                router.bind(ep).map_err(|e| HubError::Bind { endpoint: ep.clone(), source: zmq_err(e) })?;
+                let last = router.get_last_endpoint().ok().and_then(Result::ok).unwrap_or_default();
+                (port_of_endpoint(&last), None)
+            }
+            HubWiring::Remote(host) => (None, Some(host.clone())),
+        };
+        let id = HUB_SEQ.fetch_add(1, Ordering::Relaxed);
+        let control = format!("inproc://machinaftp-hub-{id}");
+        let pull = ctx.socket(zmq::PULL).map_err(setup)?;
+        pull.bind(&control).map_err(setup)?;
+        let hub_ctx = ctx.clone();
+        let thread = std::thread::Builder::new()
+            .name("zmq-hub".into())
+            .spawn(move || {
+                HubLoop {
+                    ctx: hub_ctx,
+                    router,
+                    control: pull,
+                    routes: HashMap::new(),
+                    peers: HashMap::new(),
+                    remote_refs: HashMap::new(),
+                    stopping: None,
+                }
+                .run()
+            })
+            .map_err(HubError::Setup)?;
+        Ok(Hub { ctx, control, id, seq: AtomicU64::new(0), thread: Some(thread), local_port, remote_host })
+    }
+
+    /// The port the ROUTER is bound to (not in remote mode).
+    pub fn local_port(&self) -> Option<u16> {
+        self.local_port
+    }
+
+    /// What A announces in `Welcome`.
+    pub fn topology(&self) -> Topology {
+        match self.local_port {
+            Some(zmq_port) => Topology::Listen { zmq_port },
+            None => Topology::Remote,
+        }
+    }
+
+    /// Registers a session by its token and waits for the hub to take it: only then may the
+    /// session send `Welcome`, after which the client's `Hello` can arrive. In remote mode the hub
+    /// also connects to `return_port` on the remote host.
+    pub fn register(&self, token: Token, return_port: u16, stop: &Shutdown) -> Result<SessionLink, RegisterError> {
+        let io = |e: zmq::Error| RegisterError::Io(zmq_err(e));
+        let pair = self.ctx.socket(zmq::PAIR).map_err(io)?;
+        pair.set_linger(LINGER_MS).map_err(io)?;
+        pair.set_sndhwm(LINK_HWM).map_err(io)?;
+        pair.set_rcvhwm(LINK_HWM).map_err(io)?;
+        let link = format!("inproc://machinaftp-hub-{}-s{}", self.id, self.seq.fetch_add(1, Ordering::Relaxed));
+        pair.bind(&link).map_err(io)?;
+        let remote = self.remote_host.as_ref().map(|h| endpoint(h, &return_port.to_string()));
+        let push = self.ctx.socket(zmq::PUSH).map_err(io)?;
+        push.set_linger(LINGER_MS).map_err(io)?;
+        push.connect(&self.control).map_err(io)?;
+        push.send_multipart(Control::Register { token, link, remote: remote.clone() }.encode(), 0).map_err(io)?;
+        drop(push);
+        let deadline = Instant::now() + REGISTER_WAIT;
+        loop {
+            let mut w = [Watch::zmq(&pair, true, false), Watch::fd(stop.fd(), true, false)];
+            wait(&mut w, Some(deadline)).map_err(RegisterError::Io)?;
+            match HubEvent::recv(&pair).map_err(io)? {
+                Some(HubEvent::Registered) => break,
+                Some(HubEvent::TokenInUse) => return Err(RegisterError::TokenInUse),
+                Some(_) | None if w[1].readable => return Err(RegisterError::Interrupted),
+                Some(other) => return Err(RegisterError::Io(io::Error::other(format!("unexpected {other:?}")))),
+                None if Instant::now() >= deadline => {
+                    return Err(RegisterError::Io(io::Error::new(io::ErrorKind::TimedOut, "the hub did not answer")));
+                }
+                None => {}
+            }
+        }
+        Ok(SessionLink { pair, outbox: Outbox::default(), remote })
+    }
+
+    /// Stops the hub thread once every session has closed (after passing on their last frames).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Ok(push) = self.ctx.socket(zmq::PUSH) {
+            let _ = push.set_linger(LINGER_MS);
+            if push.connect(&self.control).is_ok() {
+                let _ = push.send_multipart(Control::Stop.encode(), 0);
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+struct Route {
+    /// The hub's end of the session's PAIR.
+    pair: zmq::Socket,
+    /// The routing id the session's `Hello` came from.
+    peer: Option<Vec<u8>>,
+    remote: Option<String>,
+    /// The peer overran its queue: its frames are dropped.
+    flooded: bool,
+    /// ... and the session has yet to be told.
+    tell_flood: bool,
+}
+
+struct HubLoop {
+    ctx: zmq::Context,
+    router: zmq::Socket,
+    control: zmq::Socket,
+    routes: HashMap<Token, Route>,
+    peers: HashMap<Vec<u8>, Token>,
+    remote_refs: HashMap<String, usize>,
+    /// When the stop came: sessions still open get a moment to close.
+    stopping: Option<Instant>,
+}
+
+impl HubLoop {
+    fn run(mut self) {
+        loop {
+            let tokens: Vec<Token> = self.routes.keys().copied().collect();
+            let timeout = match self.stopping {
+                Some(_) if self.routes.is_empty() => return,
+                // Sessions still open at a stop (they are joined first, so this is rare) get a
+                // second to say their last words.
+                Some(since) if since.elapsed() >= Duration::from_secs(1) => return,
+                Some(_) => 20,
+                None => -1,
+            };
+            {
+                let mut items = vec![self.router.as_poll_item(zmq::POLLIN), self.control.as_poll_item(zmq::POLLIN)];
+                items.extend(tokens.iter().map(|t| {
+                    let r = &self.routes[t];
+                    r.pair.as_poll_item(if r.tell_flood { zmq::POLLIN | zmq::POLLOUT } else { zmq::POLLIN })
+                }));
+                match zmq::poll(&mut items, timeout) {
+                    Ok(_) | Err(zmq::Error::EINTR) => {}
+                    Err(e) => {
+                        tracing::error!("return channel hub: poll failed: {e}");
+                        return;
+                    }
+                }
+            }
+            // Registrations first, so a client's Hello always finds its session.
+            while let Ok(parts) = self.control.recv_multipart(zmq::DONTWAIT) {
+                match Control::decode(&parts) {
+                    Some(Control::Register { token, link, remote }) => self.register(token, &link, remote),
+                    Some(Control::Stop) => self.stopping = Some(Instant::now()),
+                    None => tracing::error!("return channel hub: malformed internal command"),
+                }
+            }
+            for token in &tokens {
+                self.pass_on_session_frames(token);
+                if let Some(r) = self.routes.get_mut(token)
+                    && r.tell_flood
+                    && HubEvent::Flooded.send(&r.pair).is_ok()
+                {
+                    r.tell_flood = false;
+                }
+            }
+            // A bounded batch per turn keeps one busy peer from starving the sessions.
+            for _ in 0..64 {
+                match recv_routed(&self.router) {
+                    Ok(Some((peer, frame))) => self.on_peer_frame(peer, frame),
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, token: Token, link: &str, remote: Option<String>) {
+        let Ok(pair) = self.ctx.socket(zmq::PAIR).and_then(|p| {
+            p.set_linger(0)?;
+            p.set_sndhwm(LINK_HWM)?;
+            p.set_rcvhwm(LINK_HWM)?;
+            p.connect(link)?;
+            Ok(p)
+        }) else {
+            tracing::error!("return channel hub: cannot reach a new session");
+            return;
+        };
+        if self.routes.contains_key(&token) {
+            let _ = HubEvent::TokenInUse.send(&pair);
+            return;
+        }
+        if let Some(ep) = &remote {
+            let n = self.remote_refs.entry(ep.clone()).or_insert(0);
+            if *n == 0 {
+                match self.router.connect(ep) {
+                    Ok(()) => tracing::debug!("return channel connecting to {ep}"),
+                    Err(e) => tracing::warn!("cannot connect the return channel to {ep}: {e}"),
+                }
+            }
+            *n += 1;
+        }
+        let _ = HubEvent::Registered.send(&pair);
+        self.routes.insert(token, Route { pair, peer: None, remote, flooded: false, tell_flood: false });
+    }
+
+    /// Passes a session's frames to its peer, until it closes.
+    fn pass_on_session_frames(&mut self, token: &Token) {
+        loop {
+            let Some(route) = self.routes.get(token) else { return };
+            let m = match route.pair.recv_msg(zmq::DONTWAIT) {
+                Ok(m) => m,
+                Err(_) => return,
+            };
+            match LinkCommand::from_message(m) {
+                LinkCommand::Send(frame) => match &route.peer {
+                    // Never block the hub on one peer: one that does not read its credits times out.
+                    Some(peer) => {
+                        if let Err(e) = self.router.send_multipart([peer.as_slice(), &frame[..]], zmq::DONTWAIT) {
+                            tracing::warn!(session = %hex(&token[..4]), "cannot send to the client: {e}");
+                        }
+                    }
+                    None => tracing::debug!(session = %hex(&token[..4]), "no return peer yet; frame dropped"),
+                },
+                LinkCommand::Close => {
+                    self.close(token);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, token: &Token) {
+        let Some(route) = self.routes.remove(token) else { return };
+        if let Some(peer) = route.peer {
+            self.peers.remove(&peer);
+        }
+        if let Some(ep) = route.remote
+            && let Some(n) = self.remote_refs.get_mut(&ep)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.remote_refs.remove(&ep);
+                let _ = self.router.disconnect(&ep);
+            }
+        }
+    }
+
+    fn on_peer_frame(&mut self, peer: Vec<u8>, frame: zmq::Message) {
+        if is_hello(&frame) {
+            self.hello(peer, frame);
+            return;
+        }
+        let Some(token) = self.peers.get(&peer) else {
+            tracing::debug!("return channel: dropped a frame from an unknown peer");
+            return;
+        };
+        let Some(route) = self.routes.get_mut(token) else { return };
+        if route.flooded {
+            return;
+        }
+        if let Err(e) = HubEvent::Frame(frame).send(&route.pair) {
+            // The session's queue is full: the peer sent beyond its credit. Nothing more of it is
+            // passed on; the session learns so when it has taken what is queued.
+            tracing::warn!(session = %hex(&token[..4]), "client sent beyond its credit ({e}); its frames are dropped");
+            route.flooded = true;
+            route.tell_flood = true;
+        }
+    }
+
+    fn hello(&mut self, peer: Vec<u8>, frame: zmq::Message) {
+        let (version, token) = match ReturnMsg::decode(&frame) {
+            Ok(ReturnMsg::Hello { version, token }) => (version, token),
+            _ => {
+                tracing::debug!("return channel: dropped a malformed Hello");
+                return;
+            }
+        };
+        let reply = match self.routes.get_mut(&token) {
+            None => Some("unknown session token"),
+            Some(route) if route.peer.as_ref().is_some_and(|p| *p != peer) => {
+                Some("session already bound to another peer")
+            }
+            Some(route) => {
+                if route.peer.is_none() {
+                    route.peer = Some(peer.clone());
+                    self.peers.insert(peer.clone(), token);
+                }
+                let _ = HubEvent::Hello(version).send(&route.pair);
+                None
+            }
+        };
+        if let Some(reason) = reply {
+            let abort = ReturnMsg::Abort { reason: reason.into() }.to_bytes();
+            if let Err(e) = self.router.send_multipart([peer.as_slice(), &abort], zmq::DONTWAIT) {
+                tracing::debug!("return channel: cannot answer a Hello: {e}");
+            }
+        }
+    }
+}
+
+/// Receives one `[routing id, frame]` message without copying the frame. `Ok(None)`: a message
+/// of another shape arrived and was dropped, since a DEALER speaking this protocol sends one frame.
+fn recv_routed(router: &zmq::Socket) -> Result<Option<(Vec<u8>, zmq::Message)>, zmq::Error> {
+    let peer = router.recv_msg(zmq::DONTWAIT)?;
+    let mut parts = 1;
+    let mut frame = None;
+    while router.get_rcvmore()? {
+        frame = Some(router.recv_msg(0)?);
+        parts += 1;
+    }
+    match frame {
+        Some(frame) if parts == 2 => Ok(Some((peer.to_vec(), frame))),
+        _ => {
+            tracing::debug!(parts, "return channel: dropped a message with an unexpected frame count");
+            Ok(None)
+        }
+    }
+}
+
+/// A session's end of the return channel, through the hub.
+pub struct SessionLink {
+    pair: zmq::Socket,
+    outbox: Outbox,
+    remote: Option<String>,
+}
+
+impl SessionLink {
+    /// The client's endpoint the hub connects to, in remote mode.
+    pub fn remote(&self) -> Option<&str> {
+        self.remote.as_deref()
+    }
+}
+
+impl ReturnEnd for SessionLink {
+    fn send(&mut self, msg: &ReturnMsg<'_>) {
+        self.outbox.push_msg(zmq::Message::from(msg.to_bytes()));
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        self.outbox.flush(&mut self.pair)
+    }
+
+    fn recv(&mut self) -> io::Result<Option<Inbound>> {
+        match HubEvent::recv(&self.pair).map_err(zmq_err)? {
+            Some(HubEvent::Frame(m)) => Ok(Some(Inbound::Frame(Frame::new(m)))),
+            Some(HubEvent::Hello(version)) => Ok(Some(Inbound::Hello { version })),
+            Some(HubEvent::Flooded) => Ok(Some(Inbound::Flooded)),
+            Some(HubEvent::Registered | HubEvent::TokenInUse) | None => Ok(None),
+        }
+    }
+
+    fn watch(&self) -> Watch<'_> {
+        Watch::zmq(&self.pair, true, !self.outbox.is_empty())
+    }
+}
+
+impl Drop for SessionLink {
+    fn drop(&mut self) {
+        // Through the same queue as the session's last frames, so the hub routes those (a final
+        // Result or Abort) before it forgets the peer.
+        self.outbox.push_msg(zmq::Message::new());
+        self.flush_within(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_commands_round_trip() {
+        for c in [
+            Control::Register { token: [7; 16], link: "inproc://x".into(), remote: None },
+            Control::Register { token: [1; 16], link: "inproc://y".into(), remote: Some("tcp://h:1".into()) },
+            Control::Stop,
+        ] {
+            assert_eq!(Control::decode(&c.encode()), Some(c));
+        }
+        assert_eq!(Control::decode(&[b"Z".to_vec()]), None);
+    }
+}

@@ -1,0 +1,351 @@
+//! The return channel's message plumbing, shared by both ends, and B's end of it: one DEALER.
+//!
+//! Both ends queue outgoing frames in an [`Outbox`] and hand them to their socket without
+//! waiting, when it can take them; both yield [`Inbound`] frames. B's end is the DEALER itself;
+//! A's end is a session's link to the hub ([`super::hub::SessionLink`]), which speaks the same.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::protocol::Token;
+use crate::protocol::data::Topology;
+use crate::protocol::ret::{MAX_CONTROL_LEN, ReturnMsg, Stream};
+
+use super::poll::{Watch, wait};
+use super::pool::{Chunk, ZmqChunk};
+
+/// ZeroMQ high-water mark for data-carrying pipes, in messages; credit keeps far fewer in flight.
+pub(crate) const DATA_HWM: i32 = 16;
+/// How long closing sockets may spend delivering what is queued.
+pub(crate) const LINGER_MS: i32 = 2000;
+
+/// `tcp://host:port`, with IPv6 literals bracketed.
+pub fn endpoint(host: &str, port: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("tcp://[{host}]:{port}")
+    } else {
+        format!("tcp://{host}:{port}")
+    }
+}
+
+pub(crate) fn port_of_endpoint(ep: &str) -> Option<u16> {
+    ep.rsplit(':').next()?.parse().ok()
+}
+
+/// Whether `host` names an address of this machine: binding a UDP socket to it succeeds only then.
+pub fn host_is_local(host: &str) -> bool {
+    (host, 0)
+        .to_socket_addrs()
+        .map(|addrs| addrs.into_iter().any(|a| UdpSocket::bind((a.ip(), 0)).is_ok()))
+        .unwrap_or(false)
+}
+
+pub(crate) fn zmq_err(e: zmq::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+/// One frame received on the return channel.
+pub struct Frame(zmq::Message);
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({} bytes)", self.0.len())
+    }
+}
+
+impl Frame {
+    pub(crate) fn new(m: zmq::Message) -> Frame {
+        Frame(m)
+    }
+}
+
+/// What arrives at an end of the return channel.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A frame from the peer.
+    Frame(Frame),
+    /// (A only) The client's `Hello`, decoded once by the hub, which bound the peer to the session.
+    Hello {
+        /// The version it carries.
+        version: u16,
+    },
+    /// (A only) The client sent faster than the session could take its frames; the rest was dropped.
+    Flooded,
+}
+
+enum Out {
+    Msg(zmq::Message),
+    Chunk(ZmqChunk),
+}
+
+/// Frames waiting for their socket to take them, in order.
+#[derive(Default)]
+pub(crate) struct Outbox(VecDeque<Out>);
+
+impl Outbox {
+    pub(crate) fn push_msg(&mut self, m: zmq::Message) {
+        self.0.push_back(Out::Msg(m));
+    }
+
+    fn push_chunk(&mut self, c: ZmqChunk) {
+        self.0.push_back(Out::Chunk(c));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Hands frames to `sock` until it takes no more; `Ok(true)` when the box is empty.
+    pub(crate) fn flush(&mut self, sock: &mut zmq::Socket) -> io::Result<bool> {
+        while let Some(out) = self.0.pop_front() {
+            let back = match out {
+                Out::Msg(m) => match sock.send(&m[..], zmq::DONTWAIT) {
+                    Ok(()) => None,
+                    Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => Some(Out::Msg(m)),
+                    Err(e) => return Err(zmq_err(e)),
+                },
+                Out::Chunk(c) => c.send(sock).map_err(zmq_err)?.map(Out::Chunk),
+            };
+            if let Some(out) = back {
+                self.0.push_front(out);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What both ends of the return channel offer their driver.
+pub trait ReturnEnd {
+    /// Queues a control frame.
+    fn send(&mut self, msg: &ReturnMsg<'_>);
+    /// Hands queued frames to the socket as far as it takes them; `Ok(true)` when none are left.
+    fn flush(&mut self) -> io::Result<bool>;
+    /// The next inbound frame, if one is waiting.
+    fn recv(&mut self) -> io::Result<Option<Inbound>>;
+    /// What to wait for: always incoming frames, and room to send while frames are queued.
+    fn watch(&self) -> Watch<'_>;
+
+    /// Best effort, for a session's last words: flushes, waiting at most `limit`.
+    fn flush_within(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while let Ok(false) = self.flush() {
+            let mut w = [self.watch()];
+            if wait(&mut w, Some(deadline)).is_err() || Instant::now() >= deadline {
+                return;
+            }
+        }
+    }
+}
+
+/// How B wires its end of the return channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ZmqMode {
+    /// Follow what the server announces: connect to its port, or bind ours when it runs with --remotehost.
+    Auto,
+    /// Always connect to the server's ZeroMQ port.
+    Connect,
+    /// Always bind our --zmq-port and let the server connect (it must run with --remotehost).
+    Bind,
+}
+
+/// Why B's return channel could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    /// A socket call failed.
+    #[error("cannot set up the DEALER socket")]
+    Socket(#[source] io::Error),
+    /// Binding `--zmq-port` failed (with `--zmq-mode bind`).
+    #[error("cannot bind {endpoint}")]
+    Bind {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {endpoint}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A runs with `--remotehost` but this client has no bound port.
+    #[error(
+        "the server runs with --remotehost and will connect to this machine's return port, but this client has no \
+         bound port: {0}"
+    )]
+    NotBound(String),
+}
+
+/// B's end of the return channel: one DEALER socket, owned by B's driver thread.
+pub struct ReturnChannel {
+    sock: zmq::Socket,
+    bound: Option<String>,
+    bind_error: Option<String>,
+    connected: Option<String>,
+    outbox: Outbox,
+    _ctx: zmq::Context,
+}
+
+impl ReturnChannel {
+    /// Opens the DEALER before the data channel is connected: binds `zmq_port` on all interfaces
+    /// and/or connects to `host:zmq_port`, as `mode` says. In `Auto` mode a failed bind is not an
+    /// error (A may be on this machine holding the port), and the connect is skipped when the bind
+    /// succeeded and `host` is this machine, because then A cannot be listening on that port.
+    pub fn open(token: &Token, mode: ZmqMode, host: &str, zmq_port: u16) -> Result<ReturnChannel, WiringError> {
+        let ctx = zmq::Context::new();
+        let setup = |e: zmq::Error| WiringError::Socket(zmq_err(e));
+        let sock = ctx.socket(zmq::DEALER).map_err(setup)?;
+        let mut identity = Vec::with_capacity(17);
+        identity.push(b'B'); // A routing id must not begin with a zero byte.
+        identity.extend_from_slice(token);
+        sock.set_identity(&identity).map_err(setup)?;
+        sock.set_sndhwm(DATA_HWM).map_err(setup)?;
+        sock.set_rcvhwm(DATA_HWM).map_err(setup)?;
+        sock.set_linger(LINGER_MS).map_err(setup)?;
+        // Only completed connections take messages, so nothing is queued for a peer that is not there.
+        sock.set_immediate(true).map_err(setup)?;
+        sock.set_maxmsgsize(MAX_CONTROL_LEN as i64).map_err(setup)?;
+        sock.set_ipv6(true).map_err(setup)?;
+        sock.set_reconnect_ivl(100).map_err(setup)?;
+        sock.set_reconnect_ivl_max(1000).map_err(setup)?;
+        let mut chan = ReturnChannel {
+            sock,
+            bound: None,
+            bind_error: None,
+            connected: None,
+            outbox: Outbox::default(),
+            _ctx: ctx,
+        };
+        if matches!(mode, ZmqMode::Auto | ZmqMode::Bind) {
+            let port = if zmq_port == 0 { "*".to_owned() } else { zmq_port.to_string() };
+            let ep = endpoint("*", &port);
+            match chan.sock.bind(&ep) {
+                Ok(()) => chan.bound = chan.sock.get_last_endpoint().ok().and_then(Result::ok),
+                Err(e) if mode == ZmqMode::Bind => {
+                    return Err(WiringError::Bind { endpoint: ep, source: zmq_err(e) });
+                }
+                Err(e) => chan.bind_error = Some(format!("cannot bind {ep}: {e}")),
+            }
+        }
+        let connect = match mode {
+            ZmqMode::Connect => true,
+            ZmqMode::Bind => false,
+            ZmqMode::Auto => zmq_port != 0 && !(chan.bound.is_some() && host_is_local(host)),
+        };
+        if connect {
+            chan.connect(&endpoint(host, &zmq_port.to_string()))?;
+        }
+        Ok(chan)
+    }
+
+    fn connect(&mut self, ep: &str) -> Result<(), WiringError> {
+        self.sock.connect(ep).map_err(|e| WiringError::Connect { endpoint: ep.to_owned(), source: zmq_err(e) })?;
+        self.connected = Some(ep.to_owned());
+        Ok(())
+    }
+
+    /// The port our DEALER is bound to, if it is bound.
+    pub fn bound_port(&self) -> Option<u16> {
+        self.bound.as_deref().and_then(port_of_endpoint)
+    }
+
+    /// Keeps only the wiring A announced in its `Welcome`.
+    pub fn use_topology(&mut self, topology: Topology, host: &str) -> Result<(), WiringError> {
+        match topology {
+            Topology::Listen { zmq_port } => {
+                let want = endpoint(host, &zmq_port.to_string());
+                if self.connected.as_deref() != Some(&want) {
+                    if let Some(old) = self.connected.take() {
+                        let _ = self.sock.disconnect(&old);
+                    }
+                    self.connect(&want)?;
+                }
+                if let Some(ep) = self.bound.take() {
+                    let _ = self.sock.unbind(&ep);
+                }
+            }
+            Topology::Remote => {
+                if self.bound.is_none() {
+                    let why =
+                        self.bind_error.clone().unwrap_or_else(|| "it was told not to (--zmq-mode connect)".into());
+                    return Err(WiringError::NotBound(why));
+                }
+                if let Some(old) = self.connected.take() {
+                    let _ = self.sock.disconnect(&old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A description of the wiring, for logs and errors.
+    pub fn describe(&self) -> String {
+        match (&self.connected, &self.bound) {
+            (Some(c), Some(b)) => format!("connected to {c}, bound at {b}"),
+            (Some(c), None) => format!("connected to {c}"),
+            (None, Some(b)) => format!("bound at {b}"),
+            (None, None) => "not wired".to_owned(),
+        }
+    }
+
+    /// Queues a `Data` frame made of `chunk` itself, without copying its bytes.
+    pub fn send_chunk(&mut self, stream: Stream, offset: u64, chunk: Chunk) -> io::Result<()> {
+        let m = chunk.into_message(stream, offset)?;
+        self.outbox.push_chunk(m);
+        Ok(())
+    }
+}
+
+impl ReturnEnd for ReturnChannel {
+    fn send(&mut self, msg: &ReturnMsg<'_>) {
+        self.outbox.push_msg(zmq::Message::from(msg.to_bytes()));
+    }
+
+    fn flush(&mut self) -> io::Result<bool> {
+        self.outbox.flush(&mut self.sock)
+    }
+
+    fn recv(&mut self) -> io::Result<Option<Inbound>> {
+        match self.sock.recv_msg(zmq::DONTWAIT) {
+            Ok(m) => Ok(Some(Inbound::Frame(Frame(m)))),
+            Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => Ok(None),
+            Err(e) => Err(zmq_err(e)),
+        }
+    }
+
+    fn watch(&self) -> Watch<'_> {
+        Watch::zmq(&self.sock, true, !self.outbox.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_bracket_ipv6() {
+        assert_eq!(endpoint("127.0.0.1", "80"), "tcp://127.0.0.1:80");
+        assert_eq!(endpoint("::1", "80"), "tcp://[::1]:80");
+        assert_eq!(port_of_endpoint("tcp://0.0.0.0:4242"), Some(4242));
+    }
+
+    #[test]
+    fn loopback_is_local() {
+        assert!(host_is_local("127.0.0.1"));
+        assert!(!host_is_local("192.0.2.1")); // TEST-NET-1: never assigned to this machine
+    }
+}
