@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Times a full machinaftp round trip against socat copying the same bytes both ways.
+"""Round-trip benchmarks for machinaftp against socat, side by side in one run.
 
-machinaftp: A serves the file over TCP, B verifies (size, CRC-32, BLAKE3) and saves it, sends it
-back over ZeroMQ under credit flow control, A verifies and saves it.
-socat -b 1048576: the same two copies (file -> TCP -> file, and back) with no verification.
+  roundtrip.py loopback [SIZE_MIB] [RUNS]   1 GiB on 127.0.0.1, files in /dev/shm
+  roundtrip.py latency [RUNS]               cad_mesh.stl, from B's start until A (--once) and B exit
+  roundtrip.py link [SIZE_MIB] [RUNS]       two network namespaces, veth shaped to 1 Gbit/s each way
+  roundtrip.py rss SIZE_MIB...              peak RSS of A and B (sparse files; BENCH_DIR on a disk)
+  roundtrip.py all                          the four, as the session-core issue's table asks
 
-Runs alternate between the two tools; the table gives medians, the ratio, and each process's
-peak RSS (from GNU time). Usage: bench/roundtrip.sh [SIZE_MIB] [RUNS]
+machinaftp: A serves the file over TCP, B verifies (size, CRC-32, BLAKE3) and saves it while it
+sends it back over ZeroMQ under credit; A verifies the returned copy and saves it.
+socat -b 1048576: the same two copies (file -> TCP -> file, then back) one after the other, with
+no verification: what a round trip costs with nothing checked.
+
+Runs alternate between the tools; tables give medians, ratios, and CPU-seconds (user + sys of
+every process, from GNU time). The machine is shared and noisy: compare ratios within one run.
 """
 
 import os
@@ -18,19 +25,25 @@ import sys
 import tempfile
 import time
 
-SIZE_MIB = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
-RUNS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 BIN = os.path.abspath(os.environ.get("BIN", "target/release/machinaftp"))
 TIME = "/usr/bin/time"
+HERE = os.path.dirname(os.path.abspath(__file__))
+MESH = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "cad_mesh.stl"))
 
 
-def timed(args, rss_file, **kw):
-    return subprocess.Popen([TIME, "-f", "%M", "-o", rss_file] + args, **kw)
+class Timed:
+    """A process under GNU time: wall, user, sys and peak RSS come back when it ends."""
 
+    def __init__(self, args, work, tag, ns=None, **kw):
+        self.out = f"{work}/{tag}.time"
+        prefix = ["ip", "netns", "exec", ns] if ns else []
+        self.p = subprocess.Popen(prefix + [TIME, "-f", "%e %U %S %M", "-o", self.out] + args, **kw)
 
-def rss_mib(path):
-    with open(path) as f:
-        return int(f.read().strip().splitlines()[-1]) / 1024
+    def wait(self):
+        rc = self.p.wait()
+        with open(self.out) as f:
+            wall, user, sys_, rss = f.read().strip().splitlines()[-1].split()
+        return rc, float(user) + float(sys_), int(rss) / 1024
 
 
 def free_port():
@@ -40,109 +53,229 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_listening(port):
+def wait_listening(port, ns=None):
+    # socat accepts only once, so probing the port would use the listener up: look for the
+    # listening socket in /proc instead.
+    hexport = f":{port:04X}"
     deadline = time.time() + 10
     while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if ns:
+            text = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/tcp"], capture_output=True,
+                                  text=True).stdout
+        else:
+            with open("/proc/net/tcp") as f:
+                text = f.read()
+        if any(l.split()[1].endswith(hexport) and l.split()[3] == "0A" for l in text.splitlines()[1:]):
             return
-        except OSError:
-            time.sleep(0.005)
+        time.sleep(0.002)
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def socat_leg(src, dst, work, tag):
-    port = free_port()
-    recv = timed(["socat", "-b", "1048576", "-u", f"TCP-LISTEN:{port},reuseaddr", f"OPEN:{dst},creat,trunc"],
-                 f"{work}/{tag}-recv.rss")
-    # socat accepts only once, so probing the port would consume the listener: wait for the
-    # listening socket to show up in /proc instead.
-    hexport = f"{port:04X}"
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        with open("/proc/net/tcp") as f:
-            if any(l.split()[1].endswith(":" + hexport) and l.split()[3] == "0A" for l in f.readlines()[1:]):
-                break
-        time.sleep(0.002)
-    send = timed(["socat", "-b", "1048576", "-u", f"OPEN:{src}", f"TCP:127.0.0.1:{port}"], f"{work}/{tag}-send.rss")
-    if send.wait() or recv.wait():
+def socat_leg(src, dst, work, tag, host="127.0.0.1", recv_ns=None, send_ns=None):
+    port = free_port() if not recv_ns else 19000 + (hash(tag) % 1000)
+    recv = Timed(["socat", "-b", "1048576", "-u", f"TCP-LISTEN:{port},reuseaddr", f"OPEN:{dst},creat,trunc"],
+                 work, f"{tag}-recv", ns=recv_ns)
+    wait_listening(port, recv_ns)
+    send = Timed(["socat", "-b", "1048576", "-u", f"OPEN:{src}", f"TCP:{host}:{port}"], work, f"{tag}-send",
+                 ns=send_ns)
+    (rc1, cpu1, rss1), (rc2, cpu2, rss2) = send.wait(), recv.wait()
+    if rc1 or rc2:
         raise RuntimeError("socat failed")
-    return rss_mib(f"{work}/{tag}-send.rss"), rss_mib(f"{work}/{tag}-recv.rss")
+    return cpu1 + cpu2, rss1, rss2
 
 
-def run_socat(src, work):
+def fresh(*dirs):
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+
+
+def run_socat(src, work, a_host="127.0.0.1", b_host="127.0.0.1", ns_a=None, ns_b=None):
     a_dir, b_dir = f"{work}/sa", f"{work}/sb"
-    for d in (a_dir, b_dir):
-        shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
+    fresh(a_dir, b_dir)
     t0 = time.perf_counter()
-    a1, b1 = socat_leg(src, f"{b_dir}/copy.bin", work, "fwd")
-    b2, a2 = socat_leg(f"{b_dir}/copy.bin", f"{a_dir}/returned.bin", work, "back")
+    cpu1, a1, b1 = socat_leg(src, f"{b_dir}/copy.bin", work, "fwd", host=a_host, recv_ns=ns_b, send_ns=ns_a)
+    cpu2, b2, a2 = socat_leg(f"{b_dir}/copy.bin", f"{a_dir}/returned.bin", work, "back", host=b_host,
+                             recv_ns=ns_a, send_ns=ns_b)
     t = time.perf_counter() - t0
-    return t, max(a1, a2), max(b1, b2)
+    return t, cpu1 + cpu2, max(a1, a2), max(b1, b2)
 
 
-def run_ours(src, work):
+def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port="0"):
     a_dir, b_dir = f"{work}/ma", f"{work}/mb"
-    for d in (a_dir, b_dir):
-        shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
-    srv = timed([BIN, "-s", "-f", src, "-H", "127.0.0.1", "-p", "0", "--once", "-q", "--output", f"{a_dir}/returned.bin"],
-                f"{work}/a.rss", stdout=subprocess.PIPE, text=True, cwd=a_dir)
-    ready = srv.stdout.readline().split()
+    fresh(a_dir, b_dir)
+    srv = Timed([BIN, "-s", "-f", src, "-H", host, "-p", port, "--once", "-q", "--output", f"{a_dir}/returned.bin",
+                 *extra_a], work, "a", ns=ns_a, stdout=subprocess.PIPE, text=True, cwd=a_dir)
+    ready = srv.p.stdout.readline().split()
     tcp = ready[1].rsplit(":", 1)[1]
     zmq = ready[2].rsplit(":", 1)[1]
     t0 = time.perf_counter()
-    cli = timed([BIN, "-c", "-f", f"{b_dir}/copy.bin", "-H", "127.0.0.1", "-p", tcp, "--zmq-port", zmq, "-q"],
-                f"{work}/b.rss", stdout=subprocess.DEVNULL, cwd=b_dir)
-    if cli.wait() != 0:
-        raise RuntimeError("machinaftp client failed")
-    srv.stdout.read()
-    if srv.wait() != 0:
-        raise RuntimeError("machinaftp server failed")
+    cli = Timed([BIN, "-c", "-f", f"{b_dir}/copy.bin", "-H", host, "-p", tcp, "--zmq-port", zmq, "-q"], work, "b",
+                ns=ns_b, stdout=subprocess.DEVNULL, cwd=b_dir)
+    rc_b, cpu_b, rss_b = cli.wait()
+    srv.p.stdout.read()
+    rc_a, cpu_a, rss_a = srv.wait()
     t = time.perf_counter() - t0
-    return t, rss_mib(f"{work}/a.rss"), rss_mib(f"{work}/b.rss")
+    if rc_a or rc_b:
+        raise RuntimeError(f"machinaftp failed: server {rc_a}, client {rc_b}")
+    return t, cpu_a + cpu_b, rss_a, rss_b
 
 
-def main():
-    for tool in ("socat", BIN, TIME):
-        if not shutil.which(tool) and not os.path.exists(tool):
-            sys.exit(f"bench: {tool} not found (apt-get install socat time; cargo build --release)")
-    # tmpfs by default: on a disk, writeback of the gigabytes each run writes throttles whichever
-    # tool happens to run then, and the table measures the disk instead of the tools.
-    default_dir = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 6 * SIZE_MIB << 20 else None
-    work = tempfile.mkdtemp(prefix="machinaftp-bench-", dir=os.environ.get("BENCH_DIR", default_dir))
-    print(f"working in {work}", file=sys.stderr)
+def make_file(path, size_mib, sparse=False):
+    with open(path, "wb") as f:
+        if sparse:
+            f.truncate(size_mib << 20)
+        else:
+            for _ in range(size_mib):
+                f.write(os.urandom(1 << 20))
+
+
+def med(rows, j):
+    return statistics.median(r[j] for r in rows)
+
+
+def workdir(need_mib, tmpfs=True):
+    base = os.environ.get("BENCH_DIR")
+    if not base and tmpfs and os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > need_mib << 20:
+        base = "/dev/shm"
+    return tempfile.mkdtemp(prefix="machinaftp-bench-", dir=base)
+
+
+def compare(title, runs, ours, theirs, wall_target, cpu_target=None):
+    """Alternates the two, prints one table, returns the ratios."""
+    res = {"socat": [], "machinaftp": []}
+    for i in range(runs):
+        res["socat"].append(theirs())
+        res["machinaftp"].append(ours())
+        print(f"  run {i + 1}/{runs}: socat {res['socat'][-1][0]:.3f} s, machinaftp {res['machinaftp'][-1][0]:.3f} s",
+              file=sys.stderr)
+    m = {k: [med(v, j) for j in range(4)] for k, v in res.items()}
+    spread = {k: (min(r[0] for r in v), max(r[0] for r in v)) for k, v in res.items()}
+    print(f"\n{title} ({runs} runs each, alternating; medians)")
+    print(f"{'tool':<40}{'wall s':>8}{'(min-max)':>16}{'CPU s':>8}{'A/send RSS':>12}{'B/recv RSS':>12}")
+    names = {"socat": "socat -b 1M, two legs in turn, unverified", "machinaftp": "machinaftp (both legs verified)"}
+    for k in ("socat", "machinaftp"):
+        t, cpu, ra, rb = m[k]
+        lo, hi = spread[k]
+        print(f"{names[k]:<40}{t:>8.3f}{f'{lo:.2f}-{hi:.2f}':>16}{cpu:>8.2f}{ra:>8.1f} MiB{rb:>8.1f} MiB")
+    wall = m["machinaftp"][0] / m["socat"][0]
+    cpu = m["machinaftp"][1] / m["socat"][1]
+    print(f"ratio machinaftp / socat: wall {wall:.2f}x (target <= {wall_target}x)"
+          + (f", CPU {cpu:.2f}x (target <= {cpu_target}x)" if cpu_target else ""))
+    return wall, cpu
+
+
+def bench_loopback(size_mib=1024, runs=5):
+    work = workdir(6 * size_mib)
     try:
         src = f"{work}/src.bin"
-        with open(src, "wb") as f:
-            for _ in range(SIZE_MIB):
-                f.write(os.urandom(1 << 20))
-        results = {"socat": [], "machinaftp": []}
-        for i in range(RUNS):
-            results["socat"].append(run_socat(src, work))
-            results["machinaftp"].append(run_ours(src, work))
-            if not filecmp(src, f"{work}/ma/returned.bin"):
-                sys.exit("bench: machinaftp's returned copy differs")
-            print(f"run {i + 1}/{RUNS}: socat {results['socat'][-1][0]:.3f} s, "
-                  f"machinaftp {results['machinaftp'][-1][0]:.3f} s", file=sys.stderr)
-        med = {k: [statistics.median(r[j] for r in v) for j in range(3)] for k, v in results.items()}
-        print(f"\nRound trip of {SIZE_MIB} MiB on 127.0.0.1, {RUNS} runs each, medians "
-              f"({os.cpu_count()} cores, files in {os.path.dirname(work)})\n")
-        print(f"{'tool':<34}{'wall s':>9}{'MiB/s':>9}{'A peak RSS':>12}{'B peak RSS':>12}")
-        names = {"socat": "socat -b 1048576 (no verification)", "machinaftp": "machinaftp (CRC-32 + BLAKE3)"}
-        for k in ("socat", "machinaftp"):
-            t, ra, rb = med[k]
-            print(f"{names[k]:<34}{t:>9.3f}{2 * SIZE_MIB / t:>9.0f}{ra:>9.1f} MiB{rb:>8.1f} MiB")
-        print(f"\nratio machinaftp / socat (wall): {med['machinaftp'][0] / med['socat'][0]:.2f}x")
-        print("MiB/s counts both directions (2 x size / wall time).")
+        make_file(src, size_mib)
+        return compare(f"{size_mib} MiB round trip on 127.0.0.1, files in {os.path.dirname(work)}", runs,
+                       lambda: run_ours(src, work), lambda: run_socat(src, work), 1.0, 1.25)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def filecmp(a, b):
-    import filecmp as fc
-    return fc.cmp(a, b, shallow=False)
+def bench_latency(runs=31):
+    work = workdir(64)
+    try:
+        times = []
+        for i in range(runs):
+            t, cpu, ra, rb = run_ours(MESH, work)
+            times.append((t, cpu))
+        t = statistics.median(x[0] for x in times)
+        cpu = statistics.median(x[1] for x in times)
+        lo, hi = min(x[0] for x in times), max(x[0] for x in times)
+        print(f"\ncad_mesh.stl round trip (714,884 bytes + its 1.5 MB CSV), B's start to both exits, {runs} runs")
+        print(f"  median {t * 1000:.1f} ms (min {lo * 1000:.1f}, max {hi * 1000:.1f}), CPU {cpu * 1000:.0f} ms "
+              f"(target <= 15 ms)")
+        return t
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, capture_output=True)
+
+
+class Link:
+    """Two namespaces joined by a veth pair, each end shaped to 1 Gbit/s with tbf."""
+
+    def __init__(self):
+        tag = str(os.getpid() % 100000)
+        self.a, self.b = f"mbA{tag}", f"mbB{tag}"
+        va, vb = f"ba{tag}", f"bb{tag}"
+        sh("ip", "netns", "add", self.a)
+        sh("ip", "netns", "add", self.b)
+        sh("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
+        sh("ip", "link", "set", va, "netns", self.a)
+        sh("ip", "link", "set", vb, "netns", self.b)
+        for ns, dev, addr in ((self.a, va, "10.78.0.1/24"), (self.b, vb, "10.78.0.2/24")):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "1gbit", "burst",
+               "1mb", "latency", "100ms")
+
+    def close(self):
+        sh("ip", "netns", "del", self.a, check=False)
+        sh("ip", "netns", "del", self.b, check=False)
+
+
+def bench_link(size_mib=256, runs=5):
+    work = workdir(6 * size_mib)
+    link = Link()
+    try:
+        src = f"{work}/src.bin"
+        make_file(src, size_mib)
+        ports = iter(range(20000, 30000))
+        ours = lambda: run_ours(src, work, host="10.78.0.1", ns_a=link.a, ns_b=link.b, port=str(next(ports)))
+        theirs = lambda: run_socat(src, work, a_host="10.78.0.2", b_host="10.78.0.1", ns_a=link.a, ns_b=link.b)
+        return compare(f"{size_mib} MiB round trip between two namespaces, veth shaped to 1 Gbit/s each way", runs,
+                       ours, theirs, 0.6)
+    finally:
+        link.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_rss(sizes):
+    print("\nPeak RSS (files sparse: the bytes are zeros, the work is the same)")
+    print(f"{'size':>8}{'A peak RSS':>14}{'B peak RSS':>14}{'wall s':>9}   (target <= 32 MiB each)")
+    for size_mib in sizes:
+        work = workdir(3 * size_mib, tmpfs=3 * size_mib < 8192)
+        try:
+            src = f"{work}/src.bin"
+            make_file(src, size_mib, sparse=True)
+            t, cpu, ra, rb = run_ours(src, work)
+            print(f"{size_mib / 1024:>6.0f} GiB{ra:>10.1f} MiB{rb:>10.1f} MiB{t:>9.1f}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    for tool in ("socat", TIME):
+        if not shutil.which(tool) and not os.path.exists(tool):
+            sys.exit(f"bench: {tool} not found (apt-get install socat time)")
+    if not os.path.exists(BIN):
+        sys.exit(f"bench: {BIN} not found (cargo build --release)")
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    args = [int(a) for a in sys.argv[2:]]
+    print(f"machinaftp round-trip benchmarks, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
+    if what == "loopback":
+        bench_loopback(*args)
+    elif what == "latency":
+        bench_latency(*args)
+    elif what == "link":
+        bench_link(*args)
+    elif what == "rss":
+        bench_rss(args or [1024, 8192])
+    elif what == "all":
+        bench_loopback(1024, 5)
+        bench_link(256, 5)
+        bench_latency(31)
+        bench_rss([1024, 8192])
+    else:
+        sys.exit(__doc__)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# 1 GiB round trip: machinaftp against socat, side by side. Usage: bench/roundtrip.sh [SIZE_MIB] [RUNS]
+# Round-trip benchmarks against socat, side by side. Usage: bench/roundtrip.sh [loopback|latency|link|rss|all] [ARGS]
+# (see bench/roundtrip.py). The namespace benchmark needs root, iproute2 and tc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v socat >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq socat time; }
+command -v socat >/dev/null && [ -x /usr/bin/time ] && command -v tc >/dev/null \
+  || { apt-get update -qq && apt-get install -y -qq socat time iproute2; }
 cargo build --release --quiet
 exec python3 bench/roundtrip.py "$@"

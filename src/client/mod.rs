@@ -205,25 +205,24 @@ impl Driver<'_> {
             chunk.advance(n);
             self.received += n as u64;
             turn += n as u64;
-            self.machine.handle(now, ClientInput::Raw(&chunk.filled()[before..]));
+            let piece = &chunk.filled()[before..];
+            // Hashed and saved while the piece is still in the cache; it goes back whole, as
+            // one frame, once the frame is full.
+            self.machine.handle(now, ClientInput::Raw(piece));
+            if let Some(staged) = self.staged.as_mut()
+                && let Err(source) = staged.file().write_all(piece)
+            {
+                let path = staged.temp_path().to_path_buf();
+                return self.feed(now, ClientInput::Local(LocalFailure::Output { path, source }));
+            }
             if chunk.is_full() {
                 let chunk = self.filling.take().expect("filled above");
-                self.save(now, chunk);
+                let n = chunk.len() as u64;
+                self.pending.push_back(chunk);
+                self.machine.handle(now, ClientInput::Saved(n));
             }
             self.act();
         }
-    }
-
-    /// Writes a whole frame to the staged file and holds it for the return channel.
-    fn save(&mut self, now: Instant, chunk: Chunk) {
-        let Some(staged) = self.staged.as_mut() else { return };
-        if let Err(source) = staged.file().write_all(chunk.filled()) {
-            let path = staged.temp_path().to_path_buf();
-            return self.feed(now, ClientInput::Local(LocalFailure::Output { path, source }));
-        }
-        let n = chunk.len() as u64;
-        self.pending.push_back(chunk);
-        self.machine.handle(now, ClientInput::Saved(n));
     }
 
     fn read_return(&mut self, now: Instant) {

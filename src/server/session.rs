@@ -28,8 +28,11 @@ use crate::units;
 use super::Shared;
 use super::cache::FileId;
 
-/// Bytes read from the file and written to the socket at a time.
-const SEND_CHUNK: usize = 1 << 20;
+/// Bytes read from the file, hashed and written to the socket at a time: small enough to stay in
+/// the L2 cache from the read to the write (1 MiB measured 25% more CPU on the whole round trip).
+const SEND_CHUNK: usize = 256 << 10;
+/// Returned bytes are hashed and written in slices of this size, for the same reason.
+const WRITE_SLICE: usize = 256 << 10;
 /// Raw bytes written per turn of the loop before the other channel gets a look.
 const WRITE_TURN: u64 = 8 << 20;
 /// How long a finished session may spend delivering its last frames.
@@ -374,9 +377,13 @@ impl Driver<'_> {
                 }
                 ServerAction::Write(stream) => {
                     let (Some(sink), Some(bytes)) = (&mut self.sinks[stream as usize], payload) else { continue };
-                    if let Err(source) = sink.file().write_all(bytes) {
-                        let path = sink.temp_path().to_path_buf();
-                        self.machine.handle(now, ServerInput::Local(LocalFailure::Output { path, source }));
+                    for slice in bytes.chunks(WRITE_SLICE) {
+                        self.machine.handle(now, ServerInput::Returned(slice));
+                        if let Err(source) = sink.file().write_all(slice) {
+                            let path = sink.temp_path().to_path_buf();
+                            self.machine.handle(now, ServerInput::Local(LocalFailure::Output { path, source }));
+                            break;
+                        }
                     }
                 }
                 ServerAction::Commit(stream) => {

@@ -60,6 +60,8 @@ pub enum ServerInput<'a> {
     },
     /// Bytes read from the served file, about to be sent.
     RawRead(&'a [u8]),
+    /// Bytes of the `Data` frame just handled, as they are written (hashed here, in order).
+    Returned(&'a [u8]),
     /// Bytes written to the data channel.
     RawWritten(u64),
     /// All raw bytes are written and the file did not change while they were.
@@ -94,7 +96,8 @@ pub enum ServerAction {
     OpenSink(Stream),
     /// Stream the file's raw bytes on the data channel, reporting each read, each write, and the end.
     StartRaw,
-    /// Write the payload of the `Data` frame just handled to `stream`'s temporary file.
+    /// Write the payload of the `Data` frame just handled to `stream`'s temporary file, passing
+    /// each piece to [`ServerInput::Returned`] first.
     Write(Stream),
     /// Save `stream`'s temporary file under its final name and report [`ServerInput::Committed`].
     Commit(Stream),
@@ -365,6 +368,15 @@ impl ServerSession {
                     h.update(bytes);
                 }
             }
+            ServerInput::Returned(bytes) => match &mut self.state {
+                State::Transfer(t) => {
+                    if let Some(r) = &mut t.ret {
+                        r.hash(bytes);
+                    }
+                }
+                State::Csv(CsvState::Receiving(r)) => r.hash(bytes),
+                _ => {}
+            },
             ServerInput::RawWritten(n) => {
                 self.timers.progress(now);
                 if let State::Transfer(t) = &mut self.state {
@@ -519,7 +531,7 @@ impl ServerSession {
                 if t.ret.is_some() && t.claimed.is_none() =>
             {
                 let ret = t.ret.as_mut().expect("checked");
-                match ret.accept(offset, payload) {
+                match ret.accept(offset, payload.len() as u64) {
                     Ok(()) => {
                         ret.grant(payload.len() as u64);
                         self.actions.push_back(ServerAction::Write(Stream::File));
@@ -562,7 +574,7 @@ impl ServerSession {
                 self.send_ret(ReturnMsg::Credit { stream: Stream::Csv, bytes: window });
             }
             (State::Csv(CsvState::Receiving(r)), ReturnMsg::Data { stream: Stream::Csv, offset, payload }) => {
-                match r.accept(offset, payload) {
+                match r.accept(offset, payload.len() as u64) {
                     Ok(()) => {
                         r.grant(payload.len() as u64);
                         self.actions.push_back(ServerAction::Write(Stream::Csv));

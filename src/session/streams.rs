@@ -58,11 +58,15 @@ impl Outgoing {
 }
 
 /// The receiver's side of one stream: every `Data` frame must be the next bytes, of the right
-/// length, within the credit granted; what arrives is hashed as it comes.
+/// length, within the credit granted. The bytes themselves are hashed as the driver writes them
+/// (slice by slice, while each slice is still in the cache), and the digest counts only once every
+/// accepted byte has been hashed.
 #[derive(Debug)]
 pub(crate) struct Incoming {
     pub(crate) size: u64,
     frame: usize,
+    /// Bytes accepted in frames.
+    received: u64,
     hasher: Hasher,
     /// Credit granted so far, in total.
     granted: u64,
@@ -71,17 +75,17 @@ pub(crate) struct Incoming {
 impl Incoming {
     /// A stream of `size` bytes, with `window` bytes granted at once.
     pub(crate) fn new(size: u64, frame: usize, window: u64) -> Incoming {
-        Incoming { size, frame, hasher: Hasher::new(), granted: window }
+        Incoming { size, frame, received: 0, hasher: Hasher::new(), granted: window }
     }
 
     pub(crate) fn received(&self) -> u64 {
-        self.hasher.size()
+        self.received
     }
 
-    /// Checks one frame and hashes it; the caller writes it and then grants its length back.
-    pub(crate) fn accept(&mut self, offset: u64, payload: &[u8]) -> Result<(), Violation> {
-        let received = self.received();
-        let len = payload.len() as u64;
+    /// Checks one frame's place and length; the caller hashes and writes its bytes, then grants
+    /// its length back.
+    pub(crate) fn accept(&mut self, offset: u64, len: u64) -> Result<(), Violation> {
+        let received = self.received;
         if offset != received || len == 0 || len > self.size - received {
             return Err(Violation::OutOfOrder { offset, len, received, size: self.size });
         }
@@ -92,8 +96,14 @@ impl Incoming {
         if received + len > self.granted {
             return Err(Violation::CreditOverrun { granted: self.granted, sent: received + len });
         }
-        self.hasher.update(payload);
+        self.received += len;
         Ok(())
+    }
+
+    /// Hashes accepted bytes, in order; bytes beyond those accepted are ignored.
+    pub(crate) fn hash(&mut self, bytes: &[u8]) {
+        let room = (self.received - self.hasher.size()).min(bytes.len() as u64) as usize;
+        self.hasher.update(&bytes[..room]);
     }
 
     /// Grants `n` more bytes (after writing `n`).
@@ -102,9 +112,10 @@ impl Incoming {
     }
 
     pub(crate) fn complete(&self) -> bool {
-        self.received() == self.size
+        self.received == self.size
     }
 
+    /// The digest of what was hashed: it equals the stream's only if every byte was.
     pub(crate) fn digest(&self) -> Digest {
         self.hasher.finish()
     }
@@ -143,26 +154,30 @@ mod tests {
     #[test]
     fn incoming_checks_order_size_and_credit() {
         let mut inc = Incoming::new(10, 4, 4);
-        assert!(matches!(inc.accept(4, b"abcd"), Err(Violation::OutOfOrder { .. })));
-        assert!(matches!(inc.accept(0, b"abc"), Err(Violation::FrameSize { expected: 4, .. })));
-        assert!(matches!(inc.accept(0, b""), Err(Violation::OutOfOrder { .. })));
-        inc.accept(0, b"abcd").unwrap();
-        assert!(matches!(inc.accept(4, b"efgh"), Err(Violation::CreditOverrun { granted: 4, sent: 8 })));
+        assert!(matches!(inc.accept(4, 4), Err(Violation::OutOfOrder { .. })));
+        assert!(matches!(inc.accept(0, 3), Err(Violation::FrameSize { expected: 4, .. })));
+        assert!(matches!(inc.accept(0, 0), Err(Violation::OutOfOrder { .. })));
+        inc.accept(0, 4).unwrap();
+        inc.hash(b"abcd");
+        assert!(matches!(inc.accept(4, 4), Err(Violation::CreditOverrun { granted: 4, sent: 8 })));
         inc.grant(4);
-        inc.accept(4, b"efgh").unwrap();
+        inc.accept(4, 4).unwrap();
+        inc.hash(b"ef");
+        inc.hash(b"gh");
         inc.grant(4);
-        assert!(matches!(inc.accept(8, b"ijk"), Err(Violation::OutOfOrder { .. })), "runs past the end");
-        inc.accept(8, b"ij").unwrap();
+        assert!(matches!(inc.accept(8, 3), Err(Violation::OutOfOrder { .. })), "runs past the end");
+        inc.accept(8, 2).unwrap();
+        inc.hash(b"ijXX");
         assert!(inc.complete());
         let mut h = Hasher::new();
         h.update(b"abcdefghij");
-        assert_eq!(inc.digest(), h.finish());
+        assert_eq!(inc.digest(), h.finish(), "bytes beyond those accepted are not hashed");
     }
 
     #[test]
     fn offsets_from_the_peer_never_overflow() {
         let mut inc = Incoming::new(10, 4, 4);
-        let e = inc.accept(u64::MAX, b"x").unwrap_err();
+        let e = inc.accept(u64::MAX, 1).unwrap_err();
         assert!(e.to_string().contains("Data for bytes"), "{e}");
     }
 }
