@@ -13,7 +13,7 @@ socat -b 1048576: the same two copies (file -> TCP -> file, then back) one after
 no verification: what a round trip costs with nothing checked.
 
 Runs alternate between the tools; tables give medians, ratios, and CPU-seconds (user + sys of
-every process, from GNU time). The machine is shared and noisy: compare ratios within one run.
+every process, from wait4). The machine is shared and noisy: compare ratios within one run.
 """
 
 import os
@@ -26,24 +26,21 @@ import tempfile
 import time
 
 BIN = os.path.abspath(os.environ.get("BIN", "target/release/machinaftp"))
-TIME = "/usr/bin/time"
 HERE = os.path.dirname(os.path.abspath(__file__))
 MESH = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "cad_mesh.stl"))
 
 
 class Timed:
-    """A process under GNU time: wall, user, sys and peak RSS come back when it ends."""
+    """A process whose CPU time (user + sys) and peak RSS come back from wait4 when it ends."""
 
     def __init__(self, args, work, tag, ns=None, **kw):
-        self.out = f"{work}/{tag}.time"
         prefix = ["ip", "netns", "exec", ns] if ns else []
-        self.p = subprocess.Popen(prefix + [TIME, "-f", "%e %U %S %M", "-o", self.out] + args, **kw)
+        self.p = subprocess.Popen(prefix + args, **kw)
 
     def wait(self):
-        rc = self.p.wait()
-        with open(self.out) as f:
-            wall, user, sys_, rss = f.read().strip().splitlines()[-1].split()
-        return rc, float(user) + float(sys_), int(rss) / 1024
+        _, status, ru = os.wait4(self.p.pid, 0)
+        self.p.returncode = os.waitstatus_to_exitcode(status)
+        return self.p.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
 
 
 def free_port():
@@ -253,9 +250,8 @@ def bench_rss(sizes):
 
 
 def main():
-    for tool in ("socat", TIME):
-        if not shutil.which(tool) and not os.path.exists(tool):
-            sys.exit(f"bench: {tool} not found (apt-get install socat time)")
+    if not shutil.which("socat"):
+        sys.exit("bench: socat not found (apt-get install socat)")
     if not os.path.exists(BIN):
         sys.exit(f"bench: {BIN} not found (cargo build --release)")
     what = sys.argv[1] if len(sys.argv) > 1 else "all"

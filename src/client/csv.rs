@@ -28,6 +28,7 @@ impl Job {
         let (input, csv, flag) = (input.to_path_buf(), csv.to_path_buf(), Arc::clone(&stop));
         let span = tracing::Span::current();
         let handle = std::thread::Builder::new().name("csv".into()).spawn(move || {
+            stl::run_in_background();
             let result = span.in_scope(|| convert(&input, &csv, &flag));
             let _ = tx.send(result);
             wake.wake();

@@ -94,21 +94,35 @@ impl SourceCache {
         self.slots().digest = Some((id, d));
     }
 
+    /// Starts deriving the expected CSV of the file as it is now, before any client asks: the
+    /// server has the file from the start, and a client then waits for nothing of it.
+    pub(crate) fn warm(self: &Arc<Self>, path: &Path) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let _ = self.expected_csv(FileId::of(&meta), path, None);
+        }
+    }
+
     /// The expected CSV of this version of the file: `Some` if known; otherwise `wake` is woken
     /// when it is (the derivation starts if no session started it yet).
-    pub(crate) fn expected_csv(self: &Arc<Self>, id: FileId, path: &Path, wake: WakeHandle) -> Option<ExpectedCsv> {
+    pub(crate) fn expected_csv(
+        self: &Arc<Self>,
+        id: FileId,
+        path: &Path,
+        wake: Option<WakeHandle>,
+    ) -> Option<ExpectedCsv> {
         let mut slots = self.slots();
         match &mut slots.csv {
             Some((i, CsvState::Done(e))) if *i == id => return Some(e.clone()),
             Some((i, CsvState::Running(waiters))) if *i == id => {
-                waiters.push(wake);
+                waiters.extend(wake);
                 return None;
             }
-            _ => slots.csv = Some((id, CsvState::Running(vec![wake]))),
+            _ => slots.csv = Some((id, CsvState::Running(wake.into_iter().collect()))),
         }
         drop(slots);
         let (cache, path, span) = (Arc::clone(self), path.to_path_buf(), tracing::Span::current());
         let spawned = std::thread::Builder::new().name("csv-check".into()).spawn(move || {
+            stl::run_in_background();
             let e = span.in_scope(|| derive(&path, id, &cache.stop));
             let mut slots = cache.slots();
             if let Some((i, state)) = &mut slots.csv
@@ -190,9 +204,9 @@ mod tests {
         let id = FileId::of(&std::fs::metadata(&p).unwrap());
         let cache = Arc::new(SourceCache::default());
         let wakers: Vec<Waker> = (0..3).map(|_| Waker::new().unwrap()).collect();
-        let firsts: Vec<_> = wakers.iter().map(|w| cache.expected_csv(id, &p, w.handle())).collect();
+        let firsts: Vec<_> = wakers.iter().map(|w| cache.expected_csv(id, &p, Some(w.handle()))).collect();
         cache.shutdown_join_only();
-        let got: Vec<_> = wakers.iter().map(|w| cache.expected_csv(id, &p, w.handle())).collect();
+        let got: Vec<_> = wakers.iter().map(|w| cache.expected_csv(id, &p, Some(w.handle()))).collect();
         for (first, got) in firsts.iter().zip(&got) {
             assert!(first.is_none() || first == got);
             assert!(matches!(got, Some(ExpectedCsv::Digest(d)) if d.size == 0), "{got:?}");

@@ -150,6 +150,7 @@ impl Server {
         let shared =
             Arc::new(Shared { cfg, hub, cache: Arc::new(SourceCache::default()), stop: Shutdown::new(), reporter });
         let cfg = &shared.cfg;
+        shared.cache.warm(&cfg.file);
         let active = Arc::new(AtomicUsize::new(0));
         let mut workers: Vec<Worker> = Vec::new();
         let result = loop {

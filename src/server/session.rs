@@ -301,7 +301,7 @@ impl Driver<'_> {
     fn expected_csv(&mut self, now: Instant) {
         let Some(src) = &self.source else { return };
         let id = src.id;
-        if let Some(e) = self.shared.cache.expected_csv(id, &self.shared.cfg.file, self.waker.handle()) {
+        if let Some(e) = self.shared.cache.expected_csv(id, &self.shared.cfg.file, Some(self.waker.handle())) {
             self.feed(now, ServerInput::ExpectedCsv(e));
         }
     }

@@ -212,6 +212,19 @@ pub enum ConvertError {
     },
 }
 
+/// Lowers the calling thread's scheduling priority (and that of the formatter threads it starts,
+/// which inherit it): a conversion that runs beside a transfer yields the CPU to the transfer's
+/// threads instead of starving them. Best effort: where it is not possible, nothing changes.
+pub fn run_in_background() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority have no memory-safety preconditions; on Linux a nice value
+    // set for a thread id applies to that thread only.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
 /// Converts the STL at `input` to a CSV at `output`, through a temporary file renamed only on
 /// success, so a failed conversion leaves no output behind.
 pub fn convert(input: &Path, output: &Path, opts: CsvOptions) -> Result<Converted, ConvertError> {
