@@ -245,8 +245,10 @@ impl ClientSession {
     pub fn raw_budget(&self) -> u64 {
         match &self.state {
             State::Transfer(t) if matches!(t.data, DataState::Raw) => {
-                let frame = frame_size(VERSION) as u64;
-                if t.hasher.size() - t.out.sent >= PENDING_FRAMES * frame { 0 } else { t.out.size - t.hasher.size() }
+                // Bytes held (received, not yet sent back) never exceed PENDING_FRAMES frames.
+                let held = t.hasher.size() - t.out.sent;
+                let limit = PENDING_FRAMES * frame_size(VERSION) as u64;
+                limit.saturating_sub(held).min(t.out.size - t.hasher.size())
             }
             _ => 0,
         }

@@ -151,13 +151,6 @@ pub enum Violation {
         /// The length the protocol requires there.
         expected: u64,
     },
-    /// More bytes than the credit granted.
-    CreditOverrun {
-        /// Bytes granted so far.
-        granted: u64,
-        /// Bytes the peer would have sent with this frame.
-        sent: u64,
-    },
     /// The peer flooded the return channel faster than its messages could be taken.
     Flooded,
     /// `End` before all of the stream's bytes.
@@ -185,9 +178,6 @@ impl fmt::Display for Violation {
             ),
             Violation::FrameSize { offset, len, expected } => {
                 write!(f, "Data frame at {offset} carries {len} bytes; the protocol requires {expected} there")
-            }
-            Violation::CreditOverrun { granted, sent } => {
-                write!(f, "the peer sent {sent} bytes but only {granted} were granted in credit")
             }
             Violation::Flooded => f.write_str("the peer sent more than its flow-control credit allowed"),
             Violation::EarlyEnd { received, size } => write!(f, "End after {received} of {size} bytes"),

@@ -462,7 +462,7 @@ impl ServerSession {
                 if self.version >= 2 {
                     // Version 2: the file comes back while it goes out, under a window granted now.
                     let window = self.params.window;
-                    t.ret = Some(Incoming::new(t.size, frame_size(self.version), window));
+                    t.ret = Some(Incoming::new(t.size, frame_size(self.version)));
                     t.ret_started = now;
                     self.actions.push_back(ServerAction::OpenSink(Stream::File));
                     self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes: window });
@@ -522,7 +522,7 @@ impl ServerSession {
                     self.fail(f);
                     return;
                 }
-                t.ret = Some(Incoming::new(size, frame_size(1), WINDOW_V1));
+                t.ret = Some(Incoming::new(size, frame_size(1)));
                 t.ret_started = now;
                 self.actions.push_back(ServerAction::OpenSink(Stream::File));
                 self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes: WINDOW_V1 });
@@ -533,7 +533,6 @@ impl ServerSession {
                 let ret = t.ret.as_mut().expect("checked");
                 match ret.accept(offset, payload.len() as u64) {
                     Ok(()) => {
-                        ret.grant(payload.len() as u64);
                         self.actions.push_back(ServerAction::Write(Stream::File));
                         let bytes = payload.len() as u64;
                         self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes });
@@ -568,15 +567,13 @@ impl ServerSession {
                     return;
                 }
                 let window = self.window();
-                self.state =
-                    State::Csv(CsvState::Receiving(Box::new(Incoming::new(size, frame_size(self.version), window))));
+                self.state = State::Csv(CsvState::Receiving(Box::new(Incoming::new(size, frame_size(self.version)))));
                 self.actions.push_back(ServerAction::OpenSink(Stream::Csv));
                 self.send_ret(ReturnMsg::Credit { stream: Stream::Csv, bytes: window });
             }
             (State::Csv(CsvState::Receiving(r)), ReturnMsg::Data { stream: Stream::Csv, offset, payload }) => {
                 match r.accept(offset, payload.len() as u64) {
                     Ok(()) => {
-                        r.grant(payload.len() as u64);
                         self.actions.push_back(ServerAction::Write(Stream::Csv));
                         let bytes = payload.len() as u64;
                         self.send_ret(ReturnMsg::Credit { stream: Stream::Csv, bytes });
