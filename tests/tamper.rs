@@ -1,6 +1,8 @@
-//! A dishonest client, written against docs/PROTOCOL.md with raw sockets, must not fool A: a
-//! returned copy with a flipped byte (but the right digests claimed) and a tampered CSV (with
-//! digests that match the tampering) are both rejected, and nothing is saved.
+//! Clients written against docs/PROTOCOL.md with raw sockets, in both protocol versions: an
+//! honest one is served (so the document suffices, and version-1 clients keep working against
+//! the version-2 server), and a dishonest one must not fool A: a returned copy with a flipped byte
+//! (but the right digests claimed) and a tampered CSV (with digests that match the tampering) are
+//! both rejected, and nothing is saved.
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use machinaftp::integrity::{Digest, Hasher};
 use machinaftp::protocol::data::{DataMsg, FRAME_HEADER_LEN, parse_frame_header};
-use machinaftp::protocol::ret::{FRAME_V1, ReturnMsg, Stream};
+use machinaftp::protocol::ret::{FRAME_V1, FRAME_V2, ReturnMsg, Stream};
 use machinaftp::stl::{self, CsvOptions};
 
 fn recv_frame(s: &mut TcpStream) -> DataMsg {
@@ -48,11 +50,15 @@ impl Fake {
 
     /// Sends `bytes` as `stream` under A's credit, claiming `claimed`, and returns A's Result.
     fn send_stream(&self, stream: Stream, bytes: &[u8], claimed: &Digest) -> ReturnMsg<'static> {
+        self.send_stream_framed(stream, bytes, claimed, FRAME_V1)
+    }
+
+    fn send_stream_framed(&self, stream: Stream, bytes: &[u8], claimed: &Digest, frame: usize) -> ReturnMsg<'static> {
         self.send(&ReturnMsg::Offer { stream, size: bytes.len() as u64 });
         let mut credit = 0u64;
         let mut offset = 0usize;
         while offset < bytes.len() {
-            let n = (bytes.len() - offset).min(FRAME_V1);
+            let n = (bytes.len() - offset).min(frame);
             while credit < n as u64 {
                 match self.recv() {
                     ReturnMsg::Credit { bytes, .. } => credit += bytes,
@@ -209,4 +215,113 @@ fn regression_wrong_size_offer_gets_its_verdict_not_a_timeout() {
         other => panic!("expected a negative Result, got {other:?}"),
     }
     assert_eq!(srv.proc.finish().code(), Some(1));
+}
+
+/// A version-2 client from PROTOCOL.md section 6: it returns each 1 MiB frame as soon as it has
+/// received it, under the credit A grants at `Accept`, sends `End` after its `Verdict`, then the
+/// CSV. `flip` corrupts one returned byte (the claimed digests stay honest). Returns A's verdicts.
+fn v2_session(tcp: &str, zmq_port: &str, mesh: &Path, flip: Option<usize>) -> Vec<String> {
+    let token = [0x62; 16];
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_identity(&[&b"B"[..], &token].concat()).unwrap();
+    dealer.set_rcvtimeo(20_000).unwrap();
+    dealer.set_linger(1000).unwrap();
+    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
+    let fake = Fake { dealer, _ctx: ctx };
+    let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&DataMsg::Hello { version: 2, token, return_port: 0 }.to_bytes()).unwrap();
+    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: 2, .. }));
+    fake.send(&ReturnMsg::Hello { version: 2, token });
+    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { version: 2 }));
+    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
+    let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
+    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
+    // The return of stream 0 is offered by the Header; A grants its window at once.
+    let mut credit = match fake.recv() {
+        ReturnMsg::Credit { stream: Stream::File, bytes } => bytes,
+        other => panic!("expected the initial credit, got {other:?}"),
+    };
+    let mut file = Vec::with_capacity(size as usize);
+    let mut returned = 0usize;
+    while file.len() < size as usize {
+        let want = (size as usize - file.len()).min(64 << 10);
+        let mut piece = vec![0u8; want];
+        let n = s.read(&mut piece).unwrap();
+        assert!(n > 0, "A closed mid-file");
+        file.extend_from_slice(&piece[..n]);
+        // Cut-through: every whole frame goes back as soon as it is in and credit covers it.
+        loop {
+            let len = (size as usize - returned).min(FRAME_V2);
+            if len == 0 || file.len() - returned < len {
+                break;
+            }
+            while credit < len as u64 {
+                match fake.recv() {
+                    ReturnMsg::Credit { bytes, .. } => credit += bytes,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let mut payload = file[returned..returned + len].to_vec();
+            if let Some(at) = flip.filter(|at| (returned..returned + len).contains(at)) {
+                payload[at - returned] ^= 1;
+            }
+            fake.send(&ReturnMsg::Data { stream: Stream::File, offset: returned as u64, payload: &payload });
+            credit -= len as u64;
+            returned += len;
+        }
+    }
+    assert!(matches!(recv_frame(&mut s), DataMsg::Trailer { .. }));
+    s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
+    let honest = digest_of(&file);
+    fake.send(&ReturnMsg::End { stream: Stream::File, crc32: honest.crc32, blake3: honest.blake3 });
+    let mut verdicts = Vec::new();
+    loop {
+        match fake.recv() {
+            ReturnMsg::Credit { .. } => {}
+            ReturnMsg::Result { ok, reason, .. } => {
+                verdicts.push(format!("file ok={ok} {reason}"));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    if flip.is_none() {
+        let mut csv = Vec::new();
+        stl::convert_to(mesh, &mut csv, Path::new("memory"), CsvOptions::default()).unwrap();
+        match fake.send_stream_framed(Stream::Csv, &csv, &digest_of(&csv), FRAME_V2) {
+            ReturnMsg::Result { ok, reason, .. } => verdicts.push(format!("csv ok={ok} {reason}")),
+            other => panic!("unexpected {other:?}"),
+        }
+        fake.send(&ReturnMsg::Bye);
+    }
+    verdicts
+}
+
+#[test]
+fn honest_version_2_raw_client_is_served() {
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    let v = v2_session(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), &mesh, None);
+    assert_eq!(v, ["file ok=true ", "csv ok=true "]);
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "{s:?}");
+    assert!(same_contents(&mesh, &a.path().join("output.stl")));
+    assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("output.csv")));
+}
+
+#[test]
+fn version_2_client_returning_a_flipped_byte_while_receiving_is_rejected() {
+    let a = tempdir();
+    let big = a.path().join("big.bin");
+    write_random(&big, 5_000_000, 21);
+    let srv = Server::start(a.path(), &big, &["--once", "--output", "back.bin"]);
+    let v = v2_session(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), &big, Some(2_500_000));
+    assert!(v[0].starts_with("file ok=false returned copy differs"), "{v:?}");
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(1), "{s:?}");
+    assert!(s.stderr.contains("checksum mismatch on the return leg"), "{s:?}");
+    assert_eq!(files_in(a.path()), ["big.bin", "server.log"]);
 }

@@ -272,13 +272,22 @@ impl Driver<'_> {
         while let Some(action) = self.machine.poll_action() {
             let now = Instant::now();
             match action {
+                // Control frames leave at once (a write that would block is finished by the
+                // loop's flush); errors show there too.
                 ClientAction::SendData(msg) => {
                     if matches!(msg, DataMsg::Ready) {
                         info!(wiring = %self.ret.describe(), "return channel up");
                     }
                     self.conn.queue(&msg);
+                    let _ = self.conn.flush();
+                    if matches!(msg, DataMsg::Accept) {
+                        info!("accepted; receiving");
+                    }
                 }
-                ClientAction::SendRet(msg) => self.ret.send(&msg),
+                ClientAction::SendRet(msg) => {
+                    self.ret.send(&msg);
+                    let _ = self.ret.flush();
+                }
                 ClientAction::Wire(topology) => {
                     if let Err(e) = self.ret.use_topology(topology, &self.cfg.host) {
                         let wiring = self.ret.describe();
@@ -296,7 +305,7 @@ impl Driver<'_> {
                     self.size = size;
                     let input = match self.prepare(size) {
                         Ok(staged) => {
-                            info!(temp = %staged.temp_path().display(), "accepted; receiving");
+                            debug!(temp = %staged.temp_path().display(), "output staged");
                             self.staged = Some(staged);
                             ClientInput::OutputReady
                         }
@@ -315,6 +324,7 @@ impl Driver<'_> {
                         let f = return_channel_failure(&self.ret, e);
                         self.machine.handle(now, ClientInput::Local(f));
                     }
+                    let _ = self.ret.flush();
                 }
                 ClientAction::Commit => {
                     let staged = self.staged.take();

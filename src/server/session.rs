@@ -315,10 +315,16 @@ impl Driver<'_> {
             let now = Instant::now();
             let cfg = &self.shared.cfg;
             match action {
-                ServerAction::SendData(msg) => self.conn.queue(&msg),
+                // Control frames leave at once (credits above all: the client waits for them); a
+                // write that would block is finished by the loop's flush, which reports errors.
+                ServerAction::SendData(msg) => {
+                    self.conn.queue(&msg);
+                    let _ = self.conn.flush();
+                }
                 ServerAction::SendRet(msg) => {
                     if let Some(link) = &mut self.link {
                         link.send(&msg);
+                        let _ = link.flush();
                     }
                 }
                 ServerAction::Register { token, return_port } => {

@@ -228,3 +228,77 @@ pub fn assert_no_partials(dir: &Path) {
     let left: Vec<_> = files_in(dir).into_iter().filter(|n| n.ends_with(".part")).collect();
     assert!(left.is_empty(), "temporary files left in {}: {left:?}", dir.display());
 }
+
+/// Which way through a [`Relay`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Way {
+    /// From the connecting side (B) to the target (A).
+    Up,
+    /// From the target (A) to the connecting side (B).
+    Down,
+}
+
+/// A TCP relay on a loopback address that forwards every connection to `target`, optionally
+/// flipping one bit of one byte at `offset` of the stream going `way` (counted per connection).
+/// A stand-in for a link that corrupts, between real processes.
+pub struct Relay {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(listen: &str, target: std::net::SocketAddr, flip: Option<(Way, u64)>) -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay: cannot listen on {listen}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(down) = conn else { continue };
+                let Ok(up) = TcpStream::connect(target) else { continue };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let pipe = |from: TcpStream, to: TcpStream, way: Way| {
+                    let at = flip.filter(|(w, _)| *w == way).map(|(_, at)| at);
+                    std::thread::spawn(move || copy_flipping(from, to, at));
+                };
+                pipe(down.try_clone().unwrap(), up.try_clone().unwrap(), Way::Up);
+                pipe(up, down, Way::Down);
+            }
+        });
+        Relay { addr, stop }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+fn copy_flipping(mut from: std::net::TcpStream, mut to: std::net::TcpStream, at: Option<u64>) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(at) = at
+            && (pos..pos + n as u64).contains(&at)
+        {
+            buf[(at - pos) as usize] ^= 0x20;
+        }
+        pos += n as u64;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
