@@ -13,7 +13,8 @@ socat -b 1048576: the same two copies (file -> TCP -> file, then back) one after
 no verification: what a round trip costs with nothing checked.
 
 Runs alternate between the tools; tables give medians, ratios, and CPU-seconds (user + sys of
-every process, from wait4). The machine is shared and noisy: compare ratios within one run.
+every process, from GNU time or wait4). The machine is shared and noisy: compare ratios within
+one run.
 """
 
 import os
@@ -26,21 +27,33 @@ import tempfile
 import time
 
 BIN = os.path.abspath(os.environ.get("BIN", "target/release/machinaftp"))
+TIME = "/usr/bin/time"
 HERE = os.path.dirname(os.path.abspath(__file__))
 MESH = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "cad_mesh.stl"))
 
 
 class Timed:
-    """A process whose CPU time (user + sys) and peak RSS come back from wait4 when it ends."""
+    """A process whose CPU time (user + sys) and peak RSS come back when it ends.
 
-    def __init__(self, args, work, tag, ns=None, **kw):
+    With `rss`, GNU time runs it and reports both (a forked child's own peak would include the
+    Python parent's pages from before exec); without, wait4 reports the CPU time and no exec is
+    added in front of it, for the latency benchmark.
+    """
+
+    def __init__(self, args, work, tag, ns=None, rss=True, **kw):
         prefix = ["ip", "netns", "exec", ns] if ns else []
-        self.p = subprocess.Popen(prefix + args, **kw)
+        self.out = f"{work}/{tag}.time" if rss else None
+        timing = [TIME, "-f", "%U %S %M", "-o", self.out] if rss else []
+        self.p = subprocess.Popen(prefix + timing + args, **kw)
 
     def wait(self):
         _, status, ru = os.wait4(self.p.pid, 0)
         self.p.returncode = os.waitstatus_to_exitcode(status)
-        return self.p.returncode, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+        if not self.out:
+            return self.p.returncode, ru.ru_utime + ru.ru_stime, float("nan")
+        with open(self.out) as f:
+            user, sys_, rss = f.read().strip().splitlines()[-1].split()
+        return self.p.returncode, float(user) + float(sys_), int(rss) / 1024
 
 
 def free_port():
@@ -98,17 +111,17 @@ def run_socat(src, work, a_host="127.0.0.1", b_host="127.0.0.1", ns_a=None, ns_b
     return t, cpu1 + cpu2, max(a1, a2), max(b1, b2)
 
 
-def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port="0"):
+def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port="0", rss=True):
     a_dir, b_dir = f"{work}/ma", f"{work}/mb"
     fresh(a_dir, b_dir)
     srv = Timed([BIN, "-s", "-f", src, "-H", host, "-p", port, "--once", "-q", "--output", f"{a_dir}/returned.bin",
-                 *extra_a], work, "a", ns=ns_a, stdout=subprocess.PIPE, text=True, cwd=a_dir)
+                 *extra_a], work, "a", ns=ns_a, rss=rss, stdout=subprocess.PIPE, text=True, cwd=a_dir)
     ready = srv.p.stdout.readline().split()
     tcp = ready[1].rsplit(":", 1)[1]
     zmq = ready[2].rsplit(":", 1)[1]
     t0 = time.perf_counter()
     cli = Timed([BIN, "-c", "-f", f"{b_dir}/copy.bin", "-H", host, "-p", tcp, "--zmq-port", zmq, "-q"], work, "b",
-                ns=ns_b, stdout=subprocess.DEVNULL, cwd=b_dir)
+                ns=ns_b, rss=rss, stdout=subprocess.DEVNULL, cwd=b_dir)
     rc_b, cpu_b, rss_b = cli.wait()
     srv.p.stdout.read()
     rc_a, cpu_a, rss_a = srv.wait()
@@ -178,7 +191,7 @@ def bench_latency(runs=31):
     try:
         times = []
         for i in range(runs):
-            t, cpu, ra, rb = run_ours(MESH, work)
+            t, cpu, ra, rb = run_ours(MESH, work, rss=False)
             times.append((t, cpu))
         t = statistics.median(x[0] for x in times)
         cpu = statistics.median(x[1] for x in times)
@@ -250,8 +263,9 @@ def bench_rss(sizes):
 
 
 def main():
-    if not shutil.which("socat"):
-        sys.exit("bench: socat not found (apt-get install socat)")
+    for tool in ("socat", TIME):
+        if not shutil.which(tool) and not os.path.exists(tool):
+            sys.exit(f"bench: {tool} not found (apt-get install socat time)")
     if not os.path.exists(BIN):
         sys.exit(f"bench: {BIN} not found (cargo build --release)")
     what = sys.argv[1] if len(sys.argv) > 1 else "all"

@@ -3,6 +3,7 @@
 # (see bench/roundtrip.py). The namespace benchmark needs root, iproute2 and tc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v socat >/dev/null && command -v tc >/dev/null || { apt-get update -qq && apt-get install -y -qq socat iproute2; }
+command -v socat >/dev/null && [ -x /usr/bin/time ] && command -v tc >/dev/null \
+  || { apt-get update -qq && apt-get install -y -qq socat time iproute2; }
 cargo build --release --quiet
 exec python3 bench/roundtrip.py "$@"

@@ -176,6 +176,10 @@ fn failure_exit(f: &Failure) -> i32 {
 
 fn failure_hint(f: &Failure) -> Option<&'static str> {
     Some(match f {
+        Failure::Timeout { during: crate::session::Phase::ReturnHandshake, .. } => {
+            "nothing answered on the return channel: check that the ZeroMQ port (--zmq-port, default PORT+1) is \
+             reachable and not firewalled"
+        }
         Failure::Timeout { .. } => "the peer stopped responding; check that it is still running, or raise --timeout",
         Failure::Closed { .. } => "the peer went away mid-session; see its log for why",
         Failure::Mismatch { .. } | Failure::PeerMismatch { .. } | Failure::SizeMismatch { .. } => {

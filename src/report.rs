@@ -110,22 +110,29 @@ impl<W: std::io::Write + Send> Text<W> {
             (CsvReturned::Returned { rows, .. }, None) => format!("CSV ({rows} vertices) returned and verified"),
             (CsvReturned::NotMade(why), _) => format!("no CSV ({why})"),
         };
+        let proof = proof(&o.digest, o.data_time, o.return_time);
         self.line(&format!(
-            "verified: {} ({}) received intact and returned intact to the server, CRC-32 {}, BLAKE3 {}…; \
-             data {} ({}), return {} ({}); {csv}",
+            "verified: {} ({}) received intact and returned intact to the server, {proof}; {csv}",
             r.output.display(),
             units::bytes(o.digest.size),
-            o.digest.crc32,
-            &o.digest.blake3_hex()[..16],
-            units::duration(o.data_time),
-            units::rate(o.digest.size, o.data_time),
-            units::duration(o.return_time),
-            units::rate(o.digest.size, o.return_time),
         ));
     }
 }
 
 use crate::units;
+
+/// The checksums and each leg's time and rate, as both sides' verdict lines show them.
+fn proof(d: &crate::integrity::Digest, data: std::time::Duration, ret: std::time::Duration) -> String {
+    format!(
+        "CRC-32 {}, BLAKE3 {}…; data {} ({}), return {} ({})",
+        d.crc32,
+        &d.blake3_hex()[..16],
+        units::duration(data),
+        units::rate(d.size, data),
+        units::duration(ret),
+        units::rate(d.size, ret),
+    )
+}
 
 impl<W: std::io::Write + Send> Reporter for Text<W> {
     fn server(&self, event: ServerEvent<'_>) {
@@ -142,18 +149,12 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
                         CsvResult::NotMade(why) => format!("no CSV ({why})"),
                         CsvResult::Failed(f) => format!("CSV FAILED: {}", crate::session::chain(f)),
                     };
+                    let proof = proof(&o.digest, o.data_time, o.return_time);
                     self.line(&format!(
-                        "verified {}: {} ({}) sent and returned identical, CRC-32 {}, BLAKE3 {}…; data {} ({}), \
-                         return {} ({}); saved {}; {csv}",
+                        "verified {}: {} ({}) sent and returned identical, {proof}; saved {}; {csv}",
                         r.peer,
                         r.file.display(),
                         units::bytes(o.digest.size),
-                        o.digest.crc32,
-                        &o.digest.blake3_hex()[..16],
-                        units::duration(o.data_time),
-                        units::rate(o.digest.size, o.data_time),
-                        units::duration(o.return_time),
-                        units::rate(o.digest.size, o.return_time),
                         r.output.display()
                     ));
                 }

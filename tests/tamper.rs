@@ -38,6 +38,32 @@ struct Fake {
 }
 
 impl Fake {
+    /// A DEALER with the recommended routing id, connected to A's return port.
+    fn connect(zmq_port: &str, token: [u8; 16]) -> Fake {
+        let ctx = zmq::Context::new();
+        let dealer = ctx.socket(zmq::DEALER).unwrap();
+        dealer.set_identity(&[&b"B"[..], &token].concat()).unwrap();
+        dealer.set_rcvtimeo(20_000).unwrap();
+        dealer.set_linger(1000).unwrap();
+        dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
+        Fake { dealer, _ctx: ctx }
+    }
+
+    /// Both channels' handshakes in protocol `version`, up to the Header; returns the data
+    /// connection (with `Accept` sent) and the file's size.
+    fn handshake(&self, tcp: &str, token: [u8; 16], version: u16) -> (TcpStream, u64) {
+        let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(&DataMsg::Hello { version, token, return_port: 0 }.to_bytes()).unwrap();
+        assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: v, .. } if v == version));
+        self.send(&ReturnMsg::Hello { version, token });
+        assert!(matches!(self.recv(), ReturnMsg::HelloAck { version: v } if v == version));
+        s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
+        let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
+        s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
+        (s, size)
+    }
+
     fn send(&self, m: &ReturnMsg<'_>) {
         self.dealer.send(m.to_bytes(), 0).unwrap();
     }
@@ -154,24 +180,8 @@ fn honest_raw_client_is_accepted() {
 
 /// Connects a raw client and completes the data leg; returns the DEALER for the return leg.
 fn raw_through_data_leg(tcp: &str, zmq_port: &str, token: [u8; 16]) -> (Fake, Vec<u8>) {
-    let ctx = zmq::Context::new();
-    let dealer = ctx.socket(zmq::DEALER).unwrap();
-    let mut id = vec![b'B'];
-    id.extend_from_slice(&token);
-    dealer.set_identity(&id).unwrap();
-    dealer.set_rcvtimeo(20_000).unwrap();
-    dealer.set_linger(1000).unwrap();
-    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
-    let fake = Fake { dealer, _ctx: ctx };
-    let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&DataMsg::Hello { version: 1, token, return_port: 0 }.to_bytes()).unwrap();
-    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: 1, .. }));
-    fake.send(&ReturnMsg::Hello { version: 1, token });
-    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { version: 1 }));
-    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
-    let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
-    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
+    let fake = Fake::connect(zmq_port, token);
+    let (mut s, size) = fake.handshake(tcp, token, 1);
     let mut file = vec![0u8; size as usize];
     s.read_exact(&mut file).unwrap();
     assert!(matches!(recv_frame(&mut s), DataMsg::Trailer { .. }));
@@ -222,22 +232,8 @@ fn regression_wrong_size_offer_gets_its_verdict_not_a_timeout() {
 /// CSV. `flip` corrupts one returned byte (the claimed digests stay honest). Returns A's verdicts.
 fn v2_session(tcp: &str, zmq_port: &str, mesh: &Path, flip: Option<usize>) -> Vec<String> {
     let token = [0x62; 16];
-    let ctx = zmq::Context::new();
-    let dealer = ctx.socket(zmq::DEALER).unwrap();
-    dealer.set_identity(&[&b"B"[..], &token].concat()).unwrap();
-    dealer.set_rcvtimeo(20_000).unwrap();
-    dealer.set_linger(1000).unwrap();
-    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
-    let fake = Fake { dealer, _ctx: ctx };
-    let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&DataMsg::Hello { version: 2, token, return_port: 0 }.to_bytes()).unwrap();
-    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: 2, .. }));
-    fake.send(&ReturnMsg::Hello { version: 2, token });
-    assert!(matches!(fake.recv(), ReturnMsg::HelloAck { version: 2 }));
-    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
-    let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
-    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
+    let fake = Fake::connect(zmq_port, token);
+    let (mut s, size) = fake.handshake(tcp, token, 2);
     // The return of stream 0 is offered by the Header; A grants its window at once.
     let mut credit = match fake.recv() {
         ReturnMsg::Credit { stream: Stream::File, bytes } => bytes,

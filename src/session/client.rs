@@ -381,12 +381,9 @@ impl ClientSession {
         while let Some(due) = self.timers.due(now) {
             match due {
                 Due::KeepAlive => self.send_ret(ReturnMsg::KeepAlive),
-                Due::Grace => {
-                    let f = self.pending.take().unwrap_or(Failure::Closed { during: self.phase() });
-                    self.fail(f);
-                }
-                Due::Idle => {
-                    let f = Failure::Timeout { during: self.phase(), idle: self.timers.idle() };
+                Due::Grace | Due::Idle => {
+                    let during = self.phase();
+                    let f = self.timers.failure(due, &mut self.pending, during);
                     self.fail(f);
                 }
             }

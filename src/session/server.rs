@@ -403,18 +403,15 @@ impl ServerSession {
         while let Some(due) = self.timers.due(now) {
             match due {
                 Due::KeepAlive => self.send_ret(ReturnMsg::KeepAlive),
-                Due::Grace => {
-                    if let State::Bye(csv) = &mut self.state {
-                        // The client's Bye is a courtesy; its verdicts are all in.
-                        let csv = csv.take();
-                        self.finish_ok(csv);
-                    } else {
-                        let f = self.pending.take().unwrap_or(Failure::Closed { during: self.phase() });
-                        self.fail(f);
-                    }
+                Due::Grace if matches!(self.state, State::Bye(_)) => {
+                    // The client's Bye is a courtesy; its verdicts are all in.
+                    let State::Bye(csv) = &mut self.state else { unreachable!() };
+                    let csv = csv.take();
+                    self.finish_ok(csv);
                 }
-                Due::Idle => {
-                    let f = Failure::Timeout { during: self.phase(), idle: self.timers.idle() };
+                Due::Grace | Due::Idle => {
+                    let during = self.phase();
+                    let f = self.timers.failure(due, &mut self.pending, during);
                     self.fail(f);
                 }
             }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::ret::keepalive_every;
 
+use super::failure::{Failure, Phase};
+
 /// What came due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Due {
@@ -31,10 +33,6 @@ pub(crate) struct Timers {
 impl Timers {
     pub(crate) fn new(idle: Duration, now: Instant) -> Timers {
         Timers { idle, last_progress: now, watching: true, keepalive: None, grace: None }
-    }
-
-    pub(crate) fn idle(&self) -> Duration {
-        self.idle
     }
 
     /// The peer (or the transfer) moved.
@@ -67,6 +65,15 @@ impl Timers {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let idle = self.watching.then(|| self.last_progress + self.idle);
         [idle, self.keepalive, self.grace].into_iter().flatten().min()
+    }
+
+    /// The failure an ended grace period or idle timeout means at `during`: the failure that
+    /// started the grace period (no `Abort` came to explain it), or a timeout.
+    pub(crate) fn failure(&self, due: Due, pending: &mut Option<Failure>, during: Phase) -> Failure {
+        match due {
+            Due::Grace => pending.take().unwrap_or(Failure::Closed { during }),
+            _ => Failure::Timeout { during, idle: self.idle },
+        }
     }
 
     /// What is due at `now`, most urgent first; a due keep-alive is rescheduled.

@@ -155,29 +155,33 @@ impl DataConn {
 }
 
 fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, TcpError> {
+    let empty = buf.is_empty();
     loop {
-        return match stream.read(buf) {
-            Ok(0) if !buf.is_empty() => Err(TcpError::Closed),
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if is_reset(&e) => Err(TcpError::Closed),
-            Err(e) => Err(e.into()),
-        };
+        if let Some(r) = settle(stream.read(buf), empty) {
+            return r;
+        }
     }
 }
 
 fn write_some(stream: &mut TcpStream, buf: &[u8]) -> Result<usize, TcpError> {
     loop {
-        return match stream.write(buf) {
-            Ok(0) if !buf.is_empty() => Err(TcpError::Closed),
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if is_reset(&e) => Err(TcpError::Closed),
-            Err(e) => Err(e.into()),
-        };
+        if let Some(r) = settle(stream.write(buf), buf.is_empty()) {
+            return r;
+        }
     }
+}
+
+/// What a non-blocking read or write came to: bytes moved (0: none for now), the peer gone, or
+/// an error; `None` to try again (a signal interrupted it).
+fn settle(r: io::Result<usize>, empty: bool) -> Option<Result<usize, TcpError>> {
+    Some(match r {
+        Ok(0) if !empty => Err(TcpError::Closed),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+        Err(e) if is_reset(&e) => Err(TcpError::Closed),
+        Err(e) => Err(e.into()),
+    })
 }
 
 fn is_reset(e: &io::Error) -> bool {
