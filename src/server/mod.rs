@@ -2,7 +2,7 @@
 //! return channel, and proves the returned copy identical to what it sent.
 //!
 //! One accept loop, one thread per client (bounded by `max_clients`) running
-//! [`session::serve`], one hub thread owning the ZeroMQ ROUTER, and a [`cache::SourceCache`] of
+//! `session::serve`, one hub thread owning the ZeroMQ ROUTER, and a `cache::SourceCache` of
 //! the served file's digests. The accept loop waits on the listener, the stop signal and the
 //! sessions' ends at once, so it reacts to each at once; every session is joined before `run`
 //! returns.

@@ -6,8 +6,8 @@
 //! that session and is passed on as [`Inbound::Hello`]; the session's machine answers it. Frames
 //! from a bound peer go to its session, frames from a session to its peer. A `Hello` with a token
 //! nobody registered, or for a session bound to another peer, is answered with `Abort` (there is
-//! no session to ask). Sessions and hub talk over an inproc PAIR each, in [`HubEvent`]s one way
-//! and [`LinkCommand`]s the other, so a session waits on its TCP socket and its link at once.
+//! no session to ask). Sessions and hub talk over an inproc PAIR each, in `HubEvent`s one way
+//! and `LinkCommand`s the other, so a session waits on its TCP socket and its link at once.
 
 use std::collections::HashMap;
 use std::io;

@@ -1,6 +1,6 @@
 //! The return channel's message plumbing, shared by both ends, and B's end of it: one DEALER.
 //!
-//! Both ends queue outgoing frames in an [`Outbox`] and hand them to their socket without
+//! Both ends queue outgoing frames in an `Outbox` and hand them to their socket without
 //! waiting, when it can take them; both yield [`Inbound`] frames. B's end is the DEALER itself;
 //! A's end is a session's link to the hub ([`super::hub::SessionLink`]), which speaks the same.
 
