@@ -7,6 +7,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use common::*;
+use machinaftp::protocol::data::DataMsg;
+use machinaftp::protocol::ret::ReturnMsg;
 
 #[test]
 fn missing_input_file_fails_at_once() {
@@ -304,4 +306,63 @@ fn once_server_is_not_used_up_by_a_port_probe() {
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(0), "{s:?}");
     assert!(same_contents(&mesh, &a.path().join("output.stl")));
+}
+
+/// CPU time (user + system) a running process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+#[test]
+fn regression_a_reset_data_connection_does_not_spin_the_server() {
+    // A version-1 client gives its verdict, then resets the TCP connection; the server waits on
+    // the return channel for the Offer until its timeout. A socket left in its wait after the
+    // reset reported the hang-up at once, every time, and the session burned a whole core.
+    let a = tempdir();
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--timeout", "3"]);
+    let addr = format!("127.0.0.1:{}", srv.tcp_port);
+    let zmq_port = srv.zmq_port.clone().unwrap();
+    let token = [0x77u8; 16];
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_identity(&[&b"B"[..], &token].concat()).unwrap();
+    dealer.set_rcvtimeo(20_000).unwrap();
+    dealer.set_linger(0).unwrap();
+    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let frame = |s: &mut TcpStream| {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let mut payload = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize];
+        s.read_exact(&mut payload).unwrap();
+        DataMsg::decode(head[0], &payload).unwrap()
+    };
+    s.write_all(&DataMsg::Hello { version: 1, token, return_port: 0 }.to_bytes()).unwrap();
+    assert!(matches!(frame(&mut s), DataMsg::Welcome { .. }));
+    dealer.send(ReturnMsg::Hello { version: 1, token }.to_bytes(), 0).unwrap();
+    assert!(matches!(ReturnMsg::decode(&dealer.recv_bytes(0).unwrap()), Ok(ReturnMsg::HelloAck { .. })));
+    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
+    let DataMsg::Header { size, .. } = frame(&mut s) else { panic!("no header") };
+    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
+    let mut file = vec![0u8; size as usize];
+    s.read_exact(&mut file).unwrap();
+    assert!(matches!(frame(&mut s), DataMsg::Trailer { .. }));
+    s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
+    let before = cpu_seconds(srv.proc.child.id());
+    // A reset, not a close: linger 0.
+    socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(s);
+    let failed = srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
+    assert!(failed.contains("sent nothing for 3 s"), "{failed}");
+    let used = cpu_seconds(srv.proc.child.id()) - before;
+    // Waiting 3 s for a silent client costs next to nothing; spinning cost all 3 s.
+    assert!(used < 1.0, "the server used {used:.2} CPU-s waiting 3 s for a silent client");
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
 }

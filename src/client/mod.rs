@@ -21,7 +21,7 @@ use crate::protocol::{Token, VERSION, hex};
 use crate::report::{ClientEvent, ClientReport, Reporter};
 use crate::session::{
     ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvReturned, Failure, LocalFailure,
-    Milestone,
+    Milestone, PENDING_FRAMES,
 };
 use crate::shutdown::Shutdown;
 use crate::transport::poll::{Watch, wait};
@@ -131,18 +131,20 @@ impl Driver<'_> {
     fn run(&mut self) -> std::result::Result<ClientOutcome, Failure> {
         self.act();
         while self.done.is_none() {
-            let read_tcp = self.machine.reads_data() && (!self.machine.in_raw() || self.machine.raw_budget() > 0);
-            let mut w = [
-                self.conn.watch(read_tcp, false),
-                self.ret.watch(),
+            let read_tcp = self.machine.reads_data() && (!self.machine.in_raw() || self.may_read_raw());
+            let mut w = vec![
                 Watch::fd(self.shutdown.fd(), true, false),
                 Watch::fd(self.waker.fd(), true, false),
+                self.ret.watch(),
             ];
+            w.extend(self.conn.watch(read_tcp, false));
             if let Err(e) = wait(&mut w, self.machine.poll_timeout()) {
+                drop(w);
                 self.feed(Instant::now(), ClientInput::Local(return_channel_failure(&self.ret, e)));
                 break;
             }
-            let (stopped, woken) = (w[2].readable, w[3].readable);
+            let (stopped, woken) = (w[0].readable, w[1].readable);
+            drop(w);
             let now = Instant::now();
             if stopped {
                 if let Some(job) = &self.csv_job {
@@ -188,7 +190,7 @@ impl Driver<'_> {
                 continue;
             }
             let budget = self.machine.raw_budget();
-            if budget == 0 {
+            if budget == 0 || !self.may_read_raw() {
                 return;
             }
             let (size, received) = (self.size, self.received);
@@ -223,6 +225,13 @@ impl Driver<'_> {
             }
             self.act();
         }
+    }
+
+    /// Whether more raw bytes may be read: the machine's budget counts frames handed to the
+    /// return channel as gone, so frames still queued in our own outbox (a server granting a huge
+    /// credit, a slow link) must stop the reading too, or they would pile up without bound.
+    fn may_read_raw(&self) -> bool {
+        self.machine.raw_budget() > 0 && self.ret.queued_frames() < PENDING_FRAMES as usize
     }
 
     fn read_return(&mut self, now: Instant) {

@@ -251,6 +251,11 @@ impl<'a> ReturnMsg<'a> {
     }
 }
 
+/// Whether `frame` claims to be an `Abort` (by its type byte), without decoding it.
+pub fn is_abort(frame: &[u8]) -> bool {
+    frame.first() == Some(&T_ABORT)
+}
+
 /// Whether `frame` claims to be a `Hello` (by its type byte), without decoding it.
 pub fn is_hello(frame: &[u8]) -> bool {
     frame.first() == Some(&T_HELLO)

@@ -65,10 +65,41 @@ enum CsvState {
     Done(ExpectedCsv),
 }
 
+/// Versions of the file whose expected CSV is kept: a session of an older version still gets
+/// its own result while a newer one is derived.
+const CSV_VERSIONS: usize = 4;
+
 #[derive(Default)]
 struct Slots {
     digest: Option<(FileId, Digest)>,
-    csv: Option<(FileId, CsvState)>,
+    /// Per version of the file, newest last.
+    csv: Vec<(FileId, CsvState)>,
+}
+
+impl Slots {
+    /// Stores a derivation's result and wakes the sessions waiting for it.
+    fn finish(&mut self, id: FileId, e: ExpectedCsv) {
+        if let Some((_, state)) = self.csv.iter_mut().find(|(i, _)| *i == id)
+            && let CsvState::Running(waiters) = std::mem::replace(state, CsvState::Done(e))
+        {
+            waiters.iter().for_each(WakeHandle::wake);
+        }
+    }
+}
+
+/// Finishes a derivation even if it panics, so no session waits for it forever.
+struct Delivery {
+    cache: Arc<SourceCache>,
+    id: FileId,
+    result: Option<ExpectedCsv>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let e =
+            self.result.take().unwrap_or_else(|| ExpectedCsv::Unknown("the server's own conversion crashed".into()));
+        self.cache.slots().finish(self.id, e);
+    }
 }
 
 /// The served file's digests, shared by all sessions.
@@ -111,26 +142,30 @@ impl SourceCache {
         wake: Option<WakeHandle>,
     ) -> Option<ExpectedCsv> {
         let mut slots = self.slots();
-        match &mut slots.csv {
-            Some((i, CsvState::Done(e))) if *i == id => return Some(e.clone()),
-            Some((i, CsvState::Running(waiters))) if *i == id => {
+        match slots.csv.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, CsvState::Done(e))) => return Some(e.clone()),
+            Some((_, CsvState::Running(waiters))) => {
                 waiters.extend(wake);
                 return None;
             }
-            _ => slots.csv = Some((id, CsvState::Running(wake.into_iter().collect()))),
+            None => {
+                // Results of old versions that nobody waits for make room; a running derivation
+                // keeps its place, so its waiters are woken whatever comes after.
+                while slots.csv.len() >= CSV_VERSIONS {
+                    match slots.csv.iter().position(|(_, s)| matches!(s, CsvState::Done(_))) {
+                        Some(i) => drop(slots.csv.remove(i)),
+                        None => break,
+                    }
+                }
+                slots.csv.push((id, CsvState::Running(wake.into_iter().collect())));
+            }
         }
         drop(slots);
         let (cache, path, span) = (Arc::clone(self), path.to_path_buf(), tracing::Span::current());
         let spawned = std::thread::Builder::new().name("csv-check".into()).spawn(move || {
+            let mut delivery = Delivery { cache, id, result: None };
             stl::run_in_background();
-            let e = span.in_scope(|| derive(&path, id, &cache.stop));
-            let mut slots = cache.slots();
-            if let Some((i, state)) = &mut slots.csv
-                && *i == id
-                && let CsvState::Running(waiters) = std::mem::replace(state, CsvState::Done(e.clone()))
-            {
-                waiters.iter().for_each(WakeHandle::wake);
-            }
+            delivery.result = Some(span.in_scope(|| derive(&path, id, &delivery.cache.stop)));
         });
         match spawned {
             Ok(h) => {
@@ -141,7 +176,7 @@ impl SourceCache {
             }
             Err(e) => {
                 let e = ExpectedCsv::Unknown(format!("cannot start the server's own conversion: {e}"));
-                self.slots().csv = Some((id, CsvState::Done(e.clone())));
+                self.slots().finish(id, e.clone());
                 Some(e)
             }
         }
@@ -214,7 +249,39 @@ mod tests {
         assert!(cache.threads.lock().unwrap().is_empty(), "one thread, joined");
     }
 
+    #[test]
+    fn a_new_version_does_not_strand_the_sessions_of_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.stl");
+        std::fs::write(&p, b"solid x\nendsolid x\n").unwrap();
+        let old = FileId::of(&std::fs::metadata(&p).unwrap());
+        let cache = Arc::new(SourceCache::default());
+        let (w_old, w_new) = (Waker::new().unwrap(), Waker::new().unwrap());
+        let _ = cache.expected_csv(old, &p, Some(w_old.handle()));
+        std::fs::write(&p, b"solid y\nendsolid y\n\n").unwrap();
+        let new = FileId::of(&std::fs::metadata(&p).unwrap());
+        assert_ne!(old, new);
+        let _ = cache.expected_csv(new, &p, Some(w_new.handle()));
+        cache.join_all();
+        // The old version's derivation read a file that changed under it: its waiter still gets
+        // an answer (that the CSV cannot be checked), not silence.
+        let got_old = cache.expected_csv(old, &p, None);
+        assert!(matches!(got_old, Some(ExpectedCsv::Unknown(_))), "{got_old:?}");
+        assert!(matches!(cache.expected_csv(new, &p, None), Some(ExpectedCsv::Digest(_))));
+        for w in [&w_old, &w_new] {
+            let mut p = [libc::pollfd { fd: w.fd(), events: libc::POLLIN, revents: 0 }];
+            // SAFETY: one valid pollfd for the duration of the call.
+            assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 0) }, 1, "every waiter was woken");
+        }
+    }
+
     impl SourceCache {
+        fn join_all(&self) {
+            for t in std::mem::take(&mut *self.threads.lock().unwrap()) {
+                t.join().unwrap();
+            }
+        }
+
         fn shutdown_join_only(&self) {
             let threads = std::mem::take(&mut *self.threads.lock().unwrap());
             assert_eq!(threads.len(), 1, "one derivation for three sessions");

@@ -141,20 +141,16 @@ impl Driver<'_> {
             let write_raw = self.raw_active && self.machine.raw_left() > 0 && rate_wait.is_none();
             let deadline = [self.machine.poll_timeout(), rate_wait].into_iter().flatten().min();
             let stop_fd = self.shared.stop.fd();
-            let mut w = vec![
-                self.conn.watch(self.machine.reads_data(), write_raw),
-                Watch::fd(stop_fd, true, false),
-                Watch::fd(self.waker.fd(), true, false),
-            ];
-            if let Some(link) = &self.link {
-                w.push(link.watch());
-            }
+            let mut w = vec![Watch::fd(stop_fd, true, false), Watch::fd(self.waker.fd(), true, false)];
+            w.extend(self.link.as_ref().map(ReturnEnd::watch));
+            w.extend(self.conn.watch(self.machine.reads_data(), write_raw));
             if let Err(e) = wait(&mut w, deadline) {
+                drop(w);
                 let f = LocalFailure::ReturnChannel { wiring: "hub".into(), source: e };
                 self.feed(Instant::now(), ServerInput::Local(f));
                 break;
             }
-            let (stopped, woken) = (w[1].readable, w[2].readable);
+            let (stopped, woken) = (w[0].readable, w[1].readable);
             drop(w);
             let now = Instant::now();
             if stopped {
@@ -238,7 +234,11 @@ impl Driver<'_> {
             let n = match self.conn.write_raw(&self.buf[self.buf_pos..self.buf_len]) {
                 Ok(0) => return,
                 Ok(n) => n,
-                Err(_) => return self.feed(now, ServerInput::DataClosed),
+                Err(_) => {
+                    // The data leg is over: what is still to be said arrives (or not) as an Abort.
+                    self.raw_active = false;
+                    return self.feed(now, ServerInput::DataClosed);
+                }
             };
             self.buf_pos += n;
             turn += n as u64;

@@ -16,16 +16,19 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::protocol::data::Topology;
-use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, is_hello};
+use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, is_abort, is_hello};
 use crate::protocol::{Token, hex};
 use crate::shutdown::Shutdown;
 
 use super::poll::{Watch, wait};
 use super::ret::{DATA_HWM, Frame, Inbound, LINGER_MS, Outbox, ReturnEnd, endpoint, port_of_endpoint, zmq_err};
 
-/// Messages queued from the hub to one session: a well-behaved client (honouring its credit)
-/// never has more than its window's frames and a few control frames in flight.
-const LINK_HWM: i32 = 16;
+/// High-water mark of each end of a session's inproc pair. For inproc, libzmq adds the sender's
+/// and the receiver's (24), and the sender learns of the reader's progress only every half of
+/// that, so the hub may see the queue full at 13. A client honouring its credit has at most its
+/// window's 8 frames and an `End` in flight; one that does not overflows the queue and loses the
+/// session, after 24 frames at the most, instead of filling A's memory.
+const LINK_HWM: i32 = 12;
 /// How long registration may wait for the (local) hub's answer.
 const REGISTER_WAIT: Duration = Duration::from_secs(5);
 
@@ -129,7 +132,9 @@ impl HubEvent {
             HubEvent::Frame(m) => {
                 // Multipart messages are atomic: if the tag goes, the frame goes.
                 pair.send(&b"F"[..], zmq::DONTWAIT | zmq::SNDMORE)?;
-                pair.send(m, 0)
+                // Not waiting here either: should the session's end of the pair be closing, a
+                // blocking send would hold the hub, and every session with it.
+                pair.send(m, zmq::DONTWAIT)
             }
         }
     }
@@ -217,6 +222,7 @@ impl Hub {
                     peers: HashMap::new(),
                     remote_refs: HashMap::new(),
                     stopping: None,
+                    last_abort: None,
                 }
                 .run()
             })
@@ -255,12 +261,18 @@ impl Hub {
         push.send_multipart(Control::Register { token, link, remote: remote.clone() }.encode(), 0).map_err(io)?;
         drop(push);
         let deadline = Instant::now() + REGISTER_WAIT;
+        let mut link = SessionLink { pair, outbox: Outbox::default(), remote, routed: true };
         loop {
-            let mut w = [Watch::zmq(&pair, true, false), Watch::fd(stop.fd(), true, false)];
+            let mut w = [Watch::zmq(&link.pair, true, false), Watch::fd(stop.fd(), true, false)];
             wait(&mut w, Some(deadline)).map_err(RegisterError::Io)?;
-            match HubEvent::recv(&pair).map_err(io)? {
-                Some(HubEvent::Registered) => break,
-                Some(HubEvent::TokenInUse) => return Err(RegisterError::TokenInUse),
+            // Given up on before the hub's answer, the link still closes (on drop) the route the
+            // hub may have made meanwhile; a refused token has no route to close.
+            match HubEvent::recv(&link.pair).map_err(io)? {
+                Some(HubEvent::Registered) => return Ok(link),
+                Some(HubEvent::TokenInUse) => {
+                    link.routed = false;
+                    return Err(RegisterError::TokenInUse);
+                }
                 Some(_) | None if w[1].readable => return Err(RegisterError::Interrupted),
                 Some(other) => return Err(RegisterError::Io(io::Error::other(format!("unexpected {other:?}")))),
                 None if Instant::now() >= deadline => {
@@ -269,7 +281,6 @@ impl Hub {
                 None => {}
             }
         }
-        Ok(SessionLink { pair, outbox: Outbox::default(), remote })
     }
 
     /// Stops the hub thread once every session has closed (after passing on their last frames).
@@ -317,6 +328,8 @@ struct HubLoop {
     remote_refs: HashMap<String, usize>,
     /// When the stop came: sessions still open get a moment to close.
     stopping: Option<Instant>,
+    /// When an `Abort` last went to a client.
+    last_abort: Option<Instant>,
 }
 
 impl HubLoop {
@@ -324,7 +337,7 @@ impl HubLoop {
         loop {
             let tokens: Vec<Token> = self.routes.keys().copied().collect();
             let timeout = match self.stopping {
-                Some(_) if self.routes.is_empty() => return,
+                Some(_) if self.routes.is_empty() => return self.drain_after_aborts(),
                 // Sessions still open at a stop (they are joined first, so this is rare) get a
                 // second to say their last words.
                 Some(since) if since.elapsed() >= Duration::from_secs(1) => return,
@@ -373,6 +386,29 @@ impl HubLoop {
         }
     }
 
+    /// At a stop, after an `Abort` went to a client that was still sending (a session ended
+    /// mid-transfer): keeps reading, and dropping, what the client sends until it falls quiet.
+    /// Closing a TCP socket with unread data makes the kernel reset the connection and discard
+    /// what it had not sent yet, which would be that very `Abort`.
+    fn drain_after_aborts(&mut self) {
+        let Some(last) = self.last_abort else { return };
+        let until = last + Duration::from_millis(500);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            // Quiet for 20 ms: the client heard and stopped.
+            let mut items = [self.router.as_poll_item(zmq::POLLIN)];
+            match zmq::poll(&mut items, left.min(Duration::from_millis(20)).as_millis() as i64) {
+                Ok(n) if n > 0 => while let Ok(Some(_)) = recv_routed(&self.router) {},
+                Ok(_) => return,
+                Err(zmq::Error::EINTR) => {}
+                Err(_) => return,
+            }
+            if left.is_zero() {
+                return;
+            }
+        }
+    }
+
     fn register(&mut self, token: Token, link: &str, remote: Option<String>) {
         let Ok(pair) = self.ctx.socket(zmq::PAIR).and_then(|p| {
             p.set_linger(0)?;
@@ -414,6 +450,9 @@ impl HubLoop {
                 LinkCommand::Send(frame) => match &route.peer {
                     // Never block the hub on one peer: one that does not read its credits times out.
                     Some(peer) => {
+                        if is_abort(&frame) {
+                            self.last_abort = Some(Instant::now());
+                        }
                         if let Err(e) = self.router.send_multipart([peer.as_slice(), &frame[..]], zmq::DONTWAIT) {
                             tracing::warn!(session = %hex(&token[..4]), "cannot send to the client: {e}");
                         }
@@ -521,6 +560,8 @@ pub struct SessionLink {
     pair: zmq::Socket,
     outbox: Outbox,
     remote: Option<String>,
+    /// Whether the hub holds a route for this link (to be closed when it goes).
+    routed: bool,
 }
 
 impl SessionLink {
@@ -555,6 +596,9 @@ impl ReturnEnd for SessionLink {
 
 impl Drop for SessionLink {
     fn drop(&mut self) {
+        if !self.routed {
+            return;
+        }
         // Through the same queue as the session's last frames, so the hub routes those (a final
         // Result or Abort) before it forgets the peer.
         self.outbox.push_msg(zmq::Message::new());
@@ -565,6 +609,42 @@ impl Drop for SessionLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ret::{DATA_HEADER_LEN, Stream, data_header};
+
+    #[test]
+    fn a_client_ignoring_its_credit_overflows_a_bounded_queue_and_is_cut_off() {
+        let hub = Hub::start(HubWiring::Bind("tcp://127.0.0.1:0".into())).unwrap();
+        let port = hub.local_port().unwrap();
+        let token = [3u8; 16];
+        let mut link = hub.register(token, 0, &Shutdown::new()).unwrap();
+        let ctx = zmq::Context::new();
+        let dealer = ctx.socket(zmq::DEALER).unwrap();
+        dealer.set_linger(0).unwrap();
+        dealer.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+        dealer.send(ReturnMsg::Hello { version: 2, token }.to_bytes(), 0).unwrap();
+        // Forty 64 KiB frames at once, without waiting for a single credit, while the session
+        // takes nothing: only what fits the queue may reach it.
+        for i in 0..40u64 {
+            let mut frame = data_header(Stream::File, i << 16).to_vec();
+            frame.resize(DATA_HEADER_LEN + (64 << 10), 7);
+            dealer.send(frame, 0).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut frames, mut flooded) = (0, false);
+        while !flooded && Instant::now() < deadline {
+            match link.recv().unwrap() {
+                Some(Inbound::Frame(_)) => frames += 1,
+                Some(Inbound::Flooded) => flooded = true,
+                Some(Inbound::Hello { .. }) => {}
+                None => {
+                    let mut w = [link.watch()];
+                    wait(&mut w, Some(Instant::now() + Duration::from_millis(200))).unwrap();
+                }
+            }
+        }
+        assert!(flooded, "the session learns that its client overran ({frames} frames came)");
+        assert!(frames <= 2 * LINK_HWM as usize, "{frames} frames were queued for one session");
+    }
 
     #[test]
     fn control_commands_round_trip() {

@@ -16,8 +16,9 @@ use crate::protocol::ret::{MAX_CONTROL_LEN, ReturnMsg, Stream};
 use super::poll::{Watch, wait};
 use super::pool::{Chunk, ZmqChunk};
 
-/// ZeroMQ high-water mark for data-carrying pipes, in messages; credit keeps far fewer in flight.
-pub(crate) const DATA_HWM: i32 = 16;
+/// ZeroMQ high-water mark for data-carrying pipes, in messages: the credit window's frames (8),
+/// so a peer that ignores its credit is held up by TCP instead of filling memory.
+pub(crate) const DATA_HWM: i32 = 8;
 /// How long closing sockets may spend delivering what is queued.
 pub(crate) const LINGER_MS: i32 = 2000;
 
@@ -102,6 +103,11 @@ impl Outbox {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// `Data` frames waiting.
+    fn frames(&self) -> usize {
+        self.0.iter().filter(|o| matches!(o, Out::Chunk(_))).count()
     }
 
     /// Hands frames to `sock` until it takes no more; `Ok(true)` when the box is empty.
@@ -300,6 +306,11 @@ impl ReturnChannel {
             (None, Some(b)) => format!("bound at {b}"),
             (None, None) => "not wired".to_owned(),
         }
+    }
+
+    /// `Data` frames queued here that the socket has not taken yet.
+    pub fn queued_frames(&self) -> usize {
+        self.outbox.frames()
     }
 
     /// Queues a `Data` frame made of `chunk` itself, without copying its bytes.

@@ -39,6 +39,8 @@ pub struct DataConn {
     payload: Option<(u8, Vec<u8>, usize)>,
     out: Vec<u8>,
     out_pos: usize,
+    /// The connection is gone (closed by either side, or broken): nothing more is tried.
+    gone: bool,
 }
 
 impl DataConn {
@@ -55,6 +57,7 @@ impl DataConn {
             payload: None,
             out: Vec::new(),
             out_pos: 0,
+            gone: false,
         })
     }
 
@@ -63,9 +66,12 @@ impl DataConn {
         self.peer
     }
 
-    /// What to wait for: reading if `read`, writing while frames are queued or `write`.
-    pub fn watch(&self, read: bool, write: bool) -> Watch<'static> {
-        Watch::fd(self.stream.as_raw_fd(), read, write || self.pending())
+    /// What to wait for: reading if `read`, writing while frames are queued or `write`. `None`
+    /// when there is nothing to wait for: a socket left in a wait after its peer hung up would
+    /// report that hang-up at once, every time, and spin the loop.
+    pub fn watch(&self, read: bool, write: bool) -> Option<Watch<'static>> {
+        let write = write || self.pending();
+        (!self.gone && (read || write)).then(|| Watch::fd(self.stream.as_raw_fd(), read, write))
     }
 
     /// The descriptor, for a wait.
@@ -77,6 +83,14 @@ impl DataConn {
     /// socket has no more bytes for now. The length is checked before the payload is read, so a
     /// hostile peer cannot make us allocate more than the protocol's frame limit.
     pub fn read_frame(&mut self) -> Result<Option<DataMsg>, TcpError> {
+        if self.gone {
+            return Err(TcpError::Closed);
+        }
+        let r = self.read_frame_inner();
+        self.note(r)
+    }
+
+    fn read_frame_inner(&mut self) -> Result<Option<DataMsg>, TcpError> {
         loop {
             if let Some((_, payload, filled)) = &mut self.payload {
                 while *filled < payload.len() {
@@ -102,7 +116,19 @@ impl DataConn {
 
     /// Reads raw bytes into `buf`; `Ok(0)`: none for now.
     pub fn read_raw(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
-        read_some(&mut self.stream, buf)
+        if self.gone {
+            return Err(TcpError::Closed);
+        }
+        let r = read_some(&mut self.stream, buf);
+        self.note(r)
+    }
+
+    /// Remembers that the connection is gone once an operation found it so.
+    fn note<T>(&mut self, r: Result<T, TcpError>) -> Result<T, TcpError> {
+        if matches!(r, Err(TcpError::Closed | TcpError::Io(_))) {
+            self.gone = true;
+        }
+        r
     }
 
     /// Queues a control frame behind those already queued.
@@ -117,8 +143,12 @@ impl DataConn {
 
     /// Writes queued frames as far as the socket takes them; `Ok(true)` when none are left.
     pub fn flush(&mut self) -> Result<bool, TcpError> {
+        if self.gone {
+            return if self.pending() { Err(TcpError::Closed) } else { Ok(true) };
+        }
         while self.pending() {
-            match write_some(&mut self.stream, &self.out[self.out_pos..])? {
+            let r = write_some(&mut self.stream, &self.out[self.out_pos..]);
+            match self.note(r)? {
                 0 => return Ok(false),
                 n => self.out_pos += n,
             }
@@ -133,7 +163,8 @@ impl DataConn {
         if !self.flush()? {
             return Ok(0);
         }
-        write_some(&mut self.stream, buf)
+        let r = write_some(&mut self.stream, buf);
+        self.note(r)
     }
 
     /// Best effort, for a session's last words: writes what is queued, waiting at most `limit`
@@ -141,16 +172,17 @@ impl DataConn {
     pub fn flush_within(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while let Ok(false) = self.flush() {
-            let mut w = [self.watch(false, true)];
-            if wait(&mut w, Some(deadline)).is_err() || Instant::now() >= deadline {
+            let Some(w) = self.watch(false, true) else { return };
+            if wait(&mut [w], Some(deadline)).is_err() || Instant::now() >= deadline {
                 return;
             }
         }
     }
 
     /// Closes both directions.
-    pub fn close(&self) {
+    pub fn close(&mut self) {
         let _ = self.stream.shutdown(Both::Both);
+        self.gone = true;
     }
 }
 
@@ -268,7 +300,7 @@ mod tests {
             if let Some(m) = conn.read_frame()? {
                 return Ok(m);
             }
-            let mut w = [conn.watch(true, false)];
+            let mut w = [conn.watch(true, false).expect("open")];
             wait(&mut w, Some(Instant::now() + Duration::from_secs(10))).unwrap();
             assert!(w[0].readable, "no frame within 10 s");
         }
