@@ -6,9 +6,8 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
+use common::raw::raw_through_data_leg;
 use common::*;
-use machinaftp::protocol::data::DataMsg;
-use machinaftp::protocol::ret::ReturnMsg;
 
 #[test]
 fn missing_input_file_fails_at_once() {
@@ -325,35 +324,7 @@ fn regression_a_reset_data_connection_does_not_spin_the_server() {
     // reset reported the hang-up at once, every time, and the session burned a whole core.
     let a = tempdir();
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--timeout", "3"]);
-    let addr = format!("127.0.0.1:{}", srv.tcp_port);
-    let zmq_port = srv.zmq_port.clone().unwrap();
-    let token = [0x77u8; 16];
-    let ctx = zmq::Context::new();
-    let dealer = ctx.socket(zmq::DEALER).unwrap();
-    dealer.set_identity(&[&b"B"[..], &token].concat()).unwrap();
-    dealer.set_rcvtimeo(20_000).unwrap();
-    dealer.set_linger(0).unwrap();
-    dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let frame = |s: &mut TcpStream| {
-        let mut head = [0u8; 5];
-        s.read_exact(&mut head).unwrap();
-        let mut payload = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize];
-        s.read_exact(&mut payload).unwrap();
-        DataMsg::decode(head[0], &payload).unwrap()
-    };
-    s.write_all(&DataMsg::Hello { version: 1, token, return_port: 0 }.to_bytes()).unwrap();
-    assert!(matches!(frame(&mut s), DataMsg::Welcome { .. }));
-    dealer.send(ReturnMsg::Hello { version: 1, token }.to_bytes(), 0).unwrap();
-    assert!(matches!(ReturnMsg::decode(&dealer.recv_bytes(0).unwrap()), Ok(ReturnMsg::HelloAck { .. })));
-    s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
-    let DataMsg::Header { size, .. } = frame(&mut s) else { panic!("no header") };
-    s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
-    let mut file = vec![0u8; size as usize];
-    s.read_exact(&mut file).unwrap();
-    assert!(matches!(frame(&mut s), DataMsg::Trailer { .. }));
-    s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
+    let (_client, _, s) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x77; 16]);
     let before = cpu_seconds(srv.proc.child.id());
     // A reset, not a close: linger 0.
     socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO)).unwrap();

@@ -7,107 +7,17 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
 
+use common::raw::*;
 use common::*;
-use machinaftp::integrity::{Digest, Hasher};
-use machinaftp::protocol::data::{DataMsg, FRAME_HEADER_LEN, parse_frame_header};
+use machinaftp::protocol::data::DataMsg;
 use machinaftp::protocol::ret::{FRAME_V1, FRAME_V2, ReturnMsg, Stream};
 use machinaftp::stl::{self, CsvOptions};
 
-fn recv_frame(s: &mut TcpStream) -> DataMsg {
-    let mut head = [0u8; FRAME_HEADER_LEN];
-    s.read_exact(&mut head).unwrap();
-    let (ty, len) = parse_frame_header(&head).unwrap();
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).unwrap();
-    DataMsg::decode(ty, &payload).unwrap()
-}
-
-fn digest_of(bytes: &[u8]) -> Digest {
-    let mut h = Hasher::new();
-    h.update(bytes);
-    h.finish()
-}
-
-struct Fake {
-    dealer: zmq::Socket,
-    _ctx: zmq::Context,
-}
-
-impl Fake {
-    /// A DEALER with the recommended routing id, connected to A's return port.
-    fn connect(zmq_port: &str, token: [u8; 16]) -> Fake {
-        let ctx = zmq::Context::new();
-        let dealer = ctx.socket(zmq::DEALER).unwrap();
-        dealer.set_identity(&[&b"B"[..], &token].concat()).unwrap();
-        dealer.set_rcvtimeo(20_000).unwrap();
-        dealer.set_linger(1000).unwrap();
-        dealer.connect(&format!("tcp://127.0.0.1:{zmq_port}")).unwrap();
-        Fake { dealer, _ctx: ctx }
-    }
-
-    /// Both channels' handshakes in protocol `version`, up to the Header; returns the data
-    /// connection (with `Accept` sent) and the file's size.
-    fn handshake(&self, tcp: &str, token: [u8; 16], version: u16) -> (TcpStream, u64) {
-        let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(&DataMsg::Hello { version, token, return_port: 0 }.to_bytes()).unwrap();
-        assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: v, .. } if v == version));
-        self.send(&ReturnMsg::Hello { version, token });
-        assert!(matches!(self.recv(), ReturnMsg::HelloAck { version: v } if v == version));
-        s.write_all(&DataMsg::Ready.to_bytes()).unwrap();
-        let DataMsg::Header { size, .. } = recv_frame(&mut s) else { panic!("no header") };
-        s.write_all(&DataMsg::Accept.to_bytes()).unwrap();
-        (s, size)
-    }
-
-    fn send(&self, m: &ReturnMsg<'_>) {
-        self.dealer.send(m.to_bytes(), 0).unwrap();
-    }
-
-    fn recv(&self) -> ReturnMsg<'static> {
-        let m = self.dealer.recv_bytes(0).unwrap();
-        // Leak: a test process sends a handful of small frames.
-        ReturnMsg::decode(Box::leak(m.into_boxed_slice())).unwrap()
-    }
-
-    /// Sends `bytes` as `stream` under A's credit, claiming `claimed`, and returns A's Result.
-    fn send_stream(&self, stream: Stream, bytes: &[u8], claimed: &Digest) -> ReturnMsg<'static> {
-        self.send_stream_framed(stream, bytes, claimed, FRAME_V1)
-    }
-
-    fn send_stream_framed(&self, stream: Stream, bytes: &[u8], claimed: &Digest, frame: usize) -> ReturnMsg<'static> {
-        self.send(&ReturnMsg::Offer { stream, size: bytes.len() as u64 });
-        let mut credit = 0u64;
-        let mut offset = 0usize;
-        while offset < bytes.len() {
-            let n = (bytes.len() - offset).min(frame);
-            while credit < n as u64 {
-                match self.recv() {
-                    ReturnMsg::Credit { bytes, .. } => credit += bytes,
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            self.send(&ReturnMsg::Data { stream, offset: offset as u64, payload: &bytes[offset..offset + n] });
-            credit -= n as u64;
-            offset += n;
-        }
-        self.send(&ReturnMsg::End { stream, crc32: claimed.crc32, blake3: claimed.blake3 });
-        loop {
-            match self.recv() {
-                ReturnMsg::Credit { .. } => {}
-                other => return other,
-            }
-        }
-    }
-}
-
 /// Runs one dishonest session against A and returns A's verdicts on the file and the CSV.
 fn dishonest_session(tcp: &str, zmq_port: &str, mesh: &Path, flip_file: bool, flip_csv: bool) -> Vec<String> {
-    let (fake, file) = raw_through_data_leg(tcp, zmq_port, [0x5a; 16]);
+    let (fake, file, _) = raw_through_data_leg(tcp, zmq_port, [0x5a; 16]);
     let honest = digest_of(&file);
     let mut verdicts = Vec::new();
     let mut back = file.clone();
@@ -120,21 +30,26 @@ fn dishonest_session(tcp: &str, zmq_port: &str, mesh: &Path, flip_file: bool, fl
         other => panic!("unexpected {other:?}"),
     }
     if !flip_file {
-        let mut csv = Vec::new();
-        let opts = CsvOptions::default();
-        stl::convert_to(mesh, &mut csv, Path::new("memory"), opts).unwrap();
-        if flip_csv {
-            let at = csv.iter().position(|b| b.is_ascii_digit() && *b != b'9').unwrap();
-            csv[at] += 1;
-        }
-        // Digests that match what is sent, so only A's own knowledge can catch the lie.
-        match fake.send_stream(Stream::Csv, &csv, &digest_of(&csv)) {
-            ReturnMsg::Result { ok, reason, .. } => verdicts.push(format!("csv ok={ok} {reason}")),
-            other => panic!("unexpected {other:?}"),
-        }
-        fake.send(&ReturnMsg::Bye);
+        verdicts.push(send_csv(&fake, mesh, flip_csv, FRAME_V1));
     }
     verdicts
+}
+
+/// Sends the CSV of `mesh` (with one digit changed if `tamper`, and digests that match what is
+/// sent, so only A's own knowledge can catch the lie), then `Bye`; returns A's verdict on it.
+fn send_csv(fake: &RawClient, mesh: &Path, tamper: bool, frame: usize) -> String {
+    let mut csv = Vec::new();
+    stl::convert_to(mesh, &mut csv, Path::new("memory"), CsvOptions::default()).unwrap();
+    if tamper {
+        let at = csv.iter().position(|b| b.is_ascii_digit() && *b != b'9').unwrap();
+        csv[at] += 1;
+    }
+    let verdict = match fake.send_stream_framed(Stream::Csv, &csv, &digest_of(&csv), frame) {
+        ReturnMsg::Result { ok, reason, .. } => format!("csv ok={ok} {reason}"),
+        other => panic!("unexpected {other:?}"),
+    };
+    fake.send(&ReturnMsg::Bye);
+    verdict
 }
 
 #[test]
@@ -178,17 +93,6 @@ fn honest_raw_client_is_accepted() {
     assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("output.csv")));
 }
 
-/// Connects a raw client and completes the data leg; returns the DEALER for the return leg.
-fn raw_through_data_leg(tcp: &str, zmq_port: &str, token: [u8; 16]) -> (Fake, Vec<u8>) {
-    let fake = Fake::connect(zmq_port, token);
-    let (mut s, size) = fake.handshake(tcp, token, 1);
-    let mut file = vec![0u8; size as usize];
-    s.read_exact(&mut file).unwrap();
-    assert!(matches!(recv_frame(&mut s), DataMsg::Trailer { .. }));
-    s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
-    (fake, file)
-}
-
 #[test]
 fn regression_overflowing_offset_neither_panics_nor_leaks_a_client_slot() {
     // Data at offset u64::MAX once overflowed an addition and killed the worker without giving
@@ -196,7 +100,7 @@ fn regression_overflowing_offset_neither_panics_nor_leaks_a_client_slot() {
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--max-clients", "1"]);
-    let (fake, file) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x33; 16]);
+    let (fake, file, _) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x33; 16]);
     fake.send(&ReturnMsg::Offer { stream: Stream::File, size: file.len() as u64 });
     assert!(matches!(fake.recv(), ReturnMsg::Credit { .. }));
     fake.send(&ReturnMsg::Data { stream: Stream::File, offset: u64::MAX, payload: b"x" });
@@ -218,7 +122,7 @@ fn regression_wrong_size_offer_gets_its_verdict_not_a_timeout() {
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
-    let (fake, file) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x44; 16]);
+    let (fake, file, _) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x44; 16]);
     fake.send(&ReturnMsg::Offer { stream: Stream::File, size: file.len() as u64 + 1 });
     match fake.recv() {
         ReturnMsg::Result { ok: false, reason, .. } => assert!(reason.contains("offers 714885 bytes"), "{reason}"),
@@ -232,7 +136,7 @@ fn regression_wrong_size_offer_gets_its_verdict_not_a_timeout() {
 /// CSV. `flip` corrupts one returned byte (the claimed digests stay honest). Returns A's verdicts.
 fn v2_session(tcp: &str, zmq_port: &str, mesh: &Path, flip: Option<usize>) -> Vec<String> {
     let token = [0x62; 16];
-    let fake = Fake::connect(zmq_port, token);
+    let fake = RawClient::connect(zmq_port, token);
     let (mut s, size) = fake.handshake(tcp, token, 2);
     // The return of stream 0 is offered by the Header; A grants its window at once.
     let mut credit = match fake.recv() {
@@ -284,13 +188,7 @@ fn v2_session(tcp: &str, zmq_port: &str, mesh: &Path, flip: Option<usize>) -> Ve
         }
     }
     if flip.is_none() {
-        let mut csv = Vec::new();
-        stl::convert_to(mesh, &mut csv, Path::new("memory"), CsvOptions::default()).unwrap();
-        match fake.send_stream_framed(Stream::Csv, &csv, &digest_of(&csv), FRAME_V2) {
-            ReturnMsg::Result { ok, reason, .. } => verdicts.push(format!("csv ok={ok} {reason}")),
-            other => panic!("unexpected {other:?}"),
-        }
-        fake.send(&ReturnMsg::Bye);
+        verdicts.push(send_csv(&fake, mesh, false, FRAME_V2));
     }
     verdicts
 }

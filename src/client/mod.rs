@@ -131,7 +131,7 @@ impl Driver<'_> {
     fn run(&mut self) -> std::result::Result<ClientOutcome, Failure> {
         self.act();
         while self.done.is_none() {
-            let read_tcp = self.machine.reads_data() && (!self.machine.in_raw() || self.may_read_raw());
+            let read_tcp = self.machine.reads_data() && (!self.machine.in_raw() || self.raw_budget() > 0);
             let mut w = vec![
                 Watch::fd(self.shutdown.fd(), true, false),
                 Watch::fd(self.waker.fd(), true, false),
@@ -189,8 +189,8 @@ impl Driver<'_> {
                 }
                 continue;
             }
-            let budget = self.machine.raw_budget();
-            if budget == 0 || !self.may_read_raw() {
+            let budget = self.raw_budget();
+            if budget == 0 {
                 return;
             }
             let (size, received) = (self.size, self.received);
@@ -227,11 +227,11 @@ impl Driver<'_> {
         }
     }
 
-    /// Whether more raw bytes may be read: the machine's budget counts frames handed to the
-    /// return channel as gone, so frames still queued in our own outbox (a server granting a huge
-    /// credit, a slow link) must stop the reading too, or they would pile up without bound.
-    fn may_read_raw(&self) -> bool {
-        self.machine.raw_budget() > 0 && self.ret.queued_frames() < PENDING_FRAMES as usize
+    /// Raw bytes that may be read now: the machine's budget counts frames handed to the return
+    /// channel as gone, so frames still queued in our own outbox (a server granting a huge credit,
+    /// a slow link) stop the reading too, or they would pile up without bound.
+    fn raw_budget(&self) -> u64 {
+        if self.ret.queued_frames() >= PENDING_FRAMES as usize { 0 } else { self.machine.raw_budget() }
     }
 
     fn read_return(&mut self, now: Instant) {

@@ -331,13 +331,7 @@ fn same_file(served: &Path, out: &Path) -> bool {
 
 /// Fails early, with the path, if the file cannot be served: the Python version hung instead.
 fn check_input(path: &Path) -> Result<()> {
-    let input = |source| Error::Input { path: path.to_path_buf(), source };
-    let meta = std::fs::metadata(path).map_err(input)?;
-    if !meta.is_file() {
-        return Err(input(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
-    }
-    std::fs::File::open(path).map_err(input)?;
-    Ok(())
+    session::open_source(path).map(drop).map_err(|source| Error::Input { path: path.to_path_buf(), source })
 }
 
 fn refuse_busy(stream: TcpStream, why: String) {

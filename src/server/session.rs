@@ -309,9 +309,6 @@ impl Driver<'_> {
     /// Carries out what the machine asks for; `payload` is the `Data` frame just handled.
     fn act(&mut self, payload: Option<&[u8]>) {
         while let Some(action) = self.machine.poll_action() {
-            if self.machine.greeted() {
-                self.greeted.store(true, Ordering::SeqCst);
-            }
             let now = Instant::now();
             let cfg = &self.shared.cfg;
             match action {
@@ -328,6 +325,7 @@ impl Driver<'_> {
                     }
                 }
                 ServerAction::Register { token, return_port } => {
+                    self.greeted.store(true, Ordering::SeqCst);
                     debug!(session = %hex(&token[..4]), return_port, version = self.machine.version(), "client hello");
                     let input = match self.shared.hub.register(token, return_port, &self.shared.stop) {
                         Ok(link) => {
@@ -425,6 +423,8 @@ impl Driver<'_> {
                     self.conn.close();
                 }
                 ServerAction::Finish(result) => {
+                    // A greeting that failed before registering (no return port) still counts.
+                    self.greeted.fetch_or(self.machine.greeted(), Ordering::SeqCst);
                     if let Ok(o) = &result {
                         info!(
                             version = o.version, data = %units::duration(o.data_time), ret = %units::duration(o.return_time),
@@ -438,7 +438,8 @@ impl Driver<'_> {
     }
 }
 
-fn open_source(path: &std::path::Path) -> io::Result<(File, std::fs::Metadata)> {
+/// Opens the served file, which must be a regular file.
+pub(super) fn open_source(path: &std::path::Path) -> io::Result<(File, std::fs::Metadata)> {
     let file = File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {

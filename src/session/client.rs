@@ -14,7 +14,7 @@ use crate::protocol::{DecodeError, Token, VERSION};
 use super::failure::{CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
 use super::streams::Outgoing;
 use super::timers::{Due, Timers};
-use super::{ABORT_GRACE, Milestone, PENDING_FRAMES, wire_code};
+use super::{ABORT_GRACE, FileDone, Milestone, PENDING_FRAMES, wire_code};
 
 /// What B's machine needs to know.
 #[derive(Debug, Clone)]
@@ -201,7 +201,7 @@ pub struct ClientSession {
     ret_up: bool,
     data_open: bool,
     csv: Option<CsvReady>,
-    file: Option<(String, Digest, Duration, Duration)>,
+    file: Option<FileDone>,
     pending: Option<Failure>,
 }
 
@@ -470,7 +470,7 @@ impl ClientSession {
                 };
                 let DataState::Verified(digest) = t.data else { unreachable!("End follows the verdict") };
                 let return_time = t.ret_started.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-                self.file = Some((t.name, digest, t.data_time, return_time));
+                self.file = Some(FileDone { name: t.name, digest, data_time: t.data_time, return_time });
                 self.actions.push_back(ClientAction::Milestone(Milestone::ReturnLeg { digest }));
                 match self.csv.take() {
                     Some(ready) => self.csv_ready(now, ready),
@@ -584,7 +584,7 @@ impl ClientSession {
     }
 
     fn finish_ok(&mut self, csv: CsvReturned) {
-        let Some((name, digest, data_time, return_time)) = self.file.take() else { return };
+        let Some(FileDone { name, digest, data_time, return_time }) = self.file.take() else { return };
         self.state = State::Done;
         self.actions.push_back(ClientAction::CloseData);
         self.actions.push_back(ClientAction::Finish(Ok(ClientOutcome { name, digest, data_time, return_time, csv })));

@@ -75,6 +75,15 @@ pub enum ExpectedCsv {
     Unknown(String),
 }
 
+/// What an outcome keeps of the file's round trip, once its return is verified.
+#[derive(Debug)]
+struct FileDone {
+    name: String,
+    digest: Digest,
+    data_time: Duration,
+    return_time: Duration,
+}
+
 /// The data channel's `Error` code that describes `f` to the peer.
 fn wire_code(f: &Failure) -> ErrorCode {
     match f {

@@ -12,7 +12,7 @@ use crate::protocol::{DecodeError, MIN_VERSION, Token, VERSION};
 use super::failure::{CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
 use super::streams::Incoming;
 use super::timers::{Due, Timers};
-use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, Milestone, WINDOW_V1, wire_code};
+use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, FileDone, Milestone, WINDOW_V1, wire_code};
 
 /// What A's machine needs to know of its configuration.
 #[derive(Debug, Clone)]
@@ -199,15 +199,6 @@ enum CsvState {
     Checking { got: Digest, claimed: Digest },
     /// Verified; being renamed into place.
     Committing(Digest),
-}
-
-/// What the outcome keeps of the file's round trip.
-#[derive(Debug)]
-struct FileDone {
-    name: String,
-    digest: Digest,
-    data_time: Duration,
-    return_time: Duration,
 }
 
 /// A's session with one client.
@@ -458,7 +449,7 @@ impl ServerSession {
                 t.data_started = now;
                 if self.version >= 2 {
                     // Version 2: the file comes back while it goes out, under a window granted now.
-                    let window = self.params.window;
+                    let window = self.window();
                     t.ret = Some(Incoming::new(t.size, frame_size(self.version)));
                     t.ret_started = now;
                     self.actions.push_back(ServerAction::OpenSink(Stream::File));
@@ -524,32 +515,25 @@ impl ServerSession {
                 self.actions.push_back(ServerAction::OpenSink(Stream::File));
                 self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes: WINDOW_V1 });
             }
-            (State::Transfer(t), ReturnMsg::Data { stream: Stream::File, offset, payload })
-                if t.ret.is_some() && t.claimed.is_none() =>
-            {
-                let ret = t.ret.as_mut().expect("checked");
-                match ret.accept(offset, payload.len() as u64) {
-                    Ok(()) => {
-                        self.actions.push_back(ServerAction::Write(Stream::File));
-                        let bytes = payload.len() as u64;
-                        self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes });
-                    }
-                    Err(v) => self.protocol(v),
+            (State::Transfer(t), ReturnMsg::Data { stream: Stream::File, offset, payload }) if t.claimed.is_none() => {
+                if let Some(ret) = &mut t.ret {
+                    let taken = ret.accept(offset, payload.len() as u64).map(|()| payload.len() as u64);
+                    self.take_frame(Stream::File, taken);
+                } else {
+                    self.unexpected(got);
                 }
             }
-            (State::Transfer(t), ReturnMsg::End { stream: Stream::File, crc32, blake3 })
-                if t.ret.is_some() && t.claimed.is_none() =>
-            {
-                let ret = t.ret.as_ref().expect("checked");
-                if !ret.complete() {
-                    let v = Violation::EarlyEnd { received: ret.received(), size: ret.size };
-                    self.protocol(v);
-                    return;
-                }
-                t.claimed = Some(Digest { size: ret.size, crc32, blake3 });
-                // The channels are independent: End may overtake the Verdict.
-                if t.verdict {
-                    self.check_return();
+            (State::Transfer(t), ReturnMsg::End { stream: Stream::File, crc32, blake3 }) if t.claimed.is_none() => {
+                let Some(ret) = &t.ret else { return self.unexpected(got) };
+                match ret.end() {
+                    Ok(_) => {
+                        t.claimed = Some(Digest { size: ret.size, crc32, blake3 });
+                        // The channels are independent: End may overtake the Verdict.
+                        if t.verdict {
+                            self.check_return();
+                        }
+                    }
+                    Err(v) => self.protocol(v),
                 }
             }
             (State::Csv(CsvState::Offer), ReturnMsg::Offer { stream: Stream::Csv, size }) => {
@@ -569,22 +553,14 @@ impl ServerSession {
                 self.send_ret(ReturnMsg::Credit { stream: Stream::Csv, bytes: window });
             }
             (State::Csv(CsvState::Receiving(r)), ReturnMsg::Data { stream: Stream::Csv, offset, payload }) => {
-                match r.accept(offset, payload.len() as u64) {
-                    Ok(()) => {
-                        self.actions.push_back(ServerAction::Write(Stream::Csv));
-                        let bytes = payload.len() as u64;
-                        self.send_ret(ReturnMsg::Credit { stream: Stream::Csv, bytes });
-                    }
-                    Err(v) => self.protocol(v),
-                }
+                let taken = r.accept(offset, payload.len() as u64).map(|()| payload.len() as u64);
+                self.take_frame(Stream::Csv, taken);
             }
             (State::Csv(CsvState::Receiving(r)), ReturnMsg::End { stream: Stream::Csv, crc32, blake3 }) => {
-                if !r.complete() {
-                    let v = Violation::EarlyEnd { received: r.received(), size: r.size };
-                    self.protocol(v);
-                    return;
-                }
-                let got = r.digest();
+                let got = match r.end() {
+                    Ok(got) => got,
+                    Err(v) => return self.protocol(v),
+                };
                 let claimed = Digest { size: r.size, crc32, blake3 };
                 if self.expected.is_some() {
                     self.check_csv(now, got, claimed);
@@ -613,6 +589,18 @@ impl ServerSession {
             // Credits and chatter after the last verdict do not matter.
             (State::Bye(_), _) => {}
             _ => self.unexpected(got),
+        }
+    }
+
+    /// A `Data` frame of `stream` passed its checks (its length) or broke a rule: the driver writes
+    /// it and its length is granted back, or the session ends.
+    fn take_frame(&mut self, stream: Stream, taken: Result<u64, Violation>) {
+        match taken {
+            Ok(bytes) => {
+                self.actions.push_back(ServerAction::Write(stream));
+                self.send_ret(ReturnMsg::Credit { stream, bytes });
+            }
+            Err(v) => self.protocol(v),
         }
     }
 

@@ -106,6 +106,14 @@ impl Incoming {
         self.received == self.size
     }
 
+    /// The stream's `End` came: every byte must be in; then the digest of what arrived.
+    pub(crate) fn end(&self) -> Result<Digest, Violation> {
+        if !self.complete() {
+            return Err(Violation::EarlyEnd { received: self.received, size: self.size });
+        }
+        Ok(self.digest())
+    }
+
     /// The digest of what was hashed: it equals the stream's only if every byte was.
     pub(crate) fn digest(&self) -> Digest {
         self.hasher.finish()
