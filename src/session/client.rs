@@ -628,8 +628,10 @@ impl ClientSession {
         if self.is_done() {
             return;
         }
-        // Frames still queued are sent (a Verdict or Refuse explains the end); other work is moot.
-        self.actions.retain(|a| matches!(a, ClientAction::SendData(_) | ClientAction::SendRet(_)));
+        // Frames still queued are sent (a Verdict or Refuse explains the end), and milestones
+        // reached stay reached; other work is moot.
+        self.actions
+            .retain(|a| matches!(a, ClientAction::SendData(_) | ClientAction::SendRet(_) | ClientAction::Milestone(_)));
         if tell {
             let reason = format!("client: {}", f.chain());
             if self.data_open {

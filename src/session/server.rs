@@ -780,8 +780,9 @@ impl ServerSession {
         if self.is_done() {
             return;
         }
-        // What was queued for a session that is over goes nowhere.
-        self.actions.retain(|a| matches!(a, ServerAction::SendData(_) | ServerAction::SendRet(_)));
+        // Frames queued still go out and milestones reached stay reached; other work is moot.
+        self.actions
+            .retain(|a| matches!(a, ServerAction::SendData(_) | ServerAction::SendRet(_) | ServerAction::Milestone(_)));
         if !f.peer_knows() {
             let reason = match &f {
                 Failure::Interrupted => "the server is shutting down; try again later".to_owned(),

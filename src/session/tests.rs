@@ -1149,6 +1149,22 @@ fn v2_csv_follows_the_files_result() {
 }
 
 #[test]
+fn regression_a_csv_failure_known_before_the_files_verdict_keeps_that_verdict() {
+    // The conversion of an invalid STL failed while the file was still on its way back; when A's
+    // verdict on the file came, the machine finished with the CSV's failure in the same step and
+    // dropped the file's milestone with the other queued work: no `Done! - TX`.
+    let (mut b, t) = client_waiting_for_file_result(100);
+    let bad = "line 91: the loop of facet 13 has more than 3 vertices".to_owned();
+    b.handle(t, ClientInput::CsvFailed(Failure::Csv(CsvFailure::ClientCouldNot(bad))));
+    assert!(drain_b(&mut b).is_empty(), "kept until the file's verdict");
+    b.handle(t, ClientInput::Ret(ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() }));
+    let acts = drain_b(&mut b);
+    assert!(acts.iter().any(|a| matches!(a, ClientAction::Milestone(Milestone::ReturnLeg { .. }))), "{acts:?}");
+    assert!(matches!(failure_b(&acts), Failure::Csv(_)));
+    assert!(matches!(sent_ret_b(&acts)[..], [ReturnMsg::Skip { failed: true, .. }, ReturnMsg::Bye]), "{acts:?}");
+}
+
+#[test]
 fn version_1_session_runs_unchanged_against_the_server() {
     // A client written from the version-1 text: the file back only after the verdict, in
     // 256 KiB frames under a 2 MiB window, then the CSV.
