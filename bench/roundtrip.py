@@ -27,6 +27,8 @@ import tempfile
 import time
 
 BIN = os.path.abspath(os.environ.get("BIN", "target/release/machinaftp"))
+# Another build to compare with, run alternately with BIN in the latency benchmark (e.g. main's).
+BASELINE = os.environ.get("BASELINE")
 TIME = "/usr/bin/time"
 HERE = os.path.dirname(os.path.abspath(__file__))
 MESH = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "cad_mesh.stl"))
@@ -111,16 +113,17 @@ def run_socat(src, work, a_host="127.0.0.1", b_host="127.0.0.1", ns_a=None, ns_b
     return t, cpu1 + cpu2, max(a1, a2), max(b1, b2)
 
 
-def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port="0", rss=True):
+def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port="0", rss=True, bin=None):
+    bin = bin or BIN
     a_dir, b_dir = f"{work}/ma", f"{work}/mb"
     fresh(a_dir, b_dir)
-    srv = Timed([BIN, "-s", "-f", src, "-H", host, "-p", port, "--once", "-q", "--output", f"{a_dir}/returned.bin",
+    srv = Timed([bin, "-s", "-f", src, "-H", host, "-p", port, "--once", "-q", "--output", f"{a_dir}/returned.bin",
                  *extra_a], work, "a", ns=ns_a, rss=rss, stdout=subprocess.PIPE, text=True, cwd=a_dir)
     ready = srv.p.stdout.readline().split()
     tcp = ready[1].rsplit(":", 1)[1]
     zmq = ready[2].rsplit(":", 1)[1]
     t0 = time.perf_counter()
-    cli = Timed([BIN, "-c", "-f", f"{b_dir}/copy.bin", "-H", host, "-p", tcp, "--zmq-port", zmq, "-q"], work, "b",
+    cli = Timed([bin, "-c", "-f", f"{b_dir}/copy.bin", "-H", host, "-p", tcp, "--zmq-port", zmq, "-q"], work, "b",
                 ns=ns_b, rss=rss, stdout=subprocess.DEVNULL, cwd=b_dir)
     rc_b, cpu_b, rss_b = cli.wait()
     srv.p.stdout.read()
@@ -188,18 +191,27 @@ def bench_loopback(size_mib=1024, runs=5):
 
 def bench_latency(runs=31):
     work = workdir(64)
+    builds = [("machinaftp", BIN)] + ([("baseline " + BASELINE, os.path.abspath(BASELINE))] if BASELINE else [])
     try:
-        times = []
+        times = {name: [] for name, _ in builds}
         for i in range(runs):
-            t, cpu, ra, rb = run_ours(MESH, work, rss=False)
-            times.append((t, cpu))
-        t = statistics.median(x[0] for x in times)
-        cpu = statistics.median(x[1] for x in times)
-        lo, hi = min(x[0] for x in times), max(x[0] for x in times)
-        print(f"\ncad_mesh.stl round trip (714,884 bytes + its 1.5 MB CSV), B's start to both exits, {runs} runs")
-        print(f"  median {t * 1000:.1f} ms (min {lo * 1000:.1f}, max {hi * 1000:.1f}), CPU {cpu * 1000:.0f} ms "
-              f"(target <= 15 ms)")
-        return t
+            for name, path in builds:
+                t, cpu, ra, rb = run_ours(MESH, work, rss=False, bin=path)
+                times[name].append((t, cpu))
+        print(f"\ncad_mesh.stl round trip (714,884 bytes + its 1.5 MB CSV), B's start to both exits, {runs} runs"
+              + (", alternating" if BASELINE else ""))
+        for name, _ in builds:
+            ts = times[name]
+            t = statistics.median(x[0] for x in ts)
+            cpu = statistics.median(x[1] for x in ts)
+            lo, hi = min(x[0] for x in ts), max(x[0] for x in ts)
+            print(f"  {name}: median {t * 1000:.1f} ms (min {lo * 1000:.1f}, max {hi * 1000:.1f}), "
+                  f"CPU {cpu * 1000:.0f} ms (target <= 15 ms)")
+        if BASELINE:
+            ratio = statistics.median(x[0] for x in times["machinaftp"]) / statistics.median(
+                x[0] for x in times[builds[1][0]])
+            print(f"  ratio machinaftp / baseline: {ratio:.2f}x")
+        return statistics.median(x[0] for x in times["machinaftp"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,6 +35,11 @@ impl StagedFile {
         self.tmp.as_file_mut()
     }
 
+    /// The open temporary file, for reading.
+    pub fn file_ref(&self) -> &File {
+        self.tmp.as_file()
+    }
+
     /// The temporary file's path, for messages.
     pub fn temp_path(&self) -> &Path {
         self.tmp.path()

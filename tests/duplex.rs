@@ -20,7 +20,11 @@ const SIZE: u64 = 20_000_000;
 fn through_relays(a: &Path, flip: Option<(Way, u64)>, on_return: bool) -> (Server, Relay, Relay) {
     let big = a.join("big.bin");
     write_random(&big, SIZE, 11);
-    let srv = Server::start(a, &big, &["--once", "--output", "returned.bin"]);
+    serve_through_relays(a, &big, flip, on_return)
+}
+
+fn serve_through_relays(a: &Path, big: &Path, flip: Option<(Way, u64)>, on_return: bool) -> (Server, Relay, Relay) {
+    let srv = Server::start(a, big, &["--once", "--output", "returned.bin"]);
     let target = |p: &str| SocketAddr::from(([127, 0, 0, 1], p.parse().unwrap()));
     let zmq = srv.zmq_port.clone().unwrap();
     let (data_flip, ret_flip) = if on_return { (None, flip) } else { (flip, None) };
@@ -59,6 +63,25 @@ fn corrupted_byte_on_the_data_leg_while_both_legs_run() {
     assert!(s.stderr.contains("checksum mismatch on the data leg"), "A is told: {s:?}");
     assert_eq!(files_in(b.path()), ["client.log"], "B keeps no corrupted copy");
     assert_eq!(files_in(a.path()), ["big.bin", "server.log"], "A saves nothing of what came back");
+}
+
+#[test]
+fn an_stl_corrupted_on_the_data_leg_leaves_no_csv_either() {
+    // B converts an STL while it still arrives: the CSV staged from unverified bytes must go
+    // with the copy when the data leg fails.
+    let (a, b) = (tempdir(), tempdir());
+    let big = a.path().join("big.bin");
+    let facets: u32 = 400_000;
+    write_random(&big, 84 + 50 * u64::from(facets), 12);
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &facets.to_le_bytes(), 80).unwrap();
+    drop(f);
+    let (srv, data, ret) = serve_through_relays(a.path(), &big, Some((Way::Down, 15_000_000)), false);
+    let out = client_through(b.path(), &data, &ret);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("checksum mismatch on the data leg"), "{out:?}");
+    assert_eq!(srv.proc.finish().code(), Some(1));
+    assert_eq!(files_in(b.path()), ["client.log"], "B keeps neither a copy nor a CSV");
 }
 
 #[test]

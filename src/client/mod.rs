@@ -7,7 +7,7 @@ mod csv;
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,8 @@ use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{Token, VERSION, hex};
 use crate::report::{ClientEvent, ClientReport, Reporter};
 use crate::session::{
-    ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvReturned, Failure, LocalFailure,
-    Milestone, PENDING_FRAMES,
+    ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvFailure, CsvReturned, Failure,
+    LocalFailure, Milestone, PENDING_FRAMES,
 };
 use crate::shutdown::Shutdown;
 use crate::transport::poll::{Watch, wait};
@@ -87,6 +87,8 @@ pub fn run(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> 
         filling: None,
         pending: VecDeque::new(),
         csv_job: None,
+        csv_ready: None,
+        csv_wanted: false,
         csv_file: None,
         done: None,
     };
@@ -122,7 +124,13 @@ struct Driver<'a> {
     filling: Option<Chunk>,
     /// Frames saved and waiting for credit to go back.
     pending: VecDeque<Chunk>,
+    /// The conversion, running from the moment the copy is staged.
     csv_job: Option<csv::Job>,
+    /// Its result, kept until the machine asks for the CSV (the file is verified by then).
+    csv_ready: Option<csv::Outcome>,
+    /// The machine asked for the CSV.
+    csv_wanted: bool,
+    /// The landed CSV, read from to send it.
     csv_file: Option<File>,
     done: Option<std::result::Result<ClientOutcome, Failure>>,
 }
@@ -211,11 +219,14 @@ impl Driver<'_> {
             // Hashed and saved while the piece is still in the cache; it goes back whole, as
             // one frame, once the frame is full.
             self.machine.handle(now, ClientInput::Raw(piece));
-            if let Some(staged) = self.staged.as_mut()
-                && let Err(source) = staged.file().write_all(piece)
-            {
-                let path = staged.temp_path().to_path_buf();
-                return self.feed(now, ClientInput::Local(LocalFailure::Output { path, source }));
+            if let Some(staged) = self.staged.as_mut() {
+                if let Err(source) = staged.file().write_all(piece) {
+                    let path = staged.temp_path().to_path_buf();
+                    return self.feed(now, ClientInput::Local(LocalFailure::Output { path, source }));
+                }
+                if let Some(job) = &self.csv_job {
+                    job.written(piece.len() as u64);
+                }
             }
             if chunk.is_full() {
                 let chunk = self.filling.take().expect("filled above");
@@ -273,7 +284,30 @@ impl Driver<'_> {
         if let Some(job) = self.csv_job.take() {
             job.stop();
         }
-        self.feed(now, result);
+        self.csv_ready = Some(result);
+        if let Some(input) = self.land_csv() {
+            self.feed(now, input);
+        }
+    }
+
+    /// Once the machine wants the CSV and the converter is done: lands the staged CSV and says
+    /// what the machine is to hear.
+    fn land_csv(&mut self) -> Option<ClientInput<'static>> {
+        if !self.csv_wanted {
+            return None;
+        }
+        let (input, staged) = self.csv_ready.take()?;
+        let Some(staged) = staged else { return Some(input) };
+        let path = staged.dest().to_path_buf();
+        let landed = staged.commit().and_then(|mut f| f.rewind().map(|()| f));
+        Some(match landed {
+            Ok(file) => {
+                info!(csv = %path.display(), "CSV saved");
+                self.csv_file = Some(file);
+                input
+            }
+            Err(source) => ClientInput::CsvFailed(Failure::Local(LocalFailure::Output { path, source })),
+        })
     }
 
     /// Carries out what the machine asks for.
@@ -315,6 +349,15 @@ impl Driver<'_> {
                     let input = match self.prepare(size) {
                         Ok(staged) => {
                             debug!(temp = %staged.temp_path().display(), "output staged");
+                            if let Some(csv) = &self.cfg.csv {
+                                match csv::Job::start(&staged, size, csv, self.waker.handle()) {
+                                    Ok(job) => self.csv_job = Some(job),
+                                    Err(source) => {
+                                        let f = Failure::Local(LocalFailure::Output { path: csv.clone(), source });
+                                        self.csv_ready = Some((ClientInput::CsvFailed(f), None));
+                                    }
+                                }
+                            }
                             self.staged = Some(staged);
                             ClientInput::OutputReady
                         }
@@ -349,16 +392,21 @@ impl Driver<'_> {
                     };
                     self.machine.handle(now, input);
                 }
-                ClientAction::MakeCsv => match &self.cfg.csv {
-                    None => self.machine.handle(now, ClientInput::CsvNone("disabled with --no-csv".into())),
-                    Some(path) => match csv::Job::start(&self.cfg.out, path, self.waker.handle()) {
-                        Ok(job) => self.csv_job = Some(job),
-                        Err(source) => {
-                            let f = Failure::Local(LocalFailure::Output { path: path.clone(), source });
-                            self.machine.handle(now, ClientInput::CsvFailed(f));
-                        }
-                    },
-                },
+                ClientAction::MakeCsv => {
+                    self.csv_wanted = true;
+                    let input = match (&self.cfg.csv, &self.csv_job, &self.csv_ready) {
+                        (None, _, _) => Some(ClientInput::CsvNone("disabled with --no-csv".into())),
+                        // Still converting: its result lands it.
+                        (Some(_), Some(_), _) => None,
+                        (Some(_), None, Some(_)) => self.land_csv(),
+                        (Some(_), None, None) => Some(ClientInput::CsvFailed(Failure::Csv(
+                            CsvFailure::ClientCouldNot("the converter never started".into()),
+                        ))),
+                    };
+                    if let Some(input) = input {
+                        self.machine.handle(now, input);
+                    }
+                }
                 ClientAction::Milestone(Milestone::DataLeg { digest }) => {
                     info!(
                         bytes = digest.size, crc32 = digest.crc32, blake3 = %digest.blake3_hex(), "data leg received"

@@ -239,18 +239,31 @@ pub fn convert_stoppable(
     opts: CsvOptions,
     stop: &AtomicBool,
 ) -> Result<Converted, ConvertError> {
+    let (converted, staged) = convert_staged(open_input(input)?, input, output, opts, stop)?;
+    staged.commit().map_err(|source| ConvertError::Write { path: output.to_path_buf(), source })?;
+    Ok(converted)
+}
+
+/// Converts the STL read from `r` (named `input` in messages, read from its start) to a CSV
+/// staged beside `output` and returns it uncommitted: the caller decides whether it lands (B
+/// converts while the file still arrives and keeps the CSV only if the file is verified).
+pub fn convert_staged<R: Read + Seek>(
+    mut r: R,
+    input: &Path,
+    output: &Path,
+    opts: CsvOptions,
+    stop: &AtomicBool,
+) -> Result<(Converted, StagedFile), ConvertError> {
     // Classify the input before any output exists: "not STL" must not depend on whether the
     // output's directory is writable.
-    let mut file = open_input(input)?;
-    detect(&mut file).map_err(|source| ConvertError::Stl { path: input.to_path_buf(), source })?;
+    detect(&mut r).map_err(|source| ConvertError::Stl { path: input.to_path_buf(), source })?;
     let write_err = |source| ConvertError::Write { path: output.to_path_buf(), source };
     let mut staged = StagedFile::create(output).map_err(write_err)?;
     let (read, csv) = {
         let out = BufWriter::with_capacity(1 << 16, staged.file());
-        convert_open(file, input, out, output, opts, stop)?
+        convert_open(r, input, out, output, opts, stop)?
     };
-    staged.commit().map_err(write_err)?;
-    Ok(Converted { read, csv })
+    Ok((Converted { read, csv }, staged))
 }
 
 /// Converts the STL at `input`, writing CSV to `out` (called `out_name` in messages).
@@ -306,8 +319,8 @@ impl<R: Seek> Seek for StopReader<'_, R> {
 }
 
 /// Converts the already opened `file` (named `input` in messages; read from its start).
-fn convert_open<W: io::Write>(
-    file: File,
+fn convert_open<R: Read + Seek, W: io::Write>(
+    file: R,
     input: &Path,
     out: W,
     out_name: &Path,

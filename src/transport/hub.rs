@@ -629,6 +629,12 @@ mod tests {
             frame.resize(DATA_HEADER_LEN + (64 << 10), 7);
             dealer.send(frame, 0).unwrap();
         }
+        // The session takes nothing until the hub has handled all forty: a Hello for an unknown
+        // token, sent after them on the same connection, is answered only then.
+        dealer.send(ReturnMsg::Hello { version: 2, token: [4u8; 16] }.to_bytes(), 0).unwrap();
+        dealer.set_rcvtimeo(20_000).unwrap();
+        let answer = dealer.recv_bytes(0).expect("the hub answers the unknown token");
+        assert!(matches!(ReturnMsg::decode(&answer), Ok(ReturnMsg::Abort { .. })), "{answer:?}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let (mut frames, mut flooded) = (0, false);
         while !flooded && Instant::now() < deadline {
