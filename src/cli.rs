@@ -89,9 +89,19 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
 
-    /// Server: clients served at once; further clients are told the server is busy
+    /// Server: clients served at once; further clients wait in line (--queue)
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_clients: u64,
+
+    /// Server: clients that may wait in line, in arrival order, while every slot is taken; beyond
+    /// that a client is told the server is busy (0: at once)
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=4096))]
+    pub queue: u64,
+
+    /// Client: how long to keep trying a server that is busy with a full line, waiting longer
+    /// after each try (0: give up at once)
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub busy_wait: u64,
 
     /// Server: cap the data channel's rate, in bytes per second (K, M, G are 1024-based: 10M = 10 MiB/s)
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -215,6 +225,7 @@ impl Cli {
                     csv_output,
                     once: self.once,
                     max_clients: self.max_clients as usize,
+                    queue: self.queue as usize,
                     timeout,
                     rate_limit: self.rate_limit,
                 },
@@ -263,6 +274,7 @@ impl Cli {
                     zmq_port,
                     zmq_mode: self.zmq_mode,
                     timeout,
+                    busy_wait: Duration::from_secs(self.busy_wait),
                     csv,
                 },
                 log,

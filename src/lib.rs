@@ -27,7 +27,8 @@
 //!   [`transport::pool`] (B's frame buffers, handed to ZeroMQ without copying), and one wait over
 //!   all of them ([`transport::poll`]).
 //! - [`server`] (process A) and [`client`] (process B): drivers that run the machines over real
-//!   sockets and staged files, and A's accept loop and digest cache.
+//!   sockets and staged files, and A's accept loop, admission (Hello deadline, waiting line) and
+//!   digest cache.
 //! - [`report`]: results as values; the binary prints them ([`report::Text`]).
 //! - [`integrity`]: CRC-32 and BLAKE3 computed while streaming; [`files`]: temporary file then
 //!   rename, so nothing half-written is ever left; [`stl`]: STL meshes and their vertex CSV.

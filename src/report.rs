@@ -62,6 +62,10 @@ pub enum ClientEvent {
     DataLegDone,
     /// The server verified the returned copy (`Done! - TX`).
     ReturnLegDone,
+    /// The server's client slots are taken; B waits in its line at this place (1 = next).
+    Queued(u32),
+    /// The server was busy with a full line; B tries again after this long.
+    Retrying(std::time::Duration),
 }
 
 /// Where results go. Called from session threads; implementations must not fail loudly (a
@@ -164,9 +168,21 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
     }
 
     fn client(&self, event: ClientEvent) {
-        self.line(match event {
-            ClientEvent::DataLegDone => "Done! - RX",
-            ClientEvent::ReturnLegDone => "Done! - TX",
-        });
+        // Waiting is news for the person at the terminal, not a result: stderr, so stdout keeps
+        // only the lines scripts read.
+        let note = |line: String| {
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+        };
+        match event {
+            ClientEvent::DataLegDone => self.line("Done! - RX"),
+            ClientEvent::ReturnLegDone => self.line("Done! - TX"),
+            ClientEvent::Queued(position) => note(format!(
+                "waiting for the server: all its client slots are taken; {} in line",
+                if position == 1 { "next".to_owned() } else { format!("number {position}") }
+            )),
+            ClientEvent::Retrying(after) => {
+                note(format!("the server is busy and its line is full; trying again in {}", units::duration(after)))
+            }
+        }
     }
 }

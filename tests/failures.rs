@@ -148,7 +148,7 @@ fn garbage_and_idle_clients_do_not_stall_others() {
     let mut huge = TcpStream::connect(&addr).unwrap();
     huge.write_all(&[0x01, 0xff, 0xff, 0xff, 0xff]).unwrap();
     // An idle client says nothing at all.
-    let _idle = TcpStream::connect(&addr).unwrap();
+    let mut idle = TcpStream::connect(&addr).unwrap();
     let out = client(b.path(), &srv.client_args("output.stl"));
     assert_eq!(out.code(), Some(0), "a real client is served meanwhile: {out:?}");
     for mut s in [http, huge] {
@@ -157,26 +157,16 @@ fn garbage_and_idle_clients_do_not_stall_others() {
         let _ = s.read_to_end(&mut reply);
         assert_eq!(reply.first(), Some(&0x09), "an Error frame comes back: {reply:?}");
     }
-    // The idle client is dropped once the timeout passes, and that is logged.
-    let failed = srv.proc.wait_stdout(|l| l.contains("sent nothing for 3 s"));
-    assert!(failed.starts_with("FAILED"), "{failed}");
+    // The idle connection is closed once its Hello deadline passes. It never identified itself,
+    // so it was no failed round trip: it is counted in the log, not printed.
+    idle.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(idle.read(&mut [0u8; 8]).expect("closed by the server"), 0);
     srv.proc.signal(libc::SIGTERM);
-    assert_eq!(srv.proc.finish().code(), Some(0));
-}
-
-#[test]
-fn busy_server_says_so() {
-    let (a, b) = (tempdir(), tempdir());
-    let mesh = shared("cad_mesh.stl");
-    let srv = Server::start(a.path(), &mesh, &["--max-clients", "1", "--timeout", "20", "-v"]);
-    // Hold the only slot with a connection that has not said Hello yet.
-    let hold = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
-    srv.proc.wait_stderr(|l| l.contains("accepted connection"));
-    let out = client(b.path(), &srv.client_args("output.stl"));
-    assert_eq!(out.code(), Some(3), "{out:?}");
-    assert!(out.stderr.contains("server busy"), "{out:?}");
-    assert_eq!(files_in(b.path()), ["client.log"]);
-    drop(hold);
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0));
+    assert!(!s.stdout.contains("FAILED"), "{s:?}");
+    let log = std::fs::read_to_string(a.path().join("server.log")).unwrap();
+    assert!(log.contains("no_hello_in_time=1") && log.contains("not_machinaftp=2"), "{log}");
 }
 
 #[test]

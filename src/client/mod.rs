@@ -51,12 +51,46 @@ pub struct ClientConfig {
     pub zmq_mode: ZmqMode,
     /// How long any wait on A may make no progress (also the connect timeout).
     pub timeout: Duration,
+    /// How long to keep trying a server that is busy with a full line.
+    pub busy_wait: Duration,
     /// Where the vertex CSV goes when the file is STL; `None` with `--no-csv`.
     pub csv: Option<PathBuf>,
 }
 
-/// Runs one round trip against A.
+/// The first pause before trying a busy server again; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(8);
+
+/// Runs one round trip against A. A server busy with a full line is tried again, with growing
+/// pauses, for up to `busy_wait`.
 pub fn run(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> Result<ClientReport> {
+    let give_up = Instant::now() + cfg.busy_wait;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let busy = match attempt(cfg, shutdown, reporter) {
+            Err(Error::Session { failure, .. }) if matches!(*failure, Failure::Busy { .. }) => failure,
+            other => return other,
+        };
+        // Random spread, so clients turned away together do not all come back together.
+        let mut r = [0u8; 1];
+        let _ = getrandom::fill(&mut r);
+        let delay = pause.mul_f64(0.75 + f64::from(r[0]) / 510.0);
+        if Instant::now() + delay > give_up {
+            return Err(Error::Session { peer: format!("server {}:{}", cfg.host, cfg.port), failure: busy });
+        }
+        info!(pause = %units::duration(delay), "{busy}; trying again");
+        reporter.client(ClientEvent::Retrying(delay));
+        let mut w = [Watch::fd(shutdown.fd(), true, false)];
+        let _ = wait(&mut w, Some(Instant::now() + delay));
+        if shutdown.is_set() {
+            return Err(Error::Interrupted);
+        }
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// One connection's round trip.
+fn attempt(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> Result<ClientReport> {
     let addr = format!("{}:{}", cfg.host, cfg.port);
     let span = info_span!("session", server = %addr);
     let _enter = span.enter();
@@ -86,6 +120,7 @@ pub fn run(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> 
         received: 0,
         filling: None,
         pending: VecDeque::new(),
+        place: None,
         csv_job: None,
         csv_ready: None,
         csv_wanted: false,
@@ -124,6 +159,8 @@ struct Driver<'a> {
     filling: Option<Chunk>,
     /// Frames saved and waiting for credit to go back.
     pending: VecDeque<Chunk>,
+    /// The place in the server's line last reported.
+    place: Option<u32>,
     /// The conversion, running from the moment the copy is staged.
     csv_job: Option<csv::Job>,
     /// Its result, kept until the machine asks for the CSV (the file is verified by then).
@@ -327,6 +364,13 @@ impl Driver<'_> {
                         info!("accepted; receiving");
                     }
                 }
+                // The server repeats its notice as a keep-alive: only a new place is news.
+                ClientAction::Queued { position } if self.place != Some(position) => {
+                    self.place = Some(position);
+                    info!(position, "every client slot of the server is taken; waiting in its line");
+                    self.reporter.client(ClientEvent::Queued(position));
+                }
+                ClientAction::Queued { .. } => {}
                 ClientAction::SendRet(msg) => {
                     self.ret.send(&msg);
                     let _ = self.ret.flush();

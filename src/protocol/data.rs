@@ -86,6 +86,9 @@ pub enum DataMsg {
     Verdict { ok: bool, reason: String },
     /// Either way: the session ends now, and why.
     Error { code: ErrorCode, reason: String },
+    /// A -> B (version 3), before `Welcome`: every client slot is taken and B waits in line at
+    /// `position` (1 = next). Repeated as a keep-alive while B waits.
+    Queued { position: u32 },
 }
 
 const T_HELLO: u8 = 0x01;
@@ -97,6 +100,7 @@ const T_REFUSE: u8 = 0x06;
 const T_TRAILER: u8 = 0x07;
 const T_VERDICT: u8 = 0x08;
 const T_ERROR: u8 = 0x09;
+const T_QUEUED: u8 = 0x0a;
 
 impl DataMsg {
     /// A short name for logs and error messages.
@@ -111,6 +115,7 @@ impl DataMsg {
             DataMsg::Trailer { .. } => "Trailer",
             DataMsg::Verdict { .. } => "Verdict",
             DataMsg::Error { .. } => "Error",
+            DataMsg::Queued { .. } => "Queued",
         }
     }
 
@@ -166,6 +171,10 @@ impl DataMsg {
                 out.push(*code as u8);
                 put_str16(out, reason, MAX_REASON_LEN);
                 T_ERROR
+            }
+            DataMsg::Queued { position } => {
+                out.extend_from_slice(&position.to_be_bytes());
+                T_QUEUED
             }
         };
         let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
@@ -247,6 +256,11 @@ impl DataMsg {
                 r.finish("Error")?;
                 DataMsg::Error { code, reason }
             }
+            T_QUEUED => {
+                let position = r.u32("position")?;
+                r.finish("Queued")?;
+                DataMsg::Queued { position }
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(msg)
@@ -307,6 +321,7 @@ mod tests {
             DataMsg::Error { code: ErrorCode::Protocol, reason: "p".into() },
             DataMsg::Error { code: ErrorCode::ReturnChannel, reason: "r".into() },
             DataMsg::Error { code: ErrorCode::Internal, reason: "i".into() },
+            DataMsg::Queued { position: 3 },
         ]
     }
 

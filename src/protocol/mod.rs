@@ -13,8 +13,9 @@ pub use wire::DecodeError;
 /// Bytes that open every handshake message, so a stray client is told apart at once.
 pub const MAGIC: [u8; 4] = *b"MFTP";
 /// The protocol version this build speaks by preference: full duplex (the client returns the file
-/// while it receives it).
-pub const VERSION: u16 = 2;
+/// while it receives it, since version 2) and a waiting line for clients beyond the server's
+/// limit (version 3).
+pub const VERSION: u16 = 3;
 /// The oldest version the server still answers, with that version's own sequence.
 pub const MIN_VERSION: u16 = 1;
 

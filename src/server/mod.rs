@@ -7,23 +7,23 @@
 //! sessions' ends at once, so it reacts to each at once; every session is joined before `run`
 //! returns.
 
+mod admission;
 mod cache;
 mod session;
 
-use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::files::StagedFile;
-use crate::protocol::data::{DataMsg, ErrorCode};
 use crate::report::{Reporter, ServerSessionReport};
 use crate::session::{CsvResult, Failure};
 use crate::shutdown::Shutdown;
@@ -32,6 +32,7 @@ use crate::transport::poll::{Watch, wait};
 use crate::transport::ret::endpoint;
 use crate::transport::wake::{WakeHandle, Waker};
 
+use admission::{Admission, Identified};
 use cache::SourceCache;
 
 /// How bind errors name the data channel.
@@ -56,8 +57,10 @@ pub struct ServerConfig {
     pub csv_output: PathBuf,
     /// Exit after the first round trip.
     pub once: bool,
-    /// Clients served at once; more are told the server is busy.
+    /// Clients served at once; more wait in line.
     pub max_clients: usize,
+    /// Clients that may wait in line; more are told the server is busy.
+    pub queue: usize,
     /// How long any wait on a peer may make no progress.
     pub timeout: Duration,
     /// Cap on the data channel's sending rate, bytes per second.
@@ -153,6 +156,8 @@ impl Server {
         shared.cache.warm(&cfg.file);
         let active = Arc::new(AtomicUsize::new(0));
         let mut workers: Vec<Worker> = Vec::new();
+        let mut admission = Admission::new(cfg.queue, Instant::now());
+        let mut backoff = None;
         let result = loop {
             if let Some(outcome) = reap(&mut workers, cfg.once) {
                 break outcome;
@@ -162,42 +167,64 @@ impl Server {
                 // A --once server that was stopped did not make its round trip.
                 break if cfg.once { Err(Error::Interrupted) } else { Ok(()) };
             }
-            let backoff = match listener.accept() {
-                Ok((stream, peer)) => {
-                    info!(%peer, "accepted connection");
-                    if cfg.once && workers.iter().any(|w| w.greeted.load(Ordering::SeqCst)) {
-                        warn!(%peer, "busy with the one round trip of --once; refusing");
-                        refuse_busy(stream, "this server makes one round trip (--once) and is busy with it".into());
-                    } else if active.load(Ordering::SeqCst) >= cfg.max_clients {
-                        let n = cfg.max_clients;
-                        warn!(%peer, limit = n, "too many clients; refusing");
-                        refuse_busy(stream, format!("already serving {n} client{}", if n == 1 { "" } else { "s" }));
-                    } else if let Some(w) = spawn(stream, peer, &shared, &active, ended.handle()) {
-                        workers.push(w);
+            let now = Instant::now();
+            if backoff.is_some_and(|t| now >= t) {
+                backoff = None;
+            }
+            while backoff.is_none() {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        debug!(%peer, "accepted connection");
+                        admission.accepted(stream, peer, now);
                     }
-                    continue;
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // Out of file descriptors and the like: the listener itself is fine and stays
+                    // readable, so wait a moment (the condition clears without an event) and retry.
+                    Err(e) => {
+                        error!("accept failed: {e}");
+                        backoff = Some(now + Duration::from_millis(100));
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Out of file descriptors and the like: the listener itself is fine and stays
-                // readable, so wait a moment (the condition clears without an event) and retry.
-                Err(e) => {
-                    error!("accept failed: {e}");
-                    Some(std::time::Instant::now() + Duration::from_millis(100))
+            }
+            for client in admission.identify(now) {
+                let peer = client.conn.peer();
+                if cfg.once && !workers.is_empty() {
+                    warn!(%peer, "busy with the one round trip of --once; refusing");
+                    admission.refuse(client, "this server makes one round trip (--once) and is busy with it");
+                } else if active.load(Ordering::SeqCst) >= cfg.max_clients || admission.waiting() > 0 {
+                    let n = cfg.max_clients;
+                    admission.wait_or_refuse(client, &format!("serving {n} client{}", plural(n)), now);
+                } else if let Some(w) = spawn(client, peer, &shared, &active, ended.handle()) {
+                    info!(%peer, "client admitted");
+                    workers.push(w);
                 }
-            };
+            }
+            // Slots that came free go to the line, in arrival order.
+            while !cfg.once && active.load(Ordering::SeqCst) < cfg.max_clients {
+                let Some(client) = admission.next_in_line() else { break };
+                let peer = client.conn.peer();
+                if let Some(w) = spawn(client, peer, &shared, &active, ended.handle()) {
+                    info!(%peer, "client admitted from the line");
+                    workers.push(w);
+                }
+            }
+            admission.notify(now);
+            admission.summarise(now);
             // While backing off, the listener (readable all along) is left out of the wait.
-            let backing_off = backoff.is_some();
-            let mut w = [
-                Watch::fd(listener.as_raw_fd(), !backing_off, false),
+            let mut w = vec![
+                Watch::fd(listener.as_raw_fd(), backoff.is_none(), false),
                 Watch::fd(shutdown.fd(), true, false),
                 Watch::fd(ended.fd(), true, false),
             ];
-            let _ = wait(&mut w, backoff);
+            w.extend(admission.watches());
+            let deadline = [backoff, admission.deadline()].into_iter().flatten().min();
+            let _ = wait(&mut w, deadline);
             if w[2].readable {
                 ended.drain();
             }
         };
+        admission.close_all();
         // Sessions still running (a stopping server's, or stray connections of a --once one)
         // end now and are joined; their last words reach their clients.
         shared.stop.trigger();
@@ -247,7 +274,7 @@ impl Drop for EndNotice {
 }
 
 fn spawn(
-    stream: TcpStream,
+    client: Identified,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     active: &Arc<AtomicUsize>,
@@ -260,7 +287,7 @@ fn spawn(
         // The notice goes last, after the slot is given back, also if the session panics.
         let _notice = notice;
         let _slot = slot;
-        session::serve(stream, peer, &shared, &flag)
+        session::serve(client, peer, &shared, &flag)
     });
     match spawned {
         Ok(handle) => Some(Worker { handle, greeted, ended: done }),
@@ -334,11 +361,6 @@ fn check_input(path: &Path) -> Result<()> {
     session::open_source(path).map(drop).map_err(|source| Error::Input { path: path.to_path_buf(), source })
 }
 
-fn refuse_busy(stream: TcpStream, why: String) {
-    // Tell the client why instead of letting it wait; the kernel's socket buffer takes this
-    // small frame at once, so the accept loop is not held up.
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-    let msg = DataMsg::Error { code: ErrorCode::Busy, reason: format!("server busy: {why}; try again shortly") };
-    let _ = (&stream).write_all(&msg.to_bytes());
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::error::Error;
 use crate::files::StagedFile;
+use crate::protocol::data::DataMsg;
 use crate::protocol::hex;
 use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream};
 use crate::report::{ServerEvent, ServerSessionReport};
@@ -26,6 +27,7 @@ use crate::transport::wake::Waker;
 use crate::units;
 
 use super::Shared;
+use super::admission::Identified;
 use super::cache::FileId;
 
 /// Bytes read from the file, hashed and written to the socket at a time: small enough to stay in
@@ -39,12 +41,18 @@ const WRITE_TURN: u64 = 8 << 20;
 const LAST_WORDS: Duration = Duration::from_secs(1);
 
 /// Serves one connection to its end and reports how it went.
-pub(super) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, greeted: &AtomicBool) -> ServerSessionReport {
+pub(super) fn serve(
+    client: Identified,
+    peer: SocketAddr,
+    shared: &Shared,
+    greeted: &AtomicBool,
+) -> ServerSessionReport {
     let span = info_span!("client", %peer);
     let _enter = span.enter();
     let cfg = &shared.cfg;
-    let result = match (DataConn::new(stream), Waker::new()) {
-        (Ok(conn), Ok(waker)) => {
+    let Identified { conn, hello } = client;
+    let result = match Waker::new() {
+        Ok(waker) => {
             let params = ServerParams { idle: cfg.timeout, topology: shared.hub.topology(), window: WINDOW_V2 };
             let mut d = Driver {
                 shared,
@@ -62,9 +70,9 @@ pub(super) fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, greete
                 greeted,
                 done: None,
             };
-            d.run()
+            d.run(hello)
         }
-        (Err(e), _) | (_, Err(e)) => Err(Failure::Local(LocalFailure::Input { path: cfg.file.clone(), source: e })),
+        Err(e) => Err(Failure::Local(LocalFailure::Input { path: cfg.file.clone(), source: e })),
     };
     let result =
         result.map_err(|failure| Error::Session { peer: format!("client {peer}"), failure: Box::new(failure) });
@@ -133,8 +141,10 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    fn run(&mut self) -> Result<ServerOutcome, Failure> {
+    /// Runs the session from the `Hello` the admission read.
+    fn run(&mut self, hello: DataMsg) -> Result<ServerOutcome, Failure> {
         self.act(None);
+        self.feed(Instant::now(), ServerInput::Data(hello));
         while self.done.is_none() {
             let now = Instant::now();
             let rate_wait = self.rate.as_ref().and_then(|r| r.next(now)).filter(|_| self.raw_active);

@@ -73,6 +73,11 @@ pub enum ClientInput<'a> {
 pub enum ClientAction {
     /// Send a control frame on the data channel.
     SendData(DataMsg),
+    /// Every client slot of the server is taken: B waits in its line at `position` (1 = next).
+    Queued {
+        /// Place in the line.
+        position: u32,
+    },
     /// Send a control frame on the return channel.
     SendRet(ReturnMsg<'static>),
     /// Keep only the return-channel wiring A announced.
@@ -396,9 +401,17 @@ impl ClientSession {
     fn on_data(&mut self, now: Instant, msg: DataMsg) {
         let got = msg.kind();
         match (&mut self.state, msg) {
+            (State::Welcome, DataMsg::Error { code: ErrorCode::Busy, reason }) => {
+                self.end(Failure::Busy { reason }, false);
+            }
             (_, DataMsg::Error { reason, .. }) => {
                 let during = self.phase();
                 self.end(Failure::Refused { during, reason }, false);
+            }
+            // Waiting in the server's line: each notice is progress, so a long wait is not idle.
+            (State::Welcome, DataMsg::Queued { position }) => {
+                self.timers.progress(now);
+                self.actions.push_back(ClientAction::Queued { position });
             }
             (State::Welcome, DataMsg::Welcome { version, topology }) => {
                 if version != VERSION {

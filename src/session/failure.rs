@@ -302,6 +302,12 @@ pub enum Failure {
         .0.as_ref().map_or_else(|| "the connection was closed without an answer".to_owned(), |e| format!("its answer is not the protocol: {e}"))
     )]
     NotAServer(Option<DecodeError>),
+    /// The server is at its client limit and its waiting line is full.
+    #[error("the server is busy: {}", reason.strip_prefix("server busy: ").unwrap_or(reason))]
+    Busy {
+        /// The server's words.
+        reason: String,
+    },
     /// The peer refused or ended the session and said why.
     #[error("{during}: the peer refused: {reason}")]
     Refused {
@@ -372,6 +378,7 @@ impl Failure {
         matches!(
             self,
             Failure::Refused { .. }
+                | Failure::Busy { .. }
                 | Failure::PeerMismatch { .. }
                 | Failure::PeerCannotSave(_)
                 | Failure::Closed { .. }

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::integrity::{Digest, Hasher};
+use crate::protocol::VERSION;
 use crate::protocol::data::{DataMsg, ErrorCode, Topology};
 use crate::protocol::ret::{FRAME_V1, FRAME_V2, ReturnMsg, Stream};
 
@@ -115,7 +116,7 @@ fn a_at_header(version: u16, size: u64, window: u64) -> (ServerSession, Instant)
     assert!(matches!(acts[..], [ServerAction::Register { token: TOKEN, .. }]), "{acts:?}");
     a.handle(t, ServerInput::Registered);
     let acts = drain_a(&mut a);
-    let negotiated = version.clamp(1, 2);
+    let negotiated = version.clamp(1, VERSION);
     assert!(matches!(sent_data_a(&acts)[..], [DataMsg::Welcome { version: v, .. }] if *v == negotiated), "{acts:?}");
     a.handle(t, ServerInput::ReturnHello { version: negotiated });
     assert!(matches!(sent_ret_a(&drain_a(&mut a))[..], [ReturnMsg::HelloAck { .. }]));
@@ -400,7 +401,7 @@ impl Sim {
             match action {
                 ClientAction::SendData(m) => self.b_to_a.push_back(m),
                 ClientAction::SendRet(m) => self.ret_to_a.push_back((m, None)),
-                ClientAction::Wire(_) => {}
+                ClientAction::Wire(_) | ClientAction::Queued { .. } => {}
                 ClientAction::PrepareOutput { .. } => self.b.handle(now, ClientInput::OutputReady),
                 ClientAction::SendFrame { stream, offset, len } => {
                     let (o, l) = (offset as usize, len as usize);
@@ -483,7 +484,7 @@ fn full_duplex_sessions_of_every_shape_verify_on_both_sides() {
         let (a, b) = (s.a_ok(), s.b_ok());
         assert_eq!(a.digest, digest(&file), "size {size}");
         assert_eq!(b.digest, digest(&file));
-        assert_eq!(a.version, 2);
+        assert_eq!(a.version, VERSION);
         assert_eq!(s.a_saved[0].as_deref(), Some(&file[..]), "A saved the returned copy, size {size}");
         assert!(s.b_committed);
         assert!(matches!(a.csv, CsvResult::Saved(_)), "{:?}", a.csv);
@@ -620,7 +621,30 @@ fn v1_data_rule_2_an_error_frame_ends_the_session_with_its_reason() {
     drain_b(&mut b);
     b.handle(now, ClientInput::Data(DataMsg::Error { code: ErrorCode::Busy, reason: "server busy: full".into() }));
     let acts = drain_b(&mut b);
-    assert!(failure_b(&acts).to_string().contains("server busy: full"));
+    let f = failure_b(&acts);
+    // Its own kind, so the driver knows to try again; the words once, not twice.
+    assert!(matches!(f, Failure::Busy { .. }), "{f:?}");
+    assert_eq!(f.to_string(), "the server is busy: full");
+}
+
+#[test]
+fn v3_queued_waiting_in_line_is_progress_until_welcome() {
+    let now = Instant::now();
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
+    drain_b(&mut b);
+    // Notices keep coming for longer than the idle timeout: no timeout while they do.
+    let mut t = now;
+    for position in [3, 2, 2, 1] {
+        t += IDLE / 2;
+        b.handle_timeout(t);
+        b.handle(t, ClientInput::Data(DataMsg::Queued { position }));
+        let acts = drain_b(&mut b);
+        assert!(acts.iter().any(|a| matches!(a, ClientAction::Queued { position: p } if *p == position)), "{acts:?}");
+        assert!(!acts.iter().any(|a| matches!(a, ClientAction::Finish(_))), "{acts:?}");
+    }
+    // Then the server's silence counts again.
+    b.handle_timeout(t + IDLE * 2);
+    assert!(matches!(failure_b(&drain_b(&mut b)), Failure::Timeout { .. }));
 }
 
 #[test]
@@ -984,7 +1008,7 @@ fn v1_after_a_negative_result_or_an_abort_the_session_is_over() {
 #[test]
 fn v2_negotiation_answers_each_client_in_its_version() {
     let t = Instant::now();
-    for (asked, answered) in [(1u16, Some(1u16)), (2, Some(2)), (3, Some(2)), (0, None)] {
+    for (asked, answered) in [(1u16, Some(1u16)), (2, Some(2)), (3, Some(3)), (4, Some(3)), (0, None)] {
         let mut a = ServerSession::new(params(WINDOW_V2), t);
         a.handle(t, ServerInput::Data(DataMsg::Hello { version: asked, token: TOKEN, return_port: 0 }));
         let acts = drain_a(&mut a);
@@ -1215,11 +1239,14 @@ fn a_send_csv_v1(a: &mut ServerSession, t: Instant, csv: &[u8]) -> Vec<ServerAct
 /// A client machine through the handshake and its `Accept` of a file of `size` bytes.
 fn client_in_transfer(now: Instant, size: u64) -> ClientSession {
     let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
-    assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::Hello { version: 2, .. }]));
-    b.handle(now, ClientInput::Data(DataMsg::Welcome { version: 2, topology: Topology::Listen { zmq_port: 9 } }));
+    assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::Hello { version: VERSION, .. }]));
+    b.handle(now, ClientInput::Data(DataMsg::Welcome { version: VERSION, topology: Topology::Listen { zmq_port: 9 } }));
     let acts = drain_b(&mut b);
-    assert!(matches!(acts[..], [ClientAction::Wire(_), ClientAction::SendRet(ReturnMsg::Hello { version: 2, .. })]));
-    b.handle(now, ClientInput::Ret(ReturnMsg::HelloAck { version: 2 }));
+    assert!(matches!(
+        acts[..],
+        [ClientAction::Wire(_), ClientAction::SendRet(ReturnMsg::Hello { version: VERSION, .. })]
+    ));
+    b.handle(now, ClientInput::Ret(ReturnMsg::HelloAck { version: VERSION }));
     assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::Ready]));
     b.handle(now, ClientInput::Data(DataMsg::Header { size, name: "../../etc/passwd".into() }));
     assert!(matches!(drain_b(&mut b)[..], [ClientAction::PrepareOutput { .. }]), "the name is only shown");

@@ -1,0 +1,134 @@
+//! Admission under load and against hostile connections: connections that never identify
+//! themselves hold no client slot and no console line, clients beyond `--max-clients` wait in a
+//! bounded line and are served in order, and a client turned away by a full line tries again.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::raw::recv_frame;
+use common::*;
+use machinaftp::protocol::data::{DataMsg, ErrorCode};
+
+/// A client that said Hello (in `version`) and then sits on its slot until dropped.
+fn hold_a_slot(tcp: &str, version: u16) -> TcpStream {
+    let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&DataMsg::Hello { version, token: [0x5a; 16], return_port: 0 }.to_bytes()).unwrap();
+    assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { .. }), "the holder is served");
+    s
+}
+
+#[test]
+fn regression_unidentified_connections_hold_no_client_slot() {
+    // 16 idle sockets once refused every real client for 30 s.
+    let (a, b) = (tempdir(), tempdir());
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
+    let idle: Vec<TcpStream> =
+        (0..20).map(|_| TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap()).collect();
+    // One more that trickles a Hello a byte at a time, never finishing it.
+    let mut trickle = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
+    trickle.write_all(&DataMsg::Hello { version: 3, token: [1; 16], return_port: 0 }.to_bytes()[..3]).unwrap();
+    let mut args = srv.client_args("output.stl");
+    args.extend_from_slice(&["--busy-wait", "0"]);
+    let out = client(b.path(), &args);
+    assert_eq!(out.code(), Some(0), "the real client is served at once: {out:?}");
+    drop((idle, trickle));
+    stop_and_expect_no_failed_line(srv);
+}
+
+/// Stops the server and checks that it printed no failed round trip: connections that never
+/// said Hello are none.
+fn stop_and_expect_no_failed_line(srv: Server) {
+    srv.proc.signal(libc::SIGTERM);
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "{s:?}");
+    assert!(!s.stdout.contains("FAILED"), "{s:?}");
+}
+
+#[test]
+fn a_connection_that_sends_no_hello_is_closed_after_a_short_deadline() {
+    let a = tempdir();
+    // The session timeout is long; the Hello deadline is its own, a few seconds.
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--timeout", "600"]);
+    let mut s = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).expect("closed by the server, not by the read timeout"), 0);
+    stop_and_expect_no_failed_line(srv);
+}
+
+#[test]
+fn port_probes_and_garbage_print_no_failed_line() {
+    let a = tempdir();
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &[]);
+    for _ in 0..5 {
+        drop(TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap());
+    }
+    let mut http = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    // Told, in the protocol, that this is not a machinaftp Hello, and closed.
+    match recv_frame(&mut http) {
+        DataMsg::Error { code: ErrorCode::Protocol, reason } => assert!(reason.contains("Hello"), "{reason}"),
+        other => panic!("expected an Error, got {other:?}"),
+    }
+    stop_and_expect_no_failed_line(srv);
+}
+
+#[test]
+fn a_client_beyond_the_limit_waits_in_line_and_is_served() {
+    let (a, b) = (tempdir(), tempdir());
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
+    let holder = hold_a_slot(&srv.tcp_port, 3);
+    let waiting = Proc::spawn(b.path(), &srv.client_args("output.stl"));
+    let told = waiting.wait_stderr(|l| l.contains("in line"));
+    assert!(told.contains("next in line"), "{told}");
+    drop(holder);
+    let out = waiting.finish();
+    assert_eq!(out.code(), Some(0), "served once the slot came free: {out:?}");
+    assert!(same_contents(&shared("cad_mesh.stl"), &b.path().join("output.stl")));
+    srv.proc.signal(libc::SIGTERM);
+    drop(srv.proc.finish());
+}
+
+#[test]
+fn a_full_line_turns_clients_away_and_they_try_again() {
+    let (a, b, c) = (tempdir(), tempdir(), tempdir());
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1", "--queue", "0"]);
+    let holder = hold_a_slot(&srv.tcp_port, 3);
+    let mut args = srv.client_args("output.stl");
+    args.extend_from_slice(&["--busy-wait", "0"]);
+    let out = client(b.path(), &args);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("the server is busy") && out.stderr.contains("0 waiting"), "{out:?}");
+    assert_eq!(files_in(b.path()), ["client.log"]);
+
+    let patient = Proc::spawn(c.path(), &srv.client_args("output.stl"));
+    patient.wait_stderr(|l| l.contains("trying again"));
+    drop(holder);
+    let out = patient.finish();
+    assert_eq!(out.code(), Some(0), "served on a later try: {out:?}");
+    srv.proc.signal(libc::SIGTERM);
+    drop(srv.proc.finish());
+}
+
+#[test]
+fn an_older_client_beyond_the_limit_is_told_the_server_is_busy() {
+    // Version 2 has no Queued message, so such a client cannot wait in line.
+    let a = tempdir();
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
+    let holder = hold_a_slot(&srv.tcp_port, 3);
+    let mut s = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&DataMsg::Hello { version: 2, token: [2; 16], return_port: 0 }.to_bytes()).unwrap();
+    match recv_frame(&mut s) {
+        DataMsg::Error { code: ErrorCode::Busy, reason } => assert!(reason.contains("server busy"), "{reason}"),
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    drop(holder);
+    srv.proc.signal(libc::SIGTERM);
+    drop(srv.proc.finish());
+}
