@@ -45,7 +45,8 @@ pub struct Cli {
     #[arg(long, value_name = "REMOTEHOST")]
     pub remotehost: Option<String>,
 
-    /// ZeroMQ return-channel port [default: PORT + 1]
+    /// ZeroMQ return-channel port [default: PORT + 1]. The server listens on it; a client binds it
+    /// for a --remotehost server, and connects only to the port the server announces
     #[arg(long, value_name = "N")]
     pub zmq_port: Option<u16>,
 

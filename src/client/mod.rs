@@ -45,7 +45,8 @@ pub struct ClientConfig {
     pub host: String,
     /// A's TCP port.
     pub port: u16,
-    /// The return channel's port: A's (to connect) or ours (to bind).
+    /// The port B binds in case A connects to it (`--remotehost`); B connects only where A's
+    /// `Welcome` says.
     pub zmq_port: u16,
     /// How the return channel is wired.
     pub zmq_mode: ZmqMode,
@@ -96,7 +97,7 @@ fn attempt(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> 
     let _enter = span.enter();
     let mut token: Token = [0; 16];
     getrandom::fill(&mut token).map_err(|e| Error::Usage(format!("no randomness for a session token: {e}")))?;
-    let ret = ReturnChannel::open(&token, cfg.zmq_mode, &cfg.host, cfg.zmq_port).map_err(Error::Wiring)?;
+    let ret = ReturnChannel::open(&token, cfg.zmq_mode, cfg.zmq_port).map_err(Error::Wiring)?;
     info!(session = %hex(&token[..4]), wiring = %ret.describe(), "return channel opened");
     let conn = tcp::connect(&addr, cfg.timeout, shutdown).map_err(|e| match e {
         ConnectError::Refused => Error::NoServer { addr: addr.clone() },

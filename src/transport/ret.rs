@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::protocol::Token;
@@ -33,14 +32,6 @@ pub fn endpoint(host: &str, port: &str) -> String {
 
 pub(crate) fn port_of_endpoint(ep: &str) -> Option<u16> {
     ep.rsplit(':').next()?.parse().ok()
-}
-
-/// Whether `host` names an address of this machine: binding a UDP socket to it succeeds only then.
-pub fn host_is_local(host: &str) -> bool {
-    (host, 0)
-        .to_socket_addrs()
-        .map(|addrs| addrs.into_iter().any(|a| UdpSocket::bind((a.ip(), 0)).is_ok()))
-        .unwrap_or(false)
 }
 
 pub(crate) fn zmq_err(e: zmq::Error) -> io::Error {
@@ -158,7 +149,7 @@ pub trait ReturnEnd {
 pub enum ZmqMode {
     /// Follow what the server announces: connect to its port, or bind ours when it runs with --remotehost.
     Auto,
-    /// Always connect to the server's ZeroMQ port.
+    /// Always connect to the ZeroMQ port the server announces; never bind.
     Connect,
     /// Always bind our --zmq-port and let the server connect (it must run with --remotehost).
     Bind,
@@ -196,45 +187,59 @@ pub enum WiringError {
     NotBound(String),
 }
 
+/// A DEALER set up as B's return channel uses it.
+fn dealer(ctx: &zmq::Context, token: &Token) -> Result<zmq::Socket, WiringError> {
+    let setup = |e: zmq::Error| WiringError::Socket(zmq_err(e));
+    let sock = ctx.socket(zmq::DEALER).map_err(setup)?;
+    let mut identity = Vec::with_capacity(17);
+    identity.push(b'B'); // A routing id must not begin with a zero byte.
+    identity.extend_from_slice(token);
+    sock.set_identity(&identity).map_err(setup)?;
+    sock.set_sndhwm(DATA_HWM).map_err(setup)?;
+    sock.set_rcvhwm(DATA_HWM).map_err(setup)?;
+    sock.set_linger(LINGER_MS).map_err(setup)?;
+    // Only completed connections take messages, so nothing is queued for a peer that is not there.
+    sock.set_immediate(true).map_err(setup)?;
+    sock.set_maxmsgsize(MAX_CONTROL_LEN as i64).map_err(setup)?;
+    sock.set_ipv6(true).map_err(setup)?;
+    sock.set_reconnect_ivl(100).map_err(setup)?;
+    sock.set_reconnect_ivl_max(1000).map_err(setup)?;
+    Ok(sock)
+}
+
 /// B's end of the return channel: one DEALER socket, owned by B's driver thread.
+///
+/// The socket only ever connects where A's `Welcome` said, never before: a DEALER spreads its
+/// frames over every peer it has, so a guess (PORT + 1) that reached another client's bound
+/// socket would hand that client a share of our frames, and it ours. For the same reason a socket
+/// that was bound (in case A connects to us, `--remotehost`) is thrown away, with whatever
+/// connected to it, unless A said it connects.
 pub struct ReturnChannel {
     sock: zmq::Socket,
+    token: Token,
     bound: Option<String>,
     bind_error: Option<String>,
     connected: Option<String>,
     outbox: Outbox,
-    _ctx: zmq::Context,
+    ctx: zmq::Context,
 }
 
 impl ReturnChannel {
-    /// Opens the DEALER before the data channel is connected: binds `zmq_port` on all interfaces
-    /// and/or connects to `host:zmq_port`, as `mode` says. In `Auto` mode a failed bind is not an
-    /// error (A may be on this machine holding the port), and the connect is skipped when the bind
-    /// succeeded and `host` is this machine, because then A cannot be listening on that port.
-    pub fn open(token: &Token, mode: ZmqMode, host: &str, zmq_port: u16) -> Result<ReturnChannel, WiringError> {
+    /// Opens the DEALER before the data channel is connected, bound to `zmq_port` on all
+    /// interfaces when `mode` may need it (in `Auto` mode a failed bind is not an error: A, or
+    /// another client, may hold that port on this machine, and A may not need ours). It connects
+    /// nowhere until [`ReturnChannel::use_topology`].
+    pub fn open(token: &Token, mode: ZmqMode, zmq_port: u16) -> Result<ReturnChannel, WiringError> {
         let ctx = zmq::Context::new();
-        let setup = |e: zmq::Error| WiringError::Socket(zmq_err(e));
-        let sock = ctx.socket(zmq::DEALER).map_err(setup)?;
-        let mut identity = Vec::with_capacity(17);
-        identity.push(b'B'); // A routing id must not begin with a zero byte.
-        identity.extend_from_slice(token);
-        sock.set_identity(&identity).map_err(setup)?;
-        sock.set_sndhwm(DATA_HWM).map_err(setup)?;
-        sock.set_rcvhwm(DATA_HWM).map_err(setup)?;
-        sock.set_linger(LINGER_MS).map_err(setup)?;
-        // Only completed connections take messages, so nothing is queued for a peer that is not there.
-        sock.set_immediate(true).map_err(setup)?;
-        sock.set_maxmsgsize(MAX_CONTROL_LEN as i64).map_err(setup)?;
-        sock.set_ipv6(true).map_err(setup)?;
-        sock.set_reconnect_ivl(100).map_err(setup)?;
-        sock.set_reconnect_ivl_max(1000).map_err(setup)?;
+        let sock = dealer(&ctx, token)?;
         let mut chan = ReturnChannel {
             sock,
+            token: *token,
             bound: None,
             bind_error: None,
             connected: None,
             outbox: Outbox::default(),
-            _ctx: ctx,
+            ctx,
         };
         if matches!(mode, ZmqMode::Auto | ZmqMode::Bind) {
             let port = if zmq_port == 0 { "*".to_owned() } else { zmq_port.to_string() };
@@ -247,21 +252,7 @@ impl ReturnChannel {
                 Err(e) => chan.bind_error = Some(format!("cannot bind {ep}: {e}")),
             }
         }
-        let connect = match mode {
-            ZmqMode::Connect => true,
-            ZmqMode::Bind => false,
-            ZmqMode::Auto => zmq_port != 0 && !(chan.bound.is_some() && host_is_local(host)),
-        };
-        if connect {
-            chan.connect(&endpoint(host, &zmq_port.to_string()))?;
-        }
         Ok(chan)
-    }
-
-    fn connect(&mut self, ep: &str) -> Result<(), WiringError> {
-        self.sock.connect(ep).map_err(|e| WiringError::Connect { endpoint: ep.to_owned(), source: zmq_err(e) })?;
-        self.connected = Some(ep.to_owned());
-        Ok(())
     }
 
     /// The port our DEALER is bound to, if it is bound.
@@ -269,29 +260,27 @@ impl ReturnChannel {
         self.bound.as_deref().and_then(port_of_endpoint)
     }
 
-    /// Keeps only the wiring A announced in its `Welcome`.
+    /// Wires the channel as A's `Welcome` announced: connects a fresh socket to A's port, or
+    /// keeps the bound one for A to connect to.
     pub fn use_topology(&mut self, topology: Topology, host: &str) -> Result<(), WiringError> {
         match topology {
             Topology::Listen { zmq_port } => {
-                let want = endpoint(host, &zmq_port.to_string());
-                if self.connected.as_deref() != Some(&want) {
-                    if let Some(old) = self.connected.take() {
-                        let _ = self.sock.disconnect(&old);
-                    }
-                    self.connect(&want)?;
+                if self.bound.take().is_some() {
+                    // Replaced, not unbound: a peer that already connected to it stays connected
+                    // to that socket, and that socket goes.
+                    self.sock = dealer(&self.ctx, &self.token)?;
                 }
-                if let Some(ep) = self.bound.take() {
-                    let _ = self.sock.unbind(&ep);
-                }
+                let ep = endpoint(host, &zmq_port.to_string());
+                self.sock
+                    .connect(&ep)
+                    .map_err(|e| WiringError::Connect { endpoint: ep.clone(), source: zmq_err(e) })?;
+                self.connected = Some(ep);
             }
             Topology::Remote => {
                 if self.bound.is_none() {
                     let why =
                         self.bind_error.clone().unwrap_or_else(|| "it was told not to (--zmq-mode connect)".into());
                     return Err(WiringError::NotBound(why));
-                }
-                if let Some(old) = self.connected.take() {
-                    let _ = self.sock.disconnect(&old);
                 }
             }
         }
@@ -348,15 +337,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn regression_a_peer_that_connected_to_the_bound_socket_gets_no_frame() {
+        // Concurrent clients against a server on -p 0: one client's auto wiring had bound PORT+1,
+        // another's DEALER, guessing the server was there, connected to it, and since a DEALER
+        // spreads its frames over all its peers, each got a share of the other's.
+        let ctx = zmq::Context::new();
+        let mut b = ReturnChannel::open(&[9; 16], ZmqMode::Auto, 0).unwrap();
+        let ours = b.bound_port().expect("bound");
+        let other = ctx.socket(zmq::DEALER).unwrap();
+        other.set_linger(0).unwrap();
+        other.connect(&format!("tcp://127.0.0.1:{ours}")).unwrap();
+        other.send(&b"another client's frame"[..], 0).unwrap();
+        // Its frame arrived, so the connection is complete and would take a share.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(b.recv().unwrap(), Some(Inbound::Frame(_))) {
+            assert!(Instant::now() < deadline, "the other client's frame never came");
+            let _ = crate::transport::poll::wait(&mut [b.watch()], Some(Instant::now() + Duration::from_millis(100)));
+        }
+        let server = ctx.socket(zmq::ROUTER).unwrap();
+        server.set_linger(0).unwrap();
+        server.bind("tcp://127.0.0.1:*").unwrap();
+        let port = port_of_endpoint(&server.get_last_endpoint().unwrap().unwrap()).unwrap();
+        b.use_topology(Topology::Listen { zmq_port: port }, "127.0.0.1").unwrap();
+        for _ in 0..20 {
+            b.send(&ReturnMsg::KeepAlive);
+        }
+        b.flush_within(Duration::from_secs(20));
+        server.set_rcvtimeo(20_000).unwrap();
+        for i in 0..20 {
+            let parts = server.recv_multipart(0).unwrap_or_else(|e| panic!("frame {i} of 20 never reached A: {e}"));
+            assert_eq!(parts[1], ReturnMsg::KeepAlive.to_bytes());
+        }
+    }
+
+    #[test]
     fn endpoints_bracket_ipv6() {
         assert_eq!(endpoint("127.0.0.1", "80"), "tcp://127.0.0.1:80");
         assert_eq!(endpoint("::1", "80"), "tcp://[::1]:80");
         assert_eq!(port_of_endpoint("tcp://0.0.0.0:4242"), Some(4242));
-    }
-
-    #[test]
-    fn loopback_is_local() {
-        assert!(host_is_local("127.0.0.1"));
-        assert!(!host_is_local("192.0.2.1")); // TEST-NET-1: never assigned to this machine
     }
 }
