@@ -157,3 +157,72 @@ mod tests {
         }
     }
 }
+
+/// Counts repeated events that anyone who can reach a port can cause (connections that never
+/// say Hello, junk on the return channel) and logs them as one line per period: a flood of
+/// them cannot flood the log and rotate its history away.
+pub(crate) struct Tally {
+    what: &'static str,
+    counts: Vec<(&'static str, u64)>,
+    period: std::time::Duration,
+    next: std::time::Instant,
+}
+
+impl Tally {
+    /// `what` opens the summary line.
+    pub(crate) fn new(what: &'static str, period: std::time::Duration) -> Tally {
+        Tally { what, counts: Vec::new(), period, next: std::time::Instant::now() + period }
+    }
+
+    /// One more event of `kind` (a short snake_case name, shown as `kind=count`).
+    pub(crate) fn note(&mut self, kind: &'static str) {
+        match self.counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push((kind, 1)),
+        }
+    }
+
+    /// When [`Tally::tick`] has something to log.
+    pub(crate) fn due(&self) -> Option<std::time::Instant> {
+        (!self.counts.is_empty()).then_some(self.next)
+    }
+
+    /// Logs the counts if a period has passed since the last summary.
+    pub(crate) fn tick(&mut self, now: std::time::Instant) {
+        if now >= self.next {
+            self.next = now + self.period;
+            self.flush();
+        }
+    }
+
+    /// Logs the counts now, if there are any.
+    pub(crate) fn flush(&mut self) {
+        if self.counts.is_empty() {
+            return;
+        }
+        let counts: Vec<String> = self.counts.drain(..).map(|(k, n)| format!("{k}={n}")).collect();
+        tracing::info!(target: "machinaftp::summary", "{} since the last summary: {}", self.what, counts.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::Tally;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn repeated_events_make_one_line_per_period() {
+        let mut t = Tally::new("junk", Duration::from_secs(1));
+        assert_eq!(t.due(), None, "nothing to say");
+        for _ in 0..1000 {
+            t.note("frame");
+        }
+        t.note("hello");
+        let due = t.due().expect("counts pending");
+        t.tick(due - Duration::from_millis(1));
+        assert!(t.due().is_some(), "not before the period ends");
+        assert_eq!(t.counts, [("frame", 1000), ("hello", 1)]);
+        t.tick(Instant::now().max(due));
+        assert_eq!(t.due(), None, "logged and cleared");
+    }
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::raw::recv_frame;
 use common::*;
 use machinaftp::protocol::data::{DataMsg, ErrorCode};
+use machinaftp::protocol::ret::ReturnMsg;
 
 /// A client that said Hello (in `version`) and then sits on its slot until dropped.
 fn hold_a_slot(tcp: &str, version: u16) -> TcpStream {
@@ -156,4 +157,37 @@ fn regression_concurrent_clients_against_a_server_on_port_0_each_get_their_own_r
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(0), "{s:?}");
     assert!(!s.stdout.contains("FAILED"), "{s:?}");
+}
+
+#[test]
+fn regression_junk_on_the_return_channel_is_summed_up_not_logged_frame_by_frame() {
+    // 15 s of junk frames at the ZeroMQ port once wrote 56 MB of DEBUG lines and rotated every
+    // old log away.
+    let a = tempdir();
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &[]);
+    let ctx = zmq::Context::new();
+    let junk = ctx.socket(zmq::DEALER).unwrap();
+    junk.set_linger(5000).unwrap();
+    junk.set_sndhwm(0).unwrap();
+    junk.connect(&format!("tcp://127.0.0.1:{}", srv.zmq_port.as_deref().unwrap())).unwrap();
+    for i in 0u32..20_000 {
+        junk.send(&i.to_be_bytes()[..], 0).unwrap();
+    }
+    // A Hello for a session that does not exist is answered (with Abort) in order, after the junk.
+    let hello = ReturnMsg::Hello { version: 3, token: [0x77; 16] }.to_bytes();
+    junk.send(hello, 0).unwrap();
+    junk.set_rcvtimeo(20_000).unwrap();
+    let answer = junk.recv_bytes(0).expect("the hub got through the junk");
+    assert!(matches!(ReturnMsg::decode(&answer), Ok(ReturnMsg::Abort { .. })), "{answer:?}");
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
+    let log = std::fs::read_to_string(a.path().join("server.log")).unwrap();
+    assert!(log.len() < 32 * 1024, "{} bytes of log for 20,000 junk frames", log.len());
+    let total: u64 = log
+        .lines()
+        .filter_map(|l| l.split("frame_from_unknown_peer=").nth(1))
+        .map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 20_000, "every junk frame is counted: {log}");
+    assert!(log.contains("hello_unknown_token=1"), "{log}");
 }

@@ -14,8 +14,9 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use crate::logging::Tally;
 use crate::protocol::data::{DataMsg, ErrorCode};
 use crate::transport::poll::Watch;
 use crate::transport::tcp::{DataConn, TcpError};
@@ -50,40 +51,22 @@ struct Waiting {
     next_notice: Instant,
 }
 
-/// What happened to connections that never identified themselves, for one summary line.
-#[derive(Default)]
-struct Counts {
-    closed: u64,
-    timed_out: u64,
-    not_protocol: u64,
-    evicted: u64,
-    refused: u64,
-    left_line: u64,
-}
-
-impl Counts {
-    fn any(&self) -> bool {
-        self.closed + self.timed_out + self.not_protocol + self.evicted + self.refused + self.left_line > 0
-    }
-}
-
 /// The connections waiting for their `Hello` and the clients waiting for a slot.
 pub(super) struct Admission {
     greeting: VecDeque<Greeting>,
     line: VecDeque<Waiting>,
     line_max: usize,
-    counts: Counts,
-    next_summary: Instant,
+    /// What happened to connections that never identified themselves, and to the line.
+    tally: Tally,
 }
 
 impl Admission {
-    pub(super) fn new(line_max: usize, now: Instant) -> Admission {
+    pub(super) fn new(line_max: usize) -> Admission {
         Admission {
             greeting: VecDeque::new(),
             line: VecDeque::new(),
             line_max,
-            counts: Counts::default(),
-            next_summary: now + SUMMARY_EVERY,
+            tally: Tally::new("connections without a Hello, and clients turned away", SUMMARY_EVERY),
         }
     }
 
@@ -93,11 +76,8 @@ impl Admission {
             Ok(c) => c,
             Err(e) => return debug!(%peer, "cannot set up an accepted connection: {e}"),
         };
-        if self.greeting.len() >= MAX_UNIDENTIFIED
-            && let Some(oldest) = self.greeting.pop_front()
-        {
-            debug!(peer = %oldest.conn.peer(), "too many connections without a Hello; the oldest gives way");
-            self.counts.evicted += 1;
+        if self.greeting.len() >= MAX_UNIDENTIFIED && self.greeting.pop_front().is_some() {
+            self.tally.note("gave_way");
         }
         self.greeting.push_back(Greeting { conn, deadline: now + HELLO_DEADLINE });
     }
@@ -111,22 +91,18 @@ impl Admission {
         for mut g in self.greeting.drain(..) {
             match g.conn.read_frame() {
                 Ok(Some(hello @ DataMsg::Hello { .. })) => out.push(Identified { conn: g.conn, hello }),
+                // Each of these is counted, not logged: anyone who reaches the port can cause
+                // them as fast as they like.
                 Ok(Some(other)) => {
-                    self.counts.not_protocol += 1;
-                    let reason = format!("expected Hello, got {}", other.kind());
-                    debug!(peer = %g.conn.peer(), "{reason}");
-                    say_and_close(g.conn, ErrorCode::Protocol, reason);
+                    self.tally.note("not_machinaftp");
+                    say_and_close(g.conn, ErrorCode::Protocol, format!("expected Hello, got {}", other.kind()));
                 }
                 Err(TcpError::Decode(e)) => {
-                    self.counts.not_protocol += 1;
-                    debug!(peer = %g.conn.peer(), "not a machinaftp client: {e}");
+                    self.tally.note("not_machinaftp");
                     say_and_close(g.conn, ErrorCode::Protocol, format!("not a machinaftp Hello: {e}"));
                 }
-                Err(TcpError::Closed | TcpError::Io(_)) => self.counts.closed += 1,
-                Ok(None) if now >= g.deadline => {
-                    self.counts.timed_out += 1;
-                    debug!(peer = %g.conn.peer(), "no Hello within {:?}; closed", HELLO_DEADLINE);
-                }
+                Err(TcpError::Closed | TcpError::Io(_)) => self.tally.note("closed_without_hello"),
+                Ok(None) if now >= g.deadline => self.tally.note("no_hello_in_time"),
                 Ok(None) => kept.push_back(g),
             }
         }
@@ -153,14 +129,14 @@ impl Admission {
         } else {
             format!("server busy: {why} and {} waiting, the most it lets wait; try again shortly", self.line.len())
         };
-        self.counts.refused += 1;
-        warn!(%peer, "{reason}");
+        // Counted, not logged each: a flood of Hellos must not flood the log either.
+        self.tally.note("refused_busy");
         say_and_close(client.conn, ErrorCode::Busy, reason);
     }
 
     /// Tells a client the server is busy, and why.
     pub(super) fn refuse(&mut self, client: Identified, why: &str) {
-        self.counts.refused += 1;
+        self.tally.note("refused_busy");
         say_and_close(client.conn, ErrorCode::Busy, format!("server busy: {why}; try again shortly"));
     }
 
@@ -177,12 +153,14 @@ impl Admission {
     /// Drops waiting clients that went away (or broke the rule to send nothing while they wait),
     /// and tells the others their place when it changed or a notice is due.
     pub(super) fn notify(&mut self, now: Instant) {
-        let before = self.line.len();
+        let tally = &mut self.tally;
         self.line.retain_mut(|w| match w.client.conn.read_frame() {
             Ok(None) => true,
-            Ok(Some(_)) | Err(_) => false,
+            Ok(Some(_)) | Err(_) => {
+                tally.note("left_the_line");
+                false
+            }
         });
-        self.counts.left_line += (before - self.line.len()) as u64;
         for (i, w) in self.line.iter_mut().enumerate() {
             let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
             if position != w.told || now >= w.next_notice {
@@ -192,37 +170,20 @@ impl Admission {
             }
         }
         // A client that does not even take 9-byte notices is not waiting any more.
-        let before = self.line.len();
-        self.line.retain_mut(|w| w.client.conn.flush().is_ok() && !w.client.conn.pending());
-        self.counts.left_line += (before - self.line.len()) as u64;
+        let tally = &mut self.tally;
+        self.line.retain_mut(|w| {
+            let taking = w.client.conn.flush().is_ok() && !w.client.conn.pending();
+            if !taking {
+                tally.note("left_the_line");
+            }
+            taking
+        });
     }
 
     /// At most one log line per [`SUMMARY_EVERY`] for everything that happened to connections
     /// that never identified themselves: a flood of them cannot flood the log.
     pub(super) fn summarise(&mut self, now: Instant) {
-        if now < self.next_summary {
-            return;
-        }
-        self.next_summary = now + SUMMARY_EVERY;
-        self.log_counts();
-    }
-
-    fn log_counts(&mut self) {
-        if !self.counts.any() {
-            return;
-        }
-        let c = std::mem::take(&mut self.counts);
-        info!(
-            closed_without_hello = c.closed,
-            no_hello_in_time = c.timed_out,
-            not_machinaftp = c.not_protocol,
-            gave_way = c.evicted,
-            refused_busy = c.refused,
-            left_the_line = c.left_line,
-            unidentified_now = self.greeting.len(),
-            waiting_now = self.line.len(),
-            "connections since the last summary"
-        );
+        self.tally.tick(now);
     }
 
     /// The sockets the accept loop's wait must include.
@@ -235,8 +196,7 @@ impl Admission {
     pub(super) fn deadline(&self) -> Option<Instant> {
         let hello = self.greeting.iter().map(|g| g.deadline).min();
         let notice = self.line.iter().map(|w| w.next_notice).min();
-        let summary = self.counts.any().then_some(self.next_summary);
-        [hello, notice, summary].into_iter().flatten().min()
+        [hello, notice, self.tally.due()].into_iter().flatten().min()
     }
 
     /// The server stops: everyone waiting is told so, and the last counts are logged.
@@ -245,7 +205,7 @@ impl Admission {
             say_and_close(w.client.conn, ErrorCode::Internal, "the server is stopping".into());
         }
         self.greeting.clear();
-        self.log_counts();
+        self.tally.flush();
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info, warn};
+use tracing::{error, info};
 
 use crate::error::{Error, Result};
 use crate::files::StagedFile;
@@ -156,7 +156,7 @@ impl Server {
         shared.cache.warm(&cfg.file);
         let active = Arc::new(AtomicUsize::new(0));
         let mut workers: Vec<Worker> = Vec::new();
-        let mut admission = Admission::new(cfg.queue, Instant::now());
+        let mut admission = Admission::new(cfg.queue);
         let mut backoff = None;
         let result = loop {
             if let Some(outcome) = reap(&mut workers, cfg.once) {
@@ -173,10 +173,7 @@ impl Server {
             }
             while backoff.is_none() {
                 match listener.accept() {
-                    Ok((stream, peer)) => {
-                        debug!(%peer, "accepted connection");
-                        admission.accepted(stream, peer, now);
-                    }
+                    Ok((stream, peer)) => admission.accepted(stream, peer, now),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     // Out of file descriptors and the like: the listener itself is fine and stays
@@ -190,13 +187,12 @@ impl Server {
             for client in admission.identify(now) {
                 let peer = client.conn.peer();
                 if cfg.once && !workers.is_empty() {
-                    warn!(%peer, "busy with the one round trip of --once; refusing");
                     admission.refuse(client, "this server makes one round trip (--once) and is busy with it");
                 } else if active.load(Ordering::SeqCst) >= cfg.max_clients || admission.waiting() > 0 {
                     let n = cfg.max_clients;
                     admission.wait_or_refuse(client, &format!("serving {n} client{}", plural(n)), now);
                 } else if let Some(w) = spawn(client, peer, &shared, &active, ended.handle()) {
-                    info!(%peer, "client admitted");
+                    info!(%peer, "accepted connection");
                     workers.push(w);
                 }
             }
@@ -205,7 +201,7 @@ impl Server {
                 let Some(client) = admission.next_in_line() else { break };
                 let peer = client.conn.peer();
                 if let Some(w) = spawn(client, peer, &shared, &active, ended.handle()) {
-                    info!(%peer, "client admitted from the line");
+                    info!(%peer, "accepted connection, after waiting in line");
                     workers.push(w);
                 }
             }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::logging::Tally;
 use crate::protocol::data::Topology;
 use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, is_abort, is_hello};
 use crate::protocol::{Token, hex};
@@ -29,6 +30,8 @@ use super::ret::{DATA_HWM, Frame, Inbound, LINGER_MS, Outbox, ReturnEnd, endpoin
 /// window's 8 frames and an `End` in flight; one that does not overflows the queue and loses the
 /// session, after 24 frames at the most, instead of filling A's memory.
 const LINK_HWM: i32 = 12;
+/// How often junk from unidentified peers is summed up in the log.
+const JUNK_SUMMARY: Duration = Duration::from_secs(1);
 /// How long registration may wait for the (local) hub's answer.
 const REGISTER_WAIT: Duration = Duration::from_secs(5);
 
@@ -223,6 +226,7 @@ impl Hub {
                     remote_refs: HashMap::new(),
                     stopping: None,
                     last_abort: None,
+                    junk: Tally::new("return channel: junk from peers without a valid Hello", JUNK_SUMMARY),
                 }
                 .run()
             })
@@ -330,10 +334,18 @@ struct HubLoop {
     stopping: Option<Instant>,
     /// When an `Abort` last went to a client.
     last_abort: Option<Instant>,
+    /// Junk from peers that never said a valid Hello: anyone who reaches the port can send it,
+    /// so it is counted, never logged a line each.
+    junk: Tally,
 }
 
 impl HubLoop {
     fn run(mut self) {
+        self.serve();
+        self.junk.flush();
+    }
+
+    fn serve(&mut self) {
         loop {
             let tokens: Vec<Token> = self.routes.keys().copied().collect();
             let timeout = match self.stopping {
@@ -342,7 +354,10 @@ impl HubLoop {
                 // second to say their last words.
                 Some(since) if since.elapsed() >= Duration::from_secs(1) => return,
                 Some(_) => 20,
-                None => -1,
+                None => match self.junk.due() {
+                    Some(due) => due.saturating_duration_since(Instant::now()).as_millis().min(1000) as i64,
+                    None => -1,
+                },
             };
             {
                 let mut items = vec![self.router.as_poll_item(zmq::POLLIN), self.control.as_poll_item(zmq::POLLIN)];
@@ -379,10 +394,11 @@ impl HubLoop {
             for _ in 0..64 {
                 match recv_routed(&self.router) {
                     Ok(Some((peer, frame))) => self.on_peer_frame(peer, frame),
-                    Ok(None) => {}
+                    Ok(None) => self.junk.note("message_of_another_shape"),
                     Err(_) => break,
                 }
             }
+            self.junk.tick(Instant::now());
         }
     }
 
@@ -489,7 +505,7 @@ impl HubLoop {
             return;
         }
         let Some(token) = self.peers.get(&peer) else {
-            tracing::debug!("return channel: dropped a frame from an unknown peer");
+            self.junk.note("frame_from_unknown_peer");
             return;
         };
         let Some(route) = self.routes.get_mut(token) else { return };
@@ -509,7 +525,7 @@ impl HubLoop {
         let (version, token) = match ReturnMsg::decode(&frame) {
             Ok(ReturnMsg::Hello { version, token }) => (version, token),
             _ => {
-                tracing::debug!("return channel: dropped a malformed Hello");
+                self.junk.note("malformed_hello");
                 return;
             }
         };
@@ -528,9 +544,10 @@ impl HubLoop {
             }
         };
         if let Some(reason) = reply {
+            self.junk.note(if reason.starts_with("unknown") { "hello_unknown_token" } else { "hello_session_taken" });
             let abort = ReturnMsg::Abort { reason: reason.into() }.to_bytes();
-            if let Err(e) = self.router.send_multipart([peer.as_slice(), &abort], zmq::DONTWAIT) {
-                tracing::debug!("return channel: cannot answer a Hello: {e}");
+            if self.router.send_multipart([peer.as_slice(), &abort], zmq::DONTWAIT).is_err() {
+                self.junk.note("hello_not_answered");
             }
         }
     }
@@ -548,10 +565,7 @@ fn recv_routed(router: &zmq::Socket) -> Result<Option<(Vec<u8>, zmq::Message)>, 
     }
     match frame {
         Some(frame) if parts == 2 => Ok(Some((peer.to_vec(), frame))),
-        _ => {
-            tracing::debug!(parts, "return channel: dropped a message with an unexpected frame count");
-            Ok(None)
-        }
+        _ => Ok(None),
     }
 }
 
