@@ -151,15 +151,27 @@ impl Error {
             Error::Wiring(_) => {
                 "check that the ZeroMQ port (--zmq-port, default PORT+1) is reachable and not firewalled"
             }
-            Error::Output { .. } | Error::Convert(ConvertError::Write { .. }) => {
-                "check free space and permissions in the destination directory"
-            }
+            Error::Output { source, .. } | Error::Convert(ConvertError::Write { source, .. }) => output_hint(source),
             Error::Convert(ConvertError::Stl { .. }) => {
                 "the file is not valid STL at the place named; fix or re-export it"
             }
             Error::Session { failure, .. } => return failure_hint(failure),
             _ => return None,
         })
+    }
+}
+
+/// What to do about a file that cannot be written, by what went wrong: "check free space" is no
+/// help for a directory that does not exist.
+fn output_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::IsADirectory => "name a file, not a directory",
+        io::ErrorKind::NotFound => "the destination directory does not exist: create it, or name one that does",
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            "check the permissions of the destination directory"
+        }
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => "free some space in the destination directory",
+        _ => "check free space and permissions in the destination directory",
     }
 }
 
@@ -185,9 +197,8 @@ fn failure_hint(f: &Failure) -> Option<&'static str> {
         Failure::Mismatch { .. } | Failure::PeerMismatch { .. } | Failure::SizeMismatch { .. } => {
             "the bytes were corrupted in transit or on disk; run the transfer again"
         }
-        Failure::Local(LocalFailure::Output { .. } | LocalFailure::NoRoom { .. }) => {
-            "check free space and permissions in the destination directory"
-        }
+        Failure::Local(LocalFailure::Output { source, .. }) => output_hint(source),
+        Failure::Local(LocalFailure::NoRoom { .. }) => "free some space in the destination directory",
         Failure::Local(LocalFailure::ReturnChannel { .. }) => {
             "check that the ZeroMQ port (--zmq-port, default PORT+1) is reachable and not firewalled"
         }

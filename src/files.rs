@@ -58,6 +58,16 @@ impl StagedFile {
     }
 }
 
+/// Checks, before any transfer, that a file could be saved at `dest`: it is not a directory, and
+/// a temporary file can be created beside it (the directory exists and is writable). A failure
+/// found only after the bytes arrived would waste the transfer.
+pub fn check_destination(dest: &Path) -> io::Result<()> {
+    if std::fs::metadata(dest).is_ok_and(|m| m.is_dir()) {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"));
+    }
+    StagedFile::create(dest).map(drop)
+}
+
 /// The directory a path lives in; `.` for a bare file name.
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {

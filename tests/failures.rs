@@ -176,9 +176,44 @@ fn client_refuses_to_overwrite_through_a_missing_directory() {
     let out = client(b.path(), &srv.client_args("no/such/dir/out.stl"));
     assert_eq!(out.code(), Some(4), "{out:?}");
     assert!(out.stderr.contains("no/such/dir/out.stl"), "{out:?}");
+    assert!(out.stderr.contains("directory does not exist"), "the hint names the cause: {out:?}");
+    assert_no_transfer_began(srv);
+}
+
+/// The client gave up before connecting: the server never saw it, and is still waiting.
+fn assert_no_transfer_began(srv: Server) {
+    let log_path = srv.proc_dir().join("server.log");
+    srv.proc.signal(libc::SIGTERM);
     let s = srv.proc.finish();
-    assert_eq!(s.code(), Some(3), "{s:?}");
-    assert!(s.stdout.contains("refused"), "A learns why: {s:?}");
+    assert_eq!(s.code(), Some(130), "the --once server had no round trip: {s:?}");
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(!log.contains("accepted connection"), "{log}");
+}
+
+#[test]
+fn regression_outputs_that_are_directories_are_refused_before_any_transfer() {
+    // Once called a checksum mismatch ("corrupted in transit"), exit 1, after the whole transfer.
+    let (a, b) = (tempdir(), tempdir());
+    std::fs::create_dir(a.path().join("outdir")).unwrap();
+    std::fs::create_dir(b.path().join("outdir")).unwrap();
+    let mesh = shared("cad_mesh.stl");
+    let mesh_arg = mesh.to_str().unwrap();
+    let s = client(a.path(), &["--server", "-f", mesh_arg, "-p", "0", "--once", "--output", "outdir"]);
+    assert_eq!(s.code(), Some(4), "{s:?}");
+    assert!(s.stderr.contains("cannot write outdir: it is a directory"), "{s:?}");
+
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    for args in [&["-f", "outdir"][..], &["-f", "x.stl", "--csv", "outdir"]] {
+        let mut all = vec!["--client"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-H", "127.0.0.1", "-p", &srv.tcp_port]);
+        let out = client(b.path(), &all);
+        assert_eq!(out.code(), Some(4), "{out:?}");
+        assert!(out.stderr.contains("cannot write outdir: it is a directory"), "{out:?}");
+        assert!(!out.stderr.contains("mismatch"), "{out:?}");
+    }
+    assert_eq!(files_in(b.path()), ["client.log", "outdir"]);
+    assert_no_transfer_began(srv);
 }
 
 /// A 1 MiB tmpfs, unmounted on drop; `None` where mounting is not allowed.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::{Error, Result};
-use crate::files::{StagedFile, available_space, parent_dir};
+use crate::files::{StagedFile, available_space, check_destination, parent_dir};
 use crate::protocol::data::DataMsg;
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{Token, VERSION, hex};
@@ -65,6 +65,10 @@ const MAX_PAUSE: Duration = Duration::from_secs(8);
 /// Runs one round trip against A. A server busy with a full line is tried again, with growing
 /// pauses, for up to `busy_wait`.
 pub fn run(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> Result<ClientReport> {
+    // Find out now, not after the transfer, that the copy or its CSV could not be saved.
+    for dest in std::iter::once(&cfg.out).chain(&cfg.csv) {
+        check_destination(dest).map_err(Error::output(dest))?;
+    }
     let give_up = Instant::now() + cfg.busy_wait;
     let mut pause = FIRST_PAUSE;
     loop {

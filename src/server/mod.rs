@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, info};
 
 use crate::error::{Error, Result};
-use crate::files::StagedFile;
+use crate::files::check_destination;
 use crate::report::{Reporter, ServerSessionReport};
 use crate::session::{CsvResult, Failure};
 use crate::shutdown::Shutdown;
@@ -96,7 +96,7 @@ impl Server {
                     out.display()
                 )));
             }
-            StagedFile::create(out).map(drop).map_err(Error::output(out))?;
+            check_destination(out).map_err(Error::output(out))?;
         }
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let listener = TcpListener::bind(&addr).map_err(|source| Error::Bind {

@@ -167,6 +167,11 @@ impl Server {
         Server { proc, tcp_port, zmq_port }
     }
 
+    /// The directory the server runs in.
+    pub fn proc_dir(&self) -> &Path {
+        &self.proc.dir
+    }
+
     /// Client arguments that reach this server.
     pub fn client_args<'a>(&'a self, out: &'a str) -> Vec<&'a str> {
         let mut v = vec!["--client", "-f", out, "-H", "127.0.0.1", "-p", &self.tcp_port];
