@@ -362,3 +362,28 @@ fn regression_a_reset_data_connection_does_not_spin_the_server() {
     srv.proc.signal(libc::SIGTERM);
     assert_eq!(srv.proc.finish().code(), Some(0));
 }
+
+#[test]
+fn regression_a_source_overwritten_during_the_send_fails_both_sides() {
+    // Overwriting parts of the served file while it was sent once gave exit 0 on both sides and
+    // a copy that matched neither version.
+    let (a, b) = (tempdir(), tempdir());
+    let big = big_file(a.path());
+    let srv = Server::start(a.path(), &big, &["--once", "--rate-limit", "20M"]);
+    let mut args = srv.client_args("big.bin");
+    args.push("-v");
+    let cli = Proc::spawn(b.path(), &args);
+    cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    // In place: same inode, same size; only the modification and status-change times tell.
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xab; 1 << 20], 10_000_000).unwrap();
+    drop(f);
+    let out = cli.finish();
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("changed while"), "B is told why: {out:?}");
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(2), "{s:?}");
+    assert!(s.stderr.contains("changed while"), "{s:?}");
+    assert_eq!(files_in(b.path()), ["client.log"], "B keeps no copy of a torn file");
+    assert_eq!(files_in(a.path()), ["big.bin", "server.log"], "A saves nothing of it either");
+}

@@ -219,3 +219,25 @@ fn version_2_client_returning_a_flipped_byte_while_receiving_is_rejected() {
     assert!(s.stderr.contains("checksum mismatch on the return leg"), "{s:?}");
     assert_eq!(files_in(a.path()), ["big.bin", "server.log"]);
 }
+
+#[test]
+fn regression_sigterm_stops_a_server_in_the_middle_of_a_return_leg() {
+    // A once finished the return leg before it stopped: 5 s on a 100 Mbit/s link, minutes for
+    // big files. A version-1 client makes the return leg its own phase, and this one stops
+    // sending in the middle of it.
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &[]);
+    let (fake, file, _data) = raw_through_data_leg(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), [0x55; 16]);
+    fake.send(&ReturnMsg::Offer { stream: Stream::File, size: file.len() as u64 });
+    assert!(matches!(fake.recv(), ReturnMsg::Credit { .. }));
+    fake.send(&ReturnMsg::Data { stream: Stream::File, offset: 0, payload: &file[..FRAME_V1] });
+    srv.proc.signal(libc::SIGTERM);
+    match fake.recv() {
+        ReturnMsg::Abort { reason } => assert!(reason.contains("shutting down"), "told why: {reason}"),
+        other => panic!("expected Abort, got {other:?}"),
+    }
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "{s:?}");
+    assert_eq!(files_in(a.path()), ["server.log"], "nothing half-returned is kept");
+}
