@@ -191,3 +191,37 @@ fn regression_junk_on_the_return_channel_is_summed_up_not_logged_frame_by_frame(
     assert_eq!(total, 20_000, "every junk frame is counted: {log}");
     assert!(log.contains("hello_unknown_token=1"), "{log}");
 }
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn regression_memory_of_many_sessions_is_given_back_when_the_server_falls_idle() {
+    // A server once grew from 6 to 37 MB over 64 sessions at once and kept it.
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let srv = Server::start(a.path(), &mesh, &[]);
+    let pid = srv.proc.child.id();
+    let warm = tempdir();
+    assert_eq!(client(warm.path(), &srv.client_args("out.stl")).code(), Some(0));
+    let idle = rss_kib(pid);
+    let dirs: Vec<_> = (0..32).map(|_| tempdir()).collect();
+    let procs: Vec<Proc> = dirs.iter().map(|d| Proc::spawn(d.path(), &srv.client_args("out.stl"))).collect();
+    for p in procs {
+        assert_eq!(p.finish().code(), Some(0));
+    }
+    // The server trims once its last session is joined; look until then.
+    let limit = idle + 4 * 1024;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rss_kib(pid) > limit && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = rss_kib(pid);
+    assert!(after <= limit, "idle at {idle} KiB before 32 sessions, {after} KiB after");
+    srv.proc.signal(libc::SIGTERM);
+    drop(srv.proc.finish());
+}

@@ -159,8 +159,12 @@ impl Server {
         let mut admission = Admission::new(cfg.queue);
         let mut backoff = None;
         let result = loop {
+            let running = workers.len();
             if let Some(outcome) = reap(&mut workers, cfg.once) {
                 break outcome;
+            }
+            if running > 0 && workers.is_empty() && admission.waiting() == 0 {
+                give_memory_back();
             }
             if shutdown.is_set() {
                 info!("stop requested; finishing");
@@ -332,6 +336,17 @@ fn once_outcome(report: ServerSessionReport) -> Result<()> {
             _ => Ok(()),
         },
         Err(e) => Err(e),
+    }
+}
+
+/// The last session ended: the memory its buffers used goes back to the system. The process keeps
+/// freed frame buffers around while it serves (main.rs says why), and with many sessions at once
+/// those sit in many threads' arenas; an idle server holds what it needs, not its busiest moment.
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it is safe at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
