@@ -68,6 +68,28 @@ pub fn check_destination(dest: &Path) -> io::Result<()> {
     StagedFile::create(dest).map(drop)
 }
 
+/// Where two files first differ within their first `len` bytes: the offset of the first differing
+/// byte and how many differ from there on (within the 64 KiB block compared). `Ok(None)` if they
+/// do not differ there, or if `give_up` came first: a copy torn far into a big file on a slow
+/// disk must not keep a peer waiting for its verdict.
+pub fn first_difference(a: &File, b: &File, len: u64, give_up: std::time::Instant) -> io::Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 64 << 10;
+    let (mut x, mut y) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
+    let mut at = 0u64;
+    while at < len && std::time::Instant::now() < give_up {
+        let n = usize::try_from(len - at).unwrap_or(BLOCK).min(BLOCK);
+        a.read_exact_at(&mut x[..n], at)?;
+        b.read_exact_at(&mut y[..n], at)?;
+        if let Some(i) = x[..n].iter().zip(&y[..n]).position(|(p, q)| p != q) {
+            let run = x[i..n].iter().zip(&y[i..n]).take_while(|(p, q)| p != q).count();
+            return Ok(Some((at + i as u64, run as u64)));
+        }
+        at += n as u64;
+    }
+    Ok(None)
+}
+
 /// The directory a path lives in; `.` for a bare file name.
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -114,5 +136,24 @@ mod tests {
     fn bare_name_lives_in_cwd() {
         assert_eq!(parent_dir(Path::new("output.stl")), Path::new("."));
         assert_eq!(parent_dir(Path::new("a/b.stl")), Path::new("a"));
+    }
+
+    #[test]
+    fn first_difference_finds_the_first_run_of_differing_bytes() {
+        let original = vec![7u8; 200_000];
+        let mut copy = original.clone();
+        copy[150_000..150_003].copy_from_slice(b"abc");
+        copy[190_000] = 0;
+        let file = |bytes: &[u8]| {
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(bytes).unwrap();
+            f
+        };
+        let far = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let (a, b) = (file(&original), file(&copy));
+        assert_eq!(first_difference(&a, &b, 200_000, far).unwrap(), Some((150_000, 3)));
+        assert_eq!(first_difference(&b, &file(&copy), 200_000, far).unwrap(), None, "identical");
+        let past = std::time::Instant::now();
+        assert_eq!(first_difference(&a, &b, 200_000, past).unwrap(), None, "gave up at once");
     }
 }

@@ -97,6 +97,15 @@ fn corrupted_byte_on_the_return_leg_while_both_legs_run() {
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(1), "{s:?}");
     assert!(s.stderr.contains("checksum mismatch on the return leg"), "{s:?}");
+    // Where, not only whether, on both sides: the byte the relay flipped, 10 MB into the stream
+    // less the frames' headers before it.
+    let at = |text: &str| -> u64 {
+        let rest = text.split("the first differing byte is byte ").nth(1).unwrap_or_else(|| panic!("{text}"));
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    let (on_a, on_b) = (at(&s.stderr), at(&out.stderr));
+    assert_eq!(on_a, on_b);
+    assert!((9_990_000..10_000_000).contains(&on_a), "{on_a}");
     assert_eq!(files_in(a.path()), ["big.bin", "server.log"], "A saves no corrupted copy");
     // B's own copy was verified on arrival and is kept.
     assert!(same_contents(&a.path().join("big.bin"), &b.path().join("big.bin")));

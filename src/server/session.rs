@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::error::Error;
-use crate::files::StagedFile;
+use crate::files::{StagedFile, first_difference};
 use crate::protocol::data::DataMsg;
 use crate::protocol::hex;
 use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream};
 use crate::report::{ServerEvent, ServerSessionReport};
 use crate::session::{
-    Failure, LocalFailure, Milestone, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession, WINDOW_V2,
+    ByteRange, Failure, LocalFailure, Milestone, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession,
+    WINDOW_V2,
 };
 use crate::transport::hub::{RegisterError, SessionLink};
 use crate::transport::poll::{Watch, wait};
@@ -37,6 +38,8 @@ const SEND_CHUNK: usize = 256 << 10;
 const WRITE_SLICE: usize = 256 << 10;
 /// Raw bytes written per turn of the loop before the other channel gets a look.
 const WRITE_TURN: u64 = 8 << 20;
+/// How long a session may spend finding where a returned copy first differs from the original.
+const LOCATE_FOR: Duration = Duration::from_secs(5);
 /// How long a finished session may spend delivering its last frames.
 const LAST_WORDS: Duration = Duration::from_secs(1);
 
@@ -408,6 +411,20 @@ impl Driver<'_> {
                         Err(source) => ServerInput::Local(LocalFailure::Output { path: dest, source }),
                     };
                     self.machine.handle(now, input);
+                }
+                ServerAction::Locate => {
+                    let first = match (&self.sinks[Stream::File as usize], &self.source) {
+                        (Some(sink), Some(src)) => {
+                            let give_up = Instant::now() + LOCATE_FOR;
+                            first_difference(sink.file_ref(), &src.file, src.id.size(), give_up)
+                                .inspect_err(|e| warn!("cannot compare the returned copy with the original: {e}"))
+                                .ok()
+                                .flatten()
+                                .map(|(offset, len)| ByteRange { offset, len })
+                        }
+                        _ => None,
+                    };
+                    self.machine.handle(now, ServerInput::Located(first));
                 }
                 ServerAction::Digested(d) => {
                     if let Some(src) = &self.source {

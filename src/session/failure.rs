@@ -104,18 +104,46 @@ pub struct DigestDiff {
     pub got: Digest,
     /// What it should have been.
     pub expected: Digest,
+    /// Where the bytes first differ, when the side that found the difference holds the original
+    /// to compare with (A, for the returned copy).
+    pub first: Option<ByteRange>,
 }
 
 impl DigestDiff {
     /// `Some` if `got` differs from `expected`.
     pub fn check(got: Digest, expected: Digest) -> Option<DigestDiff> {
-        (got != expected).then_some(DigestDiff { got, expected })
+        (got != expected).then_some(DigestDiff { got, expected, first: None })
     }
 }
 
 impl fmt::Display for DigestDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.got.mismatch(&self.expected).unwrap_or_else(|| "no difference".into()))
+        f.write_str(&self.got.mismatch(&self.expected).unwrap_or_else(|| "no difference".into()))?;
+        match self.first {
+            Some(r) => write!(f, "; {r}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The first run of bytes in which a copy differs from its original: `len` bytes from `offset`
+/// (the run is looked for within one block of the comparison, so a long run is cut at its end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// The first differing byte.
+    pub offset: u64,
+    /// How many differ from there on.
+    pub len: u64,
+}
+
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let last = self.offset + self.len.max(1) - 1;
+        if self.len <= 1 {
+            write!(f, "the first differing byte is byte {} (counting from 0)", self.offset)
+        } else {
+            write!(f, "the first differing bytes are bytes {}-{} (counting from 0)", self.offset, last)
+        }
     }
 }
 

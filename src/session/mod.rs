@@ -31,7 +31,7 @@ mod tests;
 use std::time::Duration;
 
 pub use client::{ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvReturned};
-pub use failure::{CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation, chain};
+pub use failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation, chain};
 pub use server::{CsvResult, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession};
 
 use crate::integrity::Digest;

@@ -9,7 +9,7 @@ use crate::protocol::data::{DataMsg, ErrorCode, Topology};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{DecodeError, MIN_VERSION, Token, VERSION};
 
-use super::failure::{CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
+use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
 use super::streams::Incoming;
 use super::timers::{Due, Timers};
 use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, FileDone, Milestone, WINDOW_V1, wire_code};
@@ -68,6 +68,9 @@ pub enum ServerInput<'a> {
     RawDone,
     /// A returned file is saved under its final name.
     Committed(Stream),
+    /// Where the returned copy first differs from the original (after [`ServerAction::Locate`]);
+    /// `None` if that could not be found.
+    Located(Option<ByteRange>),
     /// A's own derivation of the expected CSV finished.
     ExpectedCsv(ExpectedCsv),
     /// Local work failed.
@@ -101,6 +104,9 @@ pub enum ServerAction {
     Write(Stream),
     /// Save `stream`'s temporary file under its final name and report [`ServerInput::Committed`].
     Commit(Stream),
+    /// The returned copy differs from the original: compare the file's temporary file with the
+    /// original and report where they first differ with [`ServerInput::Located`].
+    Locate,
     /// The served file's digest, computed while sending (to reuse while the file is unchanged).
     Digested(Digest),
     /// A point for the user.
@@ -184,6 +190,9 @@ struct Transfer {
     claimed: Option<Digest>,
     /// The returned copy is being renamed into place.
     committing: bool,
+    /// The returned copy differs: `None` while the driver looks for where, then what it found.
+    located: Option<Option<ByteRange>>,
+    locating: bool,
     data_started: Instant,
     data_time: Duration,
     ret_started: Instant,
@@ -347,6 +356,8 @@ impl ServerSession {
                     ret: None,
                     claimed: None,
                     committing: false,
+                    located: None,
+                    locating: false,
                     data_started: now,
                     data_time: Duration::ZERO,
                     ret_started: now,
@@ -376,6 +387,14 @@ impl ServerSession {
             }
             ServerInput::RawDone => self.on_raw_done(now),
             ServerInput::Committed(stream) => self.on_committed(now, stream),
+            ServerInput::Located(first) => {
+                if let State::Transfer(t) = &mut self.state
+                    && t.locating
+                {
+                    t.located = Some(first);
+                    self.check_return();
+                }
+            }
             ServerInput::ExpectedCsv(e) => {
                 self.expected = Some(e);
                 if let State::Csv(CsvState::Checking { got, claimed }) = self.state {
@@ -659,7 +678,16 @@ impl ServerSession {
         }
         let got = ret.digest();
         // What came back is compared with what was sent, never with what B claims.
-        if let Some(diff) = DigestDiff::check(got, sent) {
+        if let Some(mut diff) = DigestDiff::check(got, sent) {
+            // Where, not only whether: the driver compares the saved bytes with the original first.
+            let Some(first) = t.located else {
+                if !t.locating {
+                    t.locating = true;
+                    self.actions.push_back(ServerAction::Locate);
+                }
+                return;
+            };
+            diff.first = first;
             let f = Failure::Mismatch { leg: Leg::Return, what: "returned copy", diff };
             self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: false, reason: mismatch_reason(&f) });
             self.fail(f);

@@ -386,6 +386,14 @@ impl Sim {
                         self.a.handle(now, ServerInput::Committed(s));
                     }
                 }
+                ServerAction::Locate => {
+                    let got = self.a_sinks[0].as_deref().unwrap_or_default();
+                    let first = got.iter().zip(&self.file).position(|(x, y)| x != y).map(|i| {
+                        let len = got[i..].iter().zip(&self.file[i..]).take_while(|(x, y)| x != y).count();
+                        ByteRange { offset: i as u64, len: len as u64 }
+                    });
+                    self.a.handle(now, ServerInput::Located(first));
+                }
                 ServerAction::Digested(_) | ServerAction::ClaimDiffers(_) => {}
                 ServerAction::Milestone(Milestone::DataLeg { .. }) => self.milestones.push(('A', "data")),
                 ServerAction::Milestone(Milestone::ReturnLeg { .. }) => self.milestones.push(('A', "return")),
@@ -543,6 +551,18 @@ fn v2_both_legs_end_on_a_return_leg_corrupted_mid_pipeline() {
     assert!(matches!(s.b_err(), Failure::PeerMismatch { leg: Leg::Return, .. }), "{:?}", s.b_err());
     assert!(s.a_saved[0].is_none(), "A saves nothing that differs");
     assert!(s.b_committed, "B's own copy was verified on arrival and is kept");
+}
+
+#[test]
+fn v2_result_a_return_mismatch_names_where_the_copy_first_differs_on_both_sides() {
+    let at = 2 * FRAME_V2 + 5;
+    let s =
+        Sim::new(bytes(5 * FRAME_V2 + 3, 2), WINDOW_V2, Faults { return_flip: Some(at), ..Faults::default() }).run();
+    let Failure::Mismatch { diff, .. } = s.a_err() else { panic!("{:?}", s.a_err()) };
+    assert_eq!(diff.first, Some(ByteRange { offset: at as u64, len: 1 }));
+    let said = format!("the first differing byte is byte {at}");
+    assert!(s.a_err().to_string().contains(&said), "A's log and console: {}", s.a_err());
+    assert!(s.b_err().to_string().contains(&said), "B is told in the Result: {}", s.b_err());
 }
 
 #[test]
@@ -866,9 +886,14 @@ fn v1_flow_step_6_a_compares_with_what_it_sent_never_with_the_clients_claims() {
     back[999] ^= 0x80;
     let acts = a_return(&mut a, t, &back, FRAME_V2, digest(&file));
     assert!(!acts.iter().any(|x| matches!(x, ServerAction::Commit(_))));
+    // First the driver is asked where the copy differs; the verdict follows its answer.
+    assert!(matches!(acts.last(), Some(ServerAction::Locate)), "{acts:?}");
+    a.handle(t, ServerInput::Located(Some(ByteRange { offset: 999, len: 1 })));
+    let acts = drain_a(&mut a);
     match sent_ret_a(&acts)[..] {
         [ReturnMsg::Result { ok: false, reason, .. }] => {
-            assert!(reason.starts_with("returned copy differs"), "{reason}")
+            assert!(reason.starts_with("returned copy differs"), "{reason}");
+            assert!(reason.ends_with("the first differing byte is byte 999 (counting from 0)"), "{reason}");
         }
         ref other => panic!("{other:?}"),
     }
