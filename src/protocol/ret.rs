@@ -251,9 +251,14 @@ impl<'a> ReturnMsg<'a> {
     }
 }
 
-/// Whether `frame` claims to be an `Abort` (by its type byte), without decoding it.
-pub fn is_abort(frame: &[u8]) -> bool {
-    frame.first() == Some(&T_ABORT)
+/// Whether `frame` ends its session while the peer may still be sending: an `Abort`, or a
+/// negative `Result` (judged by its first bytes, without decoding it).
+pub fn ends_session(frame: &[u8]) -> bool {
+    match frame {
+        [T_ABORT, ..] => true,
+        [T_RESULT, _, ok, ..] => *ok == 0,
+        _ => false,
+    }
 }
 
 /// Whether `frame` claims to be a `Hello` (by its type byte), without decoding it.
@@ -351,6 +356,11 @@ mod tests {
         assert_eq!(ReturnMsg::decode(&[0x7e]), Err(DecodeError::UnknownType(0x7e)));
         assert!(ReturnMsg::decode(&[T_OFFER, 9, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(ReturnMsg::decode(&[T_RESULT, 0, 2, 0, 0]).is_err());
+        let end = |m: &ReturnMsg<'_>| ends_session(&m.to_bytes());
+        assert!(end(&ReturnMsg::Abort { reason: "x".into() }));
+        assert!(end(&ReturnMsg::Result { stream: Stream::File, ok: false, reason: "x".into() }));
+        assert!(!end(&ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() }));
+        assert!(!end(&ReturnMsg::Bye));
         let mut hello = ReturnMsg::Hello { version: 1, token: [1; 16] }.to_bytes();
         hello[1] = b'Z';
         assert!(matches!(ReturnMsg::decode(&hello), Err(DecodeError::BadMagic(_))));

@@ -434,8 +434,8 @@ impl ClientSession {
                 let got = t.hasher.finish();
                 let expected = Digest { size: t.out.size, crc32, blake3 };
                 if let Some(diff) = DigestDiff::check(got, expected) {
-                    let f = Failure::Mismatch { leg: Leg::Data, what: "received file", diff };
                     let reason = format!("received file differs from what the server sent: {diff}");
+                    let f = Failure::Mismatch { leg: Leg::Data, what: "received file", diff };
                     self.send_data(DataMsg::Verdict { ok: false, reason });
                     self.fail(f);
                     return;

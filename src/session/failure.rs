@@ -98,15 +98,16 @@ impl fmt::Display for Phase {
 }
 
 /// Two digests that should be equal and are not; shows only what differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DigestDiff {
     /// What arrived.
     pub got: Digest,
     /// What it should have been.
     pub expected: Digest,
     /// Where the bytes first differ, when the side that found the difference holds the original
-    /// to compare with (A, for the returned copy).
-    pub first: Option<ByteRange>,
+    /// to compare with (A, for the returned copy). Boxed: failures travel in `Result`s, which
+    /// stay small.
+    pub first: Option<Box<ByteRange>>,
 }
 
 impl DigestDiff {
@@ -119,7 +120,7 @@ impl DigestDiff {
 impl fmt::Display for DigestDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.got.mismatch(&self.expected).unwrap_or_else(|| "no difference".into()))?;
-        match self.first {
+        match &self.first {
             Some(r) => write!(f, "; {r}"),
             None => Ok(()),
         }

@@ -687,7 +687,7 @@ impl ServerSession {
                 }
                 return;
             };
-            diff.first = first;
+            diff.first = first.map(Box::new);
             let f = Failure::Mismatch { leg: Leg::Return, what: "returned copy", diff };
             self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: false, reason: mismatch_reason(&f) });
             self.fail(f);

@@ -559,7 +559,7 @@ fn v2_result_a_return_mismatch_names_where_the_copy_first_differs_on_both_sides(
     let s =
         Sim::new(bytes(5 * FRAME_V2 + 3, 2), WINDOW_V2, Faults { return_flip: Some(at), ..Faults::default() }).run();
     let Failure::Mismatch { diff, .. } = s.a_err() else { panic!("{:?}", s.a_err()) };
-    assert_eq!(diff.first, Some(ByteRange { offset: at as u64, len: 1 }));
+    assert_eq!(diff.first.as_deref(), Some(&ByteRange { offset: at as u64, len: 1 }));
     let said = format!("the first differing byte is byte {at}");
     assert!(s.a_err().to_string().contains(&said), "A's log and console: {}", s.a_err());
     assert!(s.b_err().to_string().contains(&said), "B is told in the Result: {}", s.b_err());

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::logging::Tally;
 use crate::protocol::data::Topology;
-use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, is_abort, is_hello};
+use crate::protocol::ret::{DATA_HEADER_LEN, MAX_CHUNK, ReturnMsg, ends_session, is_hello};
 use crate::protocol::{Token, hex};
 use crate::shutdown::Shutdown;
 
@@ -225,7 +225,7 @@ impl Hub {
                     peers: HashMap::new(),
                     remote_refs: HashMap::new(),
                     stopping: None,
-                    last_abort: None,
+                    last_ending: None,
                     junk: Tally::new("return channel: junk from peers without a valid Hello", JUNK_SUMMARY),
                 }
                 .run()
@@ -292,16 +292,20 @@ impl Hub {
         self.halt();
     }
 
+    /// Once only: `stop` halts and then `drop` comes. A second stop command would go to the hub
+    /// thread's control socket after that thread closed it; libzmq can then hand the new
+    /// connection to the dying socket, and a send without a timeout waits forever (2-3% of
+    /// server exits under load hung there).
     fn halt(&mut self) {
+        let Some(thread) = self.thread.take() else { return };
         if let Ok(push) = self.ctx.socket(zmq::PUSH) {
             let _ = push.set_linger(LINGER_MS);
+            let _ = push.set_sndtimeo(1000);
             if push.connect(&self.control).is_ok() {
                 let _ = push.send_multipart(Control::Stop.encode(), 0);
             }
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = thread.join();
     }
 }
 
@@ -332,8 +336,8 @@ struct HubLoop {
     remote_refs: HashMap<String, usize>,
     /// When the stop came: sessions still open get a moment to close.
     stopping: Option<Instant>,
-    /// When an `Abort` last went to a client.
-    last_abort: Option<Instant>,
+    /// When a frame that ends a session (an `Abort`, a negative `Result`) last went to a client.
+    last_ending: Option<Instant>,
     /// Junk from peers that never said a valid Hello: anyone who reaches the port can send it,
     /// so it is counted, never logged a line each.
     junk: Tally,
@@ -349,7 +353,7 @@ impl HubLoop {
         loop {
             let tokens: Vec<Token> = self.routes.keys().copied().collect();
             let timeout = match self.stopping {
-                Some(_) if self.routes.is_empty() => return self.drain_after_aborts(),
+                Some(_) if self.routes.is_empty() => return self.drain_after_endings(),
                 // Sessions still open at a stop (they are joined first, so this is rare) get a
                 // second to say their last words.
                 Some(since) if since.elapsed() >= Duration::from_secs(1) => return,
@@ -402,12 +406,13 @@ impl HubLoop {
         }
     }
 
-    /// At a stop, after an `Abort` went to a client that was still sending (a session ended
-    /// mid-transfer): keeps reading, and dropping, what the client sends until it falls quiet.
-    /// Closing a TCP socket with unread data makes the kernel reset the connection and discard
-    /// what it had not sent yet, which would be that very `Abort`.
-    fn drain_after_aborts(&mut self) {
-        let Some(last) = self.last_abort else { return };
+    /// At a stop, after an `Abort` or a negative `Result` went to a client that was still sending
+    /// (a session ended mid-transfer): keeps reading, and dropping, what the client sends until it
+    /// falls quiet. Closing a TCP socket with unread data makes the kernel reset the connection
+    /// and discard what it had not sent yet, which would be that very frame (a client was left
+    /// waiting for a verdict on a returned copy that A had already rejected).
+    fn drain_after_endings(&mut self) {
+        let Some(last) = self.last_ending else { return };
         let until = last + Duration::from_millis(500);
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -466,8 +471,8 @@ impl HubLoop {
                 LinkCommand::Send(frame) => match &route.peer {
                     // Never block the hub on one peer: one that does not read its credits times out.
                     Some(peer) => {
-                        if is_abort(&frame) {
-                            self.last_abort = Some(Instant::now());
+                        if ends_session(&frame) {
+                            self.last_ending = Some(Instant::now());
                         }
                         if let Err(e) = self.router.send_multipart([peer.as_slice(), &frame[..]], zmq::DONTWAIT) {
                             tracing::warn!(session = %hex(&token[..4]), "cannot send to the client: {e}");
