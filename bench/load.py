@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +59,8 @@ def main():
                            stdout=subprocess.PIPE, text=True)
     try:
         port = srv.stdout.readline().split()[1].rsplit(":", 1)[1]
+        # Its verdict lines are read (and dropped) as a terminal or a log collector would.
+        threading.Thread(target=lambda: [None for _ in srv.stdout], daemon=True).start()
         # One round trip first: the server sets up its return channel's sockets on first use.
         one_client(port, work, -1)
         before = server_state(srv.pid)

@@ -81,7 +81,11 @@ fn run_server(cfg: server::ServerConfig, shutdown: &Shutdown, out: Arc<Stdout>) 
     let srv = server::Server::bind(cfg)?;
     // Tests and scripts wait for this line instead of sleeping.
     out.line(&srv.ready_line());
-    srv.run(shutdown, out)?;
+    // A standard output nobody reads must not stall the sessions that report to it.
+    out.detach();
+    let result = srv.run(shutdown, Arc::clone(&out) as _);
+    out.finish(std::time::Duration::from_secs(2));
+    result?;
     Ok(exit::OK)
 }
 

@@ -86,21 +86,78 @@ impl Reporter for Silent {}
 /// The text the Python version's users know: `Done! - TX` / `Done! - RX` lines and one verdict
 /// line per round trip, written to `out` (stdout in the binary). Lines are written whole under a
 /// lock, so sessions' lines never interleave; a failed write (a closed stdout) is ignored.
+///
+/// A server [`Text::detach`]es its printing: its lines then go through a bounded queue to a
+/// thread of their own, so a standard output that nobody reads (a full pipe) stalls only the
+/// printing, never a session. Once [`LINES_QUEUED`] lines wait, newer ones are dropped, and the
+/// printer says how many when it catches up.
 #[derive(Debug)]
 pub struct Text<W: std::io::Write + Send> {
-    out: std::sync::Mutex<W>,
+    out: std::sync::Arc<std::sync::Mutex<W>>,
+    detached: std::sync::Mutex<Option<Detached>>,
+}
+
+/// Lines a detached printer holds before it drops new ones.
+pub const LINES_QUEUED: usize = 1024;
+
+#[derive(Debug)]
+struct Detached {
+    tx: std::sync::mpsc::SyncSender<String>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Closed by the printer thread when it has written everything and ends.
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl<W: std::io::Write + Send> Text<W> {
     /// Text to `out`.
     pub fn new(out: W) -> Self {
-        Text { out: std::sync::Mutex::new(out) }
+        Text { out: std::sync::Arc::new(std::sync::Mutex::new(out)), detached: std::sync::Mutex::new(None) }
     }
 
     /// Writes one line and flushes it (scripts wait for lines such as `ready`).
     pub fn line(&self, line: &str) {
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        let detached = self.detached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = detached.as_ref() {
+            if d.tx.try_send(line.to_owned()).is_err() {
+                d.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return;
+        }
+        drop(detached);
+        write_line(&self.out, line);
+    }
+
+    /// From now on, lines are written by a thread of their own (see the type's documentation).
+    pub fn detach(&self)
+    where
+        W: 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(LINES_QUEUED);
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (out, lost) = (std::sync::Arc::clone(&self.out), std::sync::Arc::clone(&dropped));
+        let spawned = std::thread::Builder::new().name("printer".into()).spawn(move || {
+            let _done = done_tx;
+            for line in rx {
+                let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    write_line(&out, &format!("({n} lines dropped here: standard output was not being read)"));
+                }
+                write_line(&out, &line);
+            }
+        });
+        if spawned.is_ok() {
+            *self.detached.lock().unwrap_or_else(|p| p.into_inner()) = Some(Detached { tx, dropped, done });
+        }
+    }
+
+    /// Ends detached printing: waits, for at most `limit`, until the queued lines are written.
+    pub fn finish(&self, limit: std::time::Duration) {
+        let detached = self.detached.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Detached { tx, done, .. }) = detached {
+            drop(tx);
+            let _ = done.recv_timeout(limit);
+        }
     }
 
     /// The client's final line.
@@ -124,6 +181,11 @@ impl<W: std::io::Write + Send> Text<W> {
 }
 
 use crate::units;
+
+fn write_line<W: std::io::Write>(out: &std::sync::Mutex<W>, line: &str) {
+    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
 
 /// The checksums and each leg's time and rate, as both sides' verdict lines show them.
 fn proof(d: &crate::integrity::Digest, data: std::time::Duration, ret: std::time::Duration) -> String {

@@ -225,3 +225,37 @@ fn regression_memory_of_many_sessions_is_given_back_when_the_server_falls_idle()
     srv.proc.signal(libc::SIGTERM);
     drop(srv.proc.finish());
 }
+
+#[test]
+fn regression_a_server_whose_output_nobody_reads_keeps_serving() {
+    // The load script read only the `ready` line: once the pipe behind the server's stdout was
+    // full, every session blocked printing its result and the clients in line waited forever.
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    let (a, b) = (tempdir(), tempdir());
+    let small = a.path().join("small.bin");
+    std::fs::write(&small, b"0123456789").unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["--server", "-f", small.to_str().unwrap(), "-H", "127.0.0.1", "-p", "0"])
+        .current_dir(a.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // SAFETY: fcntl on a pipe descriptor this test owns. A 4 KiB pipe fills after a few sessions.
+    unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    let mut unread = std::io::BufReader::new(stdout);
+    let mut ready = String::new();
+    unread.read_line(&mut ready).unwrap();
+    let port = ready.split_whitespace().find_map(|w| w.strip_prefix("tcp=")).unwrap().rsplit(':').next().unwrap();
+    for i in 0..40 {
+        let args = ["--client", "-f", "x.bin", "-H", "127.0.0.1", "-p", port, "--busy-wait", "0", "--timeout", "10"];
+        let out = client(b.path(), &args);
+        assert_eq!(out.code(), Some(0), "round trip {i}: {out:?}");
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "it still stops cleanly");
+    drop(unread);
+}
