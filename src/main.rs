@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         Invocation::Demo(args) => demo::run(&args, &mut std::io::stdout()),
         Invocation::Stl2csv(args) => run_stl2csv(&args),
         Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out)),
-        Invocation::Client(cfg, log) => with_logging(&log, || run_client(&cfg, &shutdown, &out)),
+        Invocation::Client(cfg, log) => {
+            out.set_notes(!log.quiet);
+            with_logging(&log, || run_client(&cfg, &shutdown, &out))
+        }
     };
     match outcome {
         Ok(code) => ExitCode::from(code as u8),

@@ -95,6 +95,9 @@ impl Reporter for Silent {}
 pub struct Text<W: std::io::Write + Send> {
     out: std::sync::Arc<std::sync::Mutex<W>>,
     detached: std::sync::Mutex<Option<Detached>>,
+    /// Whether notes that are not results (a place in the server's line) go to stderr; `-q`
+    /// turns them off.
+    notes: std::sync::atomic::AtomicBool,
 }
 
 /// Lines a detached printer holds before it drops new ones.
@@ -111,7 +114,16 @@ struct Detached {
 impl<W: std::io::Write + Send> Text<W> {
     /// Text to `out`.
     pub fn new(out: W) -> Self {
-        Text { out: std::sync::Arc::new(std::sync::Mutex::new(out)), detached: std::sync::Mutex::new(None) }
+        Text {
+            out: std::sync::Arc::new(std::sync::Mutex::new(out)),
+            detached: std::sync::Mutex::new(None),
+            notes: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Whether to print notes that are not results on stderr (`-q` says no).
+    pub fn set_notes(&self, on: bool) {
+        self.notes.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Writes one line and flushes it (scripts wait for lines such as `ready`).
@@ -232,8 +244,11 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
     fn client(&self, event: ClientEvent) {
         // Waiting is news for the person at the terminal, not a result: stderr, so stdout keeps
         // only the lines scripts read.
+        let notes = self.notes.load(std::sync::atomic::Ordering::Relaxed);
         let note = |line: String| {
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+            if notes {
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+            }
         };
         match event {
             ClientEvent::DataLegDone => self.line("Done! - RX"),
