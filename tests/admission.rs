@@ -259,3 +259,26 @@ fn regression_a_server_whose_output_nobody_reads_keeps_serving() {
     assert!(child.wait().unwrap().success(), "it still stops cleanly");
     drop(unread);
 }
+
+#[test]
+fn quiet_clients_wait_in_line_without_a_word() {
+    let (a, b) = (tempdir(), tempdir());
+    let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
+    let holder = hold_a_slot(&srv.tcp_port, 3);
+    let mut args = srv.client_args("output.stl");
+    args.push("-q");
+    let waiting = Proc::spawn(b.path(), &args);
+    // The server's log says when the client is in line; -q keeps the client's console silent.
+    let log = a.path().join("server.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("waits in line") {
+        assert!(std::time::Instant::now() < deadline, "the client never got in line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(holder);
+    let out = waiting.finish();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.stderr, "", "-q: nothing but results and errors");
+    srv.proc.signal(libc::SIGTERM);
+    drop(srv.proc.finish());
+}
