@@ -476,6 +476,8 @@ impl Driver<'_> {
                             digest = %o.digest, data = %units::duration(o.data_time), ret = %units::duration(o.return_time),
                             "round trip verified"
                         ),
+                        // A busy server is tried again: the retry's log line says so, once.
+                        Err(f @ Failure::Busy { .. }) => info!("{}", f.chain()),
                         Err(f) => warn!("session failed: {}", f.chain()),
                     }
                     self.done = Some(result);
