@@ -274,6 +274,8 @@ fn once_server_turns_a_second_client_away_at_once() {
     let second = client(c.path(), &srv.client_args("big.bin"));
     assert_eq!(second.code(), Some(3), "{second:?}");
     assert!(second.stderr.contains("one round trip (--once) and is busy"), "{second:?}");
+    // Not offered as "busy": a retry could only find the server gone.
+    assert!(!second.stderr.contains("trying again"), "{second:?}");
     first.signal(libc::SIGTERM);
     drop(first.finish());
     drop(srv.proc.finish());

@@ -134,10 +134,12 @@ impl Admission {
         say_and_close(client.conn, ErrorCode::Busy, reason);
     }
 
-    /// Tells a client the server is busy, and why.
-    pub(super) fn refuse(&mut self, client: Identified, why: &str) {
-        self.tally.note("refused_busy");
-        say_and_close(client.conn, ErrorCode::Busy, format!("server busy: {why}; try again shortly"));
+    /// Turns away a client of a `--once` server busy with its one round trip. Not "busy" (code 1):
+    /// that invites a retry, and this server will end instead of serving anyone else.
+    pub(super) fn refuse_once(&mut self, client: Identified) {
+        self.tally.note("refused_once");
+        let reason = "this server makes one round trip (--once) and is busy with it; it serves no one after";
+        say_and_close(client.conn, ErrorCode::Internal, reason.into());
     }
 
     /// Tells a client now at the front of the line whether it may go; `None` if nobody waits.

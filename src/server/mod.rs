@@ -191,7 +191,7 @@ impl Server {
             for client in admission.identify(now) {
                 let peer = client.conn.peer();
                 if cfg.once && !workers.is_empty() {
-                    admission.refuse(client, "this server makes one round trip (--once) and is busy with it");
+                    admission.refuse_once(client);
                 } else if active.load(Ordering::SeqCst) >= cfg.max_clients || admission.waiting() > 0 {
                     let n = cfg.max_clients;
                     admission.wait_or_refuse(client, &format!("serving {n} client{}", plural(n)), now);
