@@ -142,21 +142,13 @@ fn regression_concurrent_clients_against_a_server_on_port_0_each_get_their_own_r
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &[]);
     for round in 0..3 {
-        let dirs: Vec<_> = (0..8).map(|_| tempdir()).collect();
-        let procs: Vec<Proc> = dirs
-            .iter()
-            .map(|d| Proc::spawn(d.path(), &["--client", "-f", "out.stl", "-H", "127.0.0.1", "-p", &srv.tcp_port]))
-            .collect();
-        for (p, d) in procs.into_iter().zip(&dirs) {
-            let out = p.finish();
+        let args = ["--client", "-f", "out.stl", "-H", "127.0.0.1", "-p", &srv.tcp_port];
+        for (d, out) in clients_at_once(8, &args) {
             assert_eq!(out.code(), Some(0), "round {round}: {out:?}");
             assert!(same_contents(&mesh, &d.path().join("out.stl")));
         }
     }
-    srv.proc.signal(libc::SIGTERM);
-    let s = srv.proc.finish();
-    assert_eq!(s.code(), Some(0), "{s:?}");
-    assert!(!s.stdout.contains("FAILED"), "{s:?}");
+    stop_and_expect_no_failed_line(srv);
 }
 
 #[test]
@@ -209,10 +201,8 @@ fn regression_memory_of_many_sessions_is_given_back_when_the_server_falls_idle()
     let warm = tempdir();
     assert_eq!(client(warm.path(), &srv.client_args("out.stl")).code(), Some(0));
     let idle = rss_kib(pid);
-    let dirs: Vec<_> = (0..32).map(|_| tempdir()).collect();
-    let procs: Vec<Proc> = dirs.iter().map(|d| Proc::spawn(d.path(), &srv.client_args("out.stl"))).collect();
-    for p in procs {
-        assert_eq!(p.finish().code(), Some(0));
+    for (_, out) in clients_at_once(32, &srv.client_args("out.stl")) {
+        assert_eq!(out.code(), Some(0));
     }
     // The server trims once its last session is joined; look until then.
     let limit = idle + 4 * 1024;

@@ -98,10 +98,7 @@ fn several_clients_at_once() {
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &[]);
-    let dirs: Vec<_> = (0..4).map(|_| tempdir()).collect();
-    let clients: Vec<_> = dirs.iter().map(|d| Proc::spawn(d.path(), &srv.client_args("output.stl"))).collect();
-    for (c, d) in clients.into_iter().zip(&dirs) {
-        let out = c.finish();
+    for (d, out) in clients_at_once(4, &srv.client_args("output.stl")) {
         assert_eq!(out.code(), Some(0), "{out:?}");
         assert!(same_contents(&mesh, &d.path().join("output.stl")));
     }

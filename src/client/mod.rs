@@ -500,23 +500,13 @@ impl Driver<'_> {
 
     /// The next `len` bytes of the CSV, read into a frame buffer.
     fn read_csv(&mut self, len: u64) -> Option<Chunk> {
-        let path = self.cfg.csv.as_ref()?;
-        let now = Instant::now();
-        if self.csv_file.is_none() {
-            match File::open(path) {
-                Ok(f) => self.csv_file = Some(f),
-                Err(source) => {
-                    let f = LocalFailure::Output { path: path.clone(), source };
-                    self.machine.handle(now, ClientInput::Local(f));
-                    return None;
-                }
-            }
-        }
+        // The machine asks for CSV frames only after `CsvMade`, which comes only with the landed
+        // file open: the descriptor, not the path, so what is sent is what was converted.
+        let (path, file) = (self.cfg.csv.as_ref()?, self.csv_file.as_mut()?);
         let mut chunk = self.pool.get(len as usize);
-        let file = self.csv_file.as_mut()?;
         if let Err(source) = file.read_exact(chunk.unfilled()) {
             let f = LocalFailure::Output { path: path.clone(), source };
-            self.machine.handle(now, ClientInput::Local(f));
+            self.machine.handle(Instant::now(), ClientInput::Local(f));
             return None;
         }
         chunk.advance(len as usize);

@@ -195,7 +195,7 @@ impl Server {
                 } else if active.load(Ordering::SeqCst) >= cfg.max_clients || admission.waiting() > 0 {
                     let n = cfg.max_clients;
                     admission.wait_or_refuse(client, &format!("serving {n} client{}", plural(n)), now);
-                } else if let Some(w) = spawn(client, peer, &shared, &active, ended.handle()) {
+                } else if let Some(w) = spawn(client, &shared, &active, ended.handle()) {
                     info!(%peer, "accepted connection");
                     workers.push(w);
                 }
@@ -204,7 +204,7 @@ impl Server {
             while !cfg.once && active.load(Ordering::SeqCst) < cfg.max_clients {
                 let Some(client) = admission.next_in_line() else { break };
                 let peer = client.conn.peer();
-                if let Some(w) = spawn(client, peer, &shared, &active, ended.handle()) {
+                if let Some(w) = spawn(client, &shared, &active, ended.handle()) {
                     info!(%peer, "accepted connection, after waiting in line");
                     workers.push(w);
                 }
@@ -273,13 +273,8 @@ impl Drop for EndNotice {
     }
 }
 
-fn spawn(
-    client: Identified,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-    active: &Arc<AtomicUsize>,
-    ended: WakeHandle,
-) -> Option<Worker> {
+fn spawn(client: Identified, shared: &Arc<Shared>, active: &Arc<AtomicUsize>, ended: WakeHandle) -> Option<Worker> {
+    let peer = client.conn.peer();
     let slot = ActiveSlot::take(active);
     let (greeted, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let (shared, flag, notice) = (Arc::clone(shared), Arc::clone(&greeted), EndNotice(Arc::clone(&done), ended));

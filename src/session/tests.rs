@@ -63,44 +63,27 @@ fn failure_b(actions: &[ClientAction]) -> &Failure {
         .unwrap_or_else(|| panic!("expected a failure in {actions:?}"))
 }
 
+/// The messages of the actions of one kind (`SendData`, `SendRet`), in order.
+macro_rules! sent {
+    ($actions:expr, $kind:path) => {
+        $actions.iter().filter_map(|a| if let $kind(m) = a { Some(m) } else { None }).collect()
+    };
+}
+
 fn sent_data_a(actions: &[ServerAction]) -> Vec<&DataMsg> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            ServerAction::SendData(m) => Some(m),
-            _ => None,
-        })
-        .collect()
+    sent!(actions, ServerAction::SendData)
 }
 
 fn sent_ret_a(actions: &[ServerAction]) -> Vec<&ReturnMsg<'static>> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            ServerAction::SendRet(m) => Some(m),
-            _ => None,
-        })
-        .collect()
+    sent!(actions, ServerAction::SendRet)
 }
 
 fn sent_data_b(actions: &[ClientAction]) -> Vec<&DataMsg> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            ClientAction::SendData(m) => Some(m),
-            _ => None,
-        })
-        .collect()
+    sent!(actions, ClientAction::SendData)
 }
 
 fn sent_ret_b(actions: &[ClientAction]) -> Vec<&ReturnMsg<'static>> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            ClientAction::SendRet(m) => Some(m),
-            _ => None,
-        })
-        .collect()
+    sent!(actions, ClientAction::SendRet)
 }
 
 // ---------------------------------------------------------------------------------------------

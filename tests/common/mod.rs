@@ -187,6 +187,19 @@ pub fn client(dir: &Path, args: &[&str]) -> Finished {
     Proc::spawn(dir, args).finish()
 }
 
+/// Runs `n` clients with `args` at once, each in a fresh directory, and returns each one's
+/// directory and outcome once all have ended.
+pub fn clients_at_once(n: usize, args: &[&str]) -> Vec<(tempfile::TempDir, Finished)> {
+    let procs: Vec<_> = (0..n)
+        .map(|_| {
+            let dir = tempdir();
+            let p = Proc::spawn(dir.path(), args);
+            (dir, p)
+        })
+        .collect();
+    procs.into_iter().map(|(dir, p)| (dir, p.finish())).collect()
+}
+
 /// A fresh directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
