@@ -3,8 +3,9 @@
 //! the served file and the staged output files.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::session::{
 use crate::transport::hub::{RegisterError, SessionLink};
 use crate::transport::poll::{Watch, wait};
 use crate::transport::ret::{Inbound, ReturnEnd};
-use crate::transport::tcp::{DataConn, TcpError};
+use crate::transport::tcp::{DataConn, FileSent, TcpError};
 use crate::transport::wake::Waker;
 use crate::units;
 
@@ -107,6 +108,10 @@ fn send_chunk(rate: Option<u64>) -> usize {
 struct Source {
     file: File,
     id: FileId,
+    /// Bytes handed to the socket.
+    sent: u64,
+    /// Its file system cannot `sendfile`: the bytes go through the send buffer.
+    plain: bool,
 }
 
 /// The data channel's rate cap.
@@ -241,19 +246,56 @@ impl Driver<'_> {
             {
                 return;
             }
-            if self.buf_pos == self.buf_len && !self.refill(now) {
+            // Bytes the machine must hash are read first; either way they go to the socket from
+            // the page cache (`sendfile`), which saves copying them through here once more. Were
+            // the file to change between the read and the send, B's check of the Trailer's digest
+            // would catch it, and the metadata check below says why.
+            let plain = self.source.as_ref().is_some_and(|s| s.plain);
+            let buffered = plain || self.machine.hashes_raw();
+            if buffered && self.buf_pos == self.buf_len && !self.refill(now) {
                 return;
             }
-            let n = match self.conn.write_raw(&self.buf[self.buf_pos..self.buf_len]) {
-                Ok(0) => return,
-                Ok(n) => n,
+            let want = if buffered {
+                self.buf_len - self.buf_pos
+            } else {
+                self.machine.raw_left().min(self.buf.len() as u64) as usize
+            };
+            let Some(src) = &mut self.source else { return };
+            let sent = if plain {
+                self.conn.write_raw(&self.buf[self.buf_pos..self.buf_len]).map(|n| match n {
+                    0 => FileSent::Full,
+                    n => FileSent::Bytes(n),
+                })
+            } else {
+                self.conn.send_file(&src.file, src.sent, want)
+            };
+            let n = match sent {
+                Ok(FileSent::Bytes(n)) => n,
+                Ok(FileSent::Full) => return,
+                Ok(FileSent::FileEnded) => {
+                    let what = format!("it shrank: it ended {} bytes early", self.machine.raw_left());
+                    let f = LocalFailure::SourceChanged { path: self.shared.cfg.file.clone(), what };
+                    return self.feed(now, ServerInput::Local(f));
+                }
+                Ok(FileSent::Unsupported) => {
+                    debug!("this file system cannot sendfile: the file goes through a buffer");
+                    src.plain = true;
+                    continue;
+                }
+                Err(TcpError::Io(source)) if source.raw_os_error() == Some(libc::EIO) => {
+                    let f = LocalFailure::Input { path: self.shared.cfg.file.clone(), source };
+                    return self.feed(now, ServerInput::Local(f));
+                }
                 Err(_) => {
                     // The data leg is over: what is still to be said arrives (or not) as an Abort.
                     self.raw_active = false;
                     return self.feed(now, ServerInput::DataClosed);
                 }
             };
-            self.buf_pos += n;
+            src.sent += n as u64;
+            if buffered {
+                self.buf_pos += n;
+            }
             turn += n as u64;
             if let Some(rate) = &mut self.rate {
                 rate.sent += n as u64;
@@ -277,11 +319,12 @@ impl Driver<'_> {
         }
     }
 
-    /// Reads the next piece of the file into the send buffer; false if the session failed.
+    /// Reads the next piece of the file to be sent (for the machine to hash); false if the
+    /// session failed.
     fn refill(&mut self, now: Instant) -> bool {
         let want = self.machine.raw_left().min(self.buf.len() as u64) as usize;
         let Some(src) = &mut self.source else { return false };
-        let input = match read_full(&mut src.file, &mut self.buf[..want]) {
+        let input = match read_full_at(&src.file, &mut self.buf[..want], src.sent) {
             Ok(0) => {
                 let what = format!("it shrank: it ended {} bytes early", self.machine.raw_left());
                 ServerInput::Local(LocalFailure::SourceChanged { path: self.shared.cfg.file.clone(), what })
@@ -364,7 +407,7 @@ impl Driver<'_> {
                             let name =
                                 cfg.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                             info!(name = %name, size = id.size(), cached_digest = digest.is_some(), "sending file");
-                            self.source = Some(Source { file, id });
+                            self.source = Some(Source { file, id, sent: 0, plain: false });
                             ServerInput::SourceOpened { size: id.size(), name, digest }
                         }
                         Err(source) => ServerInput::Local(LocalFailure::Input { path: cfg.file.clone(), source }),
@@ -475,11 +518,11 @@ pub(super) fn open_source(path: &std::path::Path) -> io::Result<(File, std::fs::
     Ok((file, meta))
 }
 
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+/// Reads from `offset` until `buf` is full or the file ends.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -283,6 +283,13 @@ impl ServerSession {
         }
     }
 
+    /// Whether the raw bytes must pass through [`ServerInput::RawRead`] before they are sent: they
+    /// are hashed unless the file's digest is known. When it is, the driver may hand the file to
+    /// the socket without reading it.
+    pub fn hashes_raw(&self) -> bool {
+        matches!(&self.state, State::Transfer(t) if t.hasher.is_some())
+    }
+
     /// Whether the data channel should be read for control frames.
     pub fn reads_data(&self) -> bool {
         self.data_open && !self.is_done()

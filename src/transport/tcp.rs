@@ -3,6 +3,7 @@
 //! from the caller's buffers. Nothing here waits: drivers wait in [`super::poll::wait`], and the
 //! session machines keep the timeouts.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as Both, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -167,6 +168,16 @@ impl DataConn {
         self.note(r)
     }
 
+    /// Sends up to `len` bytes of `file` from `offset`, after the queued frames: the kernel moves
+    /// them from the page cache to the socket without a copy through this process.
+    pub fn send_file(&mut self, file: &File, offset: u64, len: usize) -> Result<FileSent, TcpError> {
+        if !self.flush()? {
+            return Ok(FileSent::Full);
+        }
+        let r = send_file_some(&self.stream, file, offset, len);
+        self.note(r)
+    }
+
     /// Best effort, for a session's last words: writes what is queued, waiting at most `limit`
     /// (a stopping server still says why; a peer that does not read does not hold it up).
     pub fn flush_within(&mut self, limit: Duration) {
@@ -191,6 +202,43 @@ fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, TcpError> 
     loop {
         if let Some(r) = settle(stream.read(buf), empty) {
             return r;
+        }
+    }
+}
+
+/// How far a [`DataConn::send_file`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileSent {
+    /// This many bytes went.
+    Bytes(usize),
+    /// The socket takes no more for now.
+    Full,
+    /// The file ends before `offset`: it shrank.
+    FileEnded,
+    /// The file's file system cannot `sendfile`; nothing was sent.
+    Unsupported,
+}
+
+fn send_file_some(stream: &TcpStream, file: &File, offset: u64, len: usize) -> Result<FileSent, TcpError> {
+    let Ok(mut off) = libc::off_t::try_from(offset) else {
+        return Ok(FileSent::FileEnded);
+    };
+    loop {
+        // SAFETY: both descriptors are open for the call (borrowed), and `off` is a valid
+        // off_t the kernel advances; sendfile reads no memory of ours.
+        let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, len) };
+        let r = if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) };
+        match r {
+            Ok(0) if len > 0 => return Ok(FileSent::FileEnded),
+            Ok(n) => return Ok(FileSent::Bytes(n)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
+                return Ok(FileSent::Unsupported);
+            }
+            Err(e) => match settle(Err(e), false) {
+                None => continue,
+                Some(Ok(_)) => return Ok(FileSent::Full),
+                Some(Err(e)) => return Err(e),
+            },
         }
     }
 }
@@ -346,6 +394,32 @@ mod tests {
         let mut got = [0u8; 8];
         raw.read_exact(&mut got).unwrap();
         assert_eq!(got, [5, 0, 0, 0, 0, b'x', b'y', b'z']);
+    }
+
+    #[test]
+    fn a_file_goes_after_queued_frames_from_its_offset_until_the_socket_is_full() {
+        let (mut conn, mut raw) = pair();
+        let mut file = tempfile::tempfile().unwrap();
+        let bytes: Vec<u8> = (0..64u32 << 10).map(|i| (i * 7 + i / 251) as u8).collect();
+        file.write_all(&bytes).unwrap();
+        conn.queue(&DataMsg::Accept);
+        assert_eq!(conn.send_file(&file, 1000, 10).unwrap(), FileSent::Bytes(10));
+        let mut got = [0u8; 15];
+        raw.read_exact(&mut got).unwrap();
+        assert_eq!(got[..5], [5, 0, 0, 0, 0], "the queued frame first");
+        assert_eq!(got[5..], bytes[1000..1010], "then the file's bytes from the offset");
+        assert_eq!(conn.send_file(&file, bytes.len() as u64, 10).unwrap(), FileSent::FileEnded, "a file that shrank");
+        // A peer that does not read: the socket fills, and the call says so instead of blocking.
+        let mut sent = 0u64;
+        let full = loop {
+            match conn.send_file(&file, sent % bytes.len() as u64, 8192).unwrap() {
+                FileSent::Bytes(n) => sent += n as u64,
+                other => break other,
+            }
+            assert!(sent < 1 << 30, "the socket never filled");
+        };
+        assert_eq!(full, FileSent::Full);
+        drop(raw);
     }
 
     #[test]
