@@ -61,6 +61,13 @@ fn corrupted_byte_on_the_data_leg_while_both_legs_run() {
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(1), "{s:?}");
     assert!(s.stderr.contains("checksum mismatch on the data leg"), "A is told: {s:?}");
+    // Where, not only whether: the flipped byte is 10 MB into the stream, less the few bytes of
+    // frames before the file, so in the 1 MiB piece from 9 MiB; both sides and B's log say so.
+    let piece = "the first difference lies within bytes 9437184-10485759 (counting from 0)";
+    assert!(out.stderr.contains(piece), "{out:?}");
+    assert!(s.stderr.contains(piece), "{s:?}");
+    let log = std::fs::read_to_string(b.path().join("client.log")).unwrap();
+    assert!(log.contains(piece), "{log}");
     assert_eq!(files_in(b.path()), ["client.log"], "B keeps no corrupted copy");
     assert_eq!(files_in(a.path()), ["big.bin", "server.log"], "A saves nothing of what came back");
 }

@@ -6,6 +6,7 @@
 
 use super::wire::{DecodeError, Reader, put_str16};
 use super::{MAGIC, Token};
+use crate::integrity::MAX_CHUNKS;
 
 /// Length of a frame header: type byte plus u32 payload length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -80,8 +81,10 @@ pub enum DataMsg {
     Accept,
     /// B -> A: B will not take this file, and why.
     Refuse { reason: String },
-    /// A -> B, after the raw bytes: the checksums A computed while sending.
-    Trailer { crc32: u32, blake3: [u8; 32] },
+    /// A -> B, after the raw bytes: the checksums A computed while sending, and (version 4) the
+    /// CRC-32 of each piece of the file (see [`crate::integrity::chunk_size`]), which tell B
+    /// where its copy differs if it does. Empty before version 4.
+    Trailer { crc32: u32, blake3: [u8; 32], chunks: Vec<u32> },
     /// B -> A: whether what B received matches the header and trailer.
     Verdict { ok: bool, reason: String },
     /// Either way: the session ends now, and why.
@@ -157,9 +160,15 @@ impl DataMsg {
                 put_str16(out, reason, MAX_REASON_LEN);
                 T_REFUSE
             }
-            DataMsg::Trailer { crc32, blake3 } => {
+            DataMsg::Trailer { crc32, blake3, chunks } => {
                 out.extend_from_slice(&crc32.to_be_bytes());
                 out.extend_from_slice(blake3);
+                // Versions 1 to 3 end here; an empty list is written as none at all.
+                if !chunks.is_empty() {
+                    let n = chunks.len().min(MAX_CHUNKS as usize);
+                    out.extend_from_slice(&(n as u16).to_be_bytes());
+                    chunks[..n].iter().for_each(|c| out.extend_from_slice(&c.to_be_bytes()));
+                }
                 T_TRAILER
             }
             DataMsg::Verdict { ok, reason } => {
@@ -241,8 +250,18 @@ impl DataMsg {
             T_TRAILER => {
                 let crc32 = r.u32("crc32")?;
                 let blake3 = r.array("blake3")?;
+                let mut chunks = Vec::new();
+                if !r.rest_is_empty() {
+                    let n = r.u16("chunk count")?;
+                    if u64::from(n) > MAX_CHUNKS {
+                        return Err(DecodeError::BadValue { field: "chunk count", value: u64::from(n) });
+                    }
+                    for _ in 0..n {
+                        chunks.push(r.u32("chunk CRC-32")?);
+                    }
+                }
                 r.finish("Trailer")?;
-                DataMsg::Trailer { crc32, blake3 }
+                DataMsg::Trailer { crc32, blake3, chunks }
             }
             T_VERDICT => {
                 let ok = r.flag("ok")?;
@@ -313,7 +332,8 @@ mod tests {
             DataMsg::Header { size: 0, name: String::new() },
             DataMsg::Accept,
             DataMsg::Refuse { reason: "disk full".into() },
-            DataMsg::Trailer { crc32: 1_445_675_924, blake3: [0xab; 32] },
+            DataMsg::Trailer { crc32: 1_445_675_924, blake3: [0xab; 32], chunks: Vec::new() },
+            DataMsg::Trailer { crc32: 1, blake3: [0xcd; 32], chunks: vec![7, 0xdead_beef, 0] },
             DataMsg::Verdict { ok: true, reason: String::new() },
             DataMsg::Verdict { ok: false, reason: "crc".into() },
             DataMsg::Error { code: ErrorCode::Busy, reason: "busy".into() },
@@ -343,7 +363,10 @@ mod tests {
                 let mut short = bytes[..cut.max(FRAME_HEADER_LEN)].to_vec();
                 let plen = (short.len() - FRAME_HEADER_LEN) as u32;
                 short[1..5].copy_from_slice(&plen.to_be_bytes());
-                if short.len() < bytes.len() {
+                // (A version-4 Trailer cut right after its digest is whole as an older version's.)
+                let older_trailer = matches!(&msg, DataMsg::Trailer { chunks, .. } if !chunks.is_empty())
+                    && short.len() == FRAME_HEADER_LEN + 36;
+                if short.len() < bytes.len() && !older_trailer {
                     assert!(parse_frame(&short).is_err(), "{msg:?} shortened to {cut}");
                 }
             }
@@ -401,7 +424,7 @@ mod tests {
         let expected: Vec<u8> =
             [&[0x04, 0, 0, 0, 0x16][..], &[0, 0, 0, 0, 0, 0x0a, 0xe8, 0x84], &[0, 0x0c], b"cad_mesh.stl"].concat();
         assert_eq!(bytes, expected);
-        let trailer = DataMsg::Trailer { crc32: 1_445_675_924, blake3: [0; 32] }.to_bytes();
+        let trailer = DataMsg::Trailer { crc32: 1_445_675_924, blake3: [0; 32], chunks: Vec::new() }.to_bytes();
         assert_eq!(&trailer[5..9], &[0x56, 0x2b, 0x43, 0x94]);
     }
 

@@ -13,9 +13,11 @@ pub use wire::DecodeError;
 /// Bytes that open every handshake message, so a stray client is told apart at once.
 pub const MAGIC: [u8; 4] = *b"MFTP";
 /// The protocol version this build speaks by preference: full duplex (the client returns the file
-/// while it receives it, since version 2) and a waiting line for clients beyond the server's
-/// limit (version 3).
-pub const VERSION: u16 = 3;
+/// while it receives it, since version 2), a waiting line for clients beyond the server's limit
+/// (version 3), and a `Trailer` that lets the client say where its copy differs (version 4).
+pub const VERSION: u16 = 4;
+/// The first version whose `Trailer` carries the CRC-32 of each piece of the file.
+pub const CHUNKS_VERSION: u16 = 4;
 /// The oldest version the server still answers, with that version's own sequence.
 pub const MIN_VERSION: u16 = 1;
 

@@ -114,6 +114,11 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Whether the payload is all read, for a message whose newer versions add fields at the end.
+    pub(crate) fn rest_is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Whatever is left, for messages whose last field runs to the end.
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)

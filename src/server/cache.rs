@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::integrity::Digest;
+use crate::integrity::FileDigest;
 use crate::session::ExpectedCsv;
 use crate::stl::{self, ConvertError, CsvOptions};
 use crate::transport::wake::WakeHandle;
@@ -71,7 +71,7 @@ const CSV_VERSIONS: usize = 4;
 
 #[derive(Default)]
 struct Slots {
-    digest: Option<(FileId, Digest)>,
+    digest: Option<(FileId, FileDigest)>,
     /// Per version of the file, newest last.
     csv: Vec<(FileId, CsvState)>,
 }
@@ -117,11 +117,11 @@ impl SourceCache {
     }
 
     /// The digest of this version of the file, if a session computed it.
-    pub(crate) fn digest(&self, id: &FileId) -> Option<Digest> {
-        self.slots().digest.filter(|(i, _)| i == id).map(|(_, d)| d)
+    pub(crate) fn digest(&self, id: &FileId) -> Option<FileDigest> {
+        self.slots().digest.as_ref().filter(|(i, _)| i == id).map(|(_, d)| d.clone())
     }
 
-    pub(crate) fn store_digest(&self, id: FileId, d: Digest) {
+    pub(crate) fn store_digest(&self, id: FileId, d: FileDigest) {
         self.slots().digest = Some((id, d));
     }
 

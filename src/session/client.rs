@@ -6,12 +6,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::integrity::{Digest, Hasher};
+use crate::integrity::{Digest, Hasher, chunk_size, first_differing_chunk};
 use crate::protocol::data::{DataMsg, ErrorCode, Topology};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{DecodeError, Token, VERSION};
 
-use super::failure::{CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
+use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Outgoing;
 use super::timers::{Due, Timers};
 use super::{ABORT_GRACE, FileDone, Milestone, PENDING_FRAMES, wire_code};
@@ -324,7 +324,7 @@ impl ClientSession {
                     self.timers.watch(true, now);
                     let t = Transfer {
                         name,
-                        hasher: Hasher::new(),
+                        hasher: Hasher::chunked(chunk_size(size)),
                         data: if size == 0 { DataState::Trailer } else { DataState::Raw },
                         out: Outgoing::new(size, frame_size(VERSION)),
                         data_started: now,
@@ -430,10 +430,15 @@ impl ClientSession {
                 self.timers.watch(false, now);
                 self.state = State::Preparing { size, name };
             }
-            (State::Transfer(t), DataMsg::Trailer { crc32, blake3 }) if matches!(t.data, DataState::Trailer) => {
+            (State::Transfer(t), DataMsg::Trailer { crc32, blake3, chunks })
+                if matches!(t.data, DataState::Trailer) =>
+            {
                 let got = t.hasher.finish();
                 let expected = Digest { size: t.out.size, crc32, blake3 };
-                if let Some(diff) = DigestDiff::check(got, expected) {
+                if let Some(mut diff) = DigestDiff::check(got, expected) {
+                    // Where, not only whether: the first piece whose CRC-32 differs from A's.
+                    diff.first = first_differing_chunk(&t.hasher.chunk_crcs(), &chunks, t.out.size)
+                        .map(|(offset, len)| Box::new(Locus::Within(ByteRange { offset, len })));
                     let reason = format!("received file differs from what the server sent: {diff}");
                     let f = Failure::Mismatch { leg: Leg::Data, what: "received file", diff };
                     self.send_data(DataMsg::Verdict { ok: false, reason });

@@ -104,10 +104,11 @@ pub struct DigestDiff {
     pub got: Digest,
     /// What it should have been.
     pub expected: Digest,
-    /// Where the bytes first differ, when the side that found the difference holds the original
-    /// to compare with (A, for the returned copy). Boxed: failures travel in `Result`s, which
-    /// stay small.
-    pub first: Option<Box<ByteRange>>,
+    /// Where the bytes first differ: exactly, when the side that found the difference holds the
+    /// original to compare with (A, for the returned copy); to a piece, when it holds the
+    /// original's piece CRC-32s (B, for the data leg, since version 4). Boxed: failures travel
+    /// in `Result`s, which stay small.
+    pub first: Option<Box<Locus>>,
 }
 
 impl DigestDiff {
@@ -123,6 +124,27 @@ impl fmt::Display for DigestDiff {
         match &self.first {
             Some(r) => write!(f, "; {r}"),
             None => Ok(()),
+        }
+    }
+}
+
+/// Where a copy first differs from its original.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locus {
+    /// These bytes differ.
+    Exact(ByteRange),
+    /// The first difference lies somewhere in these bytes.
+    Within(ByteRange),
+}
+
+impl fmt::Display for Locus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Locus::Exact(r) => r.fmt(f),
+            Locus::Within(r) => {
+                let last = r.offset + r.len.max(1) - 1;
+                write!(f, "the first difference lies within bytes {}-{} (counting from 0)", r.offset, last)
+            }
         }
     }
 }

@@ -31,7 +31,9 @@ mod tests;
 use std::time::Duration;
 
 pub use client::{ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvReturned};
-pub use failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation, chain};
+pub use failure::{
+    ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation, chain,
+};
 pub use server::{CsvResult, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession};
 
 use crate::integrity::Digest;

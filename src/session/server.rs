@@ -4,12 +4,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::integrity::{Digest, Hasher};
+use std::sync::Arc;
+
+use crate::integrity::{Digest, FileDigest, Hasher, chunk_size};
 use crate::protocol::data::{DataMsg, ErrorCode, Topology};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
-use crate::protocol::{DecodeError, MIN_VERSION, Token, VERSION};
+use crate::protocol::{CHUNKS_VERSION, DecodeError, MIN_VERSION, Token, VERSION};
 
-use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Phase, Role, Violation};
+use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Incoming;
 use super::timers::{Due, Timers};
 use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, FileDone, Milestone, WINDOW_V1, wire_code};
@@ -56,7 +58,7 @@ pub enum ServerInput<'a> {
         /// Its name, for the client's display.
         name: String,
         /// Its digest, when it is known from an earlier session and the file is unchanged.
-        digest: Option<Digest>,
+        digest: Option<FileDigest>,
     },
     /// Bytes read from the served file, about to be sent.
     RawRead(&'a [u8]),
@@ -108,7 +110,7 @@ pub enum ServerAction {
     /// original and report where they first differ with [`ServerInput::Located`].
     Locate,
     /// The served file's digest, computed while sending (to reuse while the file is unchanged).
-    Digested(Digest),
+    Digested(FileDigest),
     /// A point for the user.
     Milestone(Milestone),
     /// The client's `End` claims other digests than what it returned (which was right): a buggy
@@ -179,6 +181,8 @@ struct Transfer {
     hasher: Option<Hasher>,
     /// Known from the cache, or once every byte is sent.
     digest: Option<Digest>,
+    /// The CRC-32 of each piece of the file, known with the digest.
+    chunks: Option<Arc<[u32]>>,
     sent: u64,
     /// The `Trailer` is out.
     trailer: bool,
@@ -355,8 +359,9 @@ impl ServerSession {
                 self.state = State::Accept(Box::new(Transfer {
                     size,
                     name,
-                    hasher: digest.is_none().then(Hasher::new),
-                    digest,
+                    hasher: digest.is_none().then(|| Hasher::chunked(chunk_size(size))),
+                    chunks: digest.as_ref().map(|d| d.chunks.clone()),
+                    digest: digest.map(|d| d.digest),
                     sent: 0,
                     trailer: false,
                     verdict: false,
@@ -660,20 +665,22 @@ impl ServerSession {
             return;
         }
         t.sent = t.size;
-        let digest = match (t.digest, t.hasher.take()) {
-            (Some(d), _) => d,
-            (None, Some(h)) => {
-                let d = h.finish();
-                self.actions.push_back(ServerAction::Digested(d));
-                d
+        let (digest, chunks) = match (t.digest, t.chunks.clone(), t.hasher.take()) {
+            (Some(d), Some(c), _) => (d, c),
+            (_, _, Some(h)) => {
+                let known = FileDigest { digest: h.finish(), chunks: h.chunk_crcs().into() };
+                self.actions.push_back(ServerAction::Digested(known.clone()));
+                (known.digest, known.chunks)
             }
-            (None, None) => unreachable!("a transfer hashes unless its digest is known"),
+            _ => unreachable!("a transfer hashes unless its digest is known"),
         };
         t.digest = Some(digest);
         t.trailer = true;
         // Progress: the peer now owes a Verdict, and gets a full timeout for it.
         self.timers.progress(now);
-        self.send_data(DataMsg::Trailer { crc32: digest.crc32, blake3: digest.blake3 });
+        // Version 4 adds the pieces' CRC-32s, for B to say where its copy differs if it does.
+        let chunks = if self.version >= CHUNKS_VERSION { chunks.to_vec() } else { Vec::new() };
+        self.send_data(DataMsg::Trailer { crc32: digest.crc32, blake3: digest.blake3, chunks });
     }
 
     /// The file is back whole and B verified the data leg: compare with what was sent.
@@ -694,7 +701,7 @@ impl ServerSession {
                 }
                 return;
             };
-            diff.first = first.map(Box::new);
+            diff.first = first.map(|r| Box::new(Locus::Exact(r)));
             let f = Failure::Mismatch { leg: Leg::Return, what: "returned copy", diff };
             self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: false, reason: mismatch_reason(&f) });
             self.fail(f);

@@ -92,6 +92,16 @@ fn sent_ret_b(actions: &[ClientAction]) -> Vec<&ReturnMsg<'static>> {
 
 /// A server machine taken through the handshake to the `Header` with a client of `version`.
 fn a_at_header(version: u16, size: u64, window: u64) -> (ServerSession, Instant) {
+    a_at_header_knowing(version, size, window, None)
+}
+
+/// ... with the file's digest known (cached) or not.
+fn a_at_header_knowing(
+    version: u16,
+    size: u64,
+    window: u64,
+    digest: Option<crate::integrity::FileDigest>,
+) -> (ServerSession, Instant) {
     let t = Instant::now();
     let mut a = ServerSession::new(params(window), t);
     a.handle(t, ServerInput::Data(DataMsg::Hello { version, token: TOKEN, return_port: 0 }));
@@ -105,7 +115,7 @@ fn a_at_header(version: u16, size: u64, window: u64) -> (ServerSession, Instant)
     assert!(matches!(sent_ret_a(&drain_a(&mut a))[..], [ReturnMsg::HelloAck { .. }]));
     a.handle(t, ServerInput::Data(DataMsg::Ready));
     assert!(matches!(drain_a(&mut a)[..], [ServerAction::OpenSource]));
-    a.handle(t, ServerInput::SourceOpened { size, name: "f.bin".into(), digest: None });
+    a.handle(t, ServerInput::SourceOpened { size, name: "f.bin".into(), digest });
     assert!(matches!(sent_data_a(&drain_a(&mut a))[..], [DataMsg::Header { .. }]));
     (a, t)
 }
@@ -525,6 +535,45 @@ fn v2_both_legs_end_on_a_data_leg_corrupted_mid_pipeline() {
 }
 
 #[test]
+fn v4_trailer_data_leg_mismatch_names_the_piece_on_both_sides() {
+    let at = 3 * FRAME_V2 + 17;
+    let s = Sim::new(bytes(5 * FRAME_V2 + 9, 1), WINDOW_V2, Faults { data_flip: Some(at), ..Faults::default() }).run();
+    let Failure::Mismatch { diff, .. } = s.b_err() else { panic!("{:?}", s.b_err()) };
+    let chunk = crate::integrity::chunk_size(5 * FRAME_V2 as u64 + 9);
+    let piece = ByteRange { offset: at as u64 / chunk * chunk, len: chunk };
+    assert_eq!(diff.first.as_deref(), Some(&Locus::Within(piece)));
+    let said = Locus::Within(piece).to_string();
+    assert!(s.b_err().to_string().contains(&said), "B's console and log: {}", s.b_err());
+    assert!(s.a_err().to_string().contains(&said), "A is told in the Verdict: {}", s.a_err());
+}
+
+#[test]
+fn v4_trailer_carries_piece_crcs_only_to_clients_of_version_4() {
+    let file = bytes(3 * FRAME_V2 + 5, 4);
+    let expected: Vec<u32> = file.chunks(1 << 20).map(crc32fast::hash).collect();
+    let cached = crate::integrity::FileDigest { digest: digest(&file), chunks: expected.clone().into() };
+    for (version, known) in [(3, None), (4, None), (4, Some(cached))] {
+        let (mut a, t) = a_at_header_knowing(version, file.len() as u64, WINDOW_V2, known);
+        a.handle(t, ServerInput::Data(DataMsg::Accept));
+        for piece in file.chunks(100_000) {
+            a.handle(t, ServerInput::RawRead(piece));
+            a.handle(t, ServerInput::RawWritten(piece.len() as u64));
+        }
+        a.handle(t, ServerInput::RawDone);
+        let acts = drain_a(&mut a);
+        let Some(DataMsg::Trailer { crc32, chunks, .. }) = sent_data_a(&acts).into_iter().last() else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(*crc32, digest(&file).crc32);
+        if version == 4 {
+            assert_eq!(chunks, &expected, "one CRC-32 per MiB, the last piece short, hashed or cached");
+        } else {
+            assert!(chunks.is_empty(), "a version-3 client gets the Trailer it knows");
+        }
+    }
+}
+
+#[test]
 fn v2_both_legs_end_on_a_return_leg_corrupted_mid_pipeline() {
     let file = bytes(5 * FRAME_V2 + 3, 2);
     let s = Sim::new(file, WINDOW_V2, Faults { return_flip: Some(2 * FRAME_V2 + 5), ..Faults::default() }).run();
@@ -542,7 +591,7 @@ fn v2_result_a_return_mismatch_names_where_the_copy_first_differs_on_both_sides(
     let s =
         Sim::new(bytes(5 * FRAME_V2 + 3, 2), WINDOW_V2, Faults { return_flip: Some(at), ..Faults::default() }).run();
     let Failure::Mismatch { diff, .. } = s.a_err() else { panic!("{:?}", s.a_err()) };
-    assert_eq!(diff.first.as_deref(), Some(&ByteRange { offset: at as u64, len: 1 }));
+    assert_eq!(diff.first.as_deref(), Some(&Locus::Exact(ByteRange { offset: at as u64, len: 1 })));
     let said = format!("the first differing byte is byte {at}");
     assert!(s.a_err().to_string().contains(&said), "A's log and console: {}", s.a_err());
     assert!(s.b_err().to_string().contains(&said), "B is told in the Result: {}", s.b_err());
@@ -590,7 +639,7 @@ fn v1_data_rule_1_b_verifies_size_crc_and_blake3_and_saves_only_a_match() {
     b.handle(now, ClientInput::Saved(wrong.len() as u64));
     drain_b(&mut b);
     let d = digest(&file);
-    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3 }));
+    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3, chunks: Vec::new() }));
     let acts = drain_b(&mut b);
     assert!(!acts.iter().any(|a| matches!(a, ClientAction::Commit)), "nothing saved: {acts:?}");
     match sent_data_b(&acts)[..] {
@@ -603,7 +652,7 @@ fn v1_data_rule_1_b_verifies_size_crc_and_blake3_and_saves_only_a_match() {
     b.handle(now, ClientInput::Raw(&file));
     b.handle(now, ClientInput::Saved(file.len() as u64));
     drain_b(&mut b);
-    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3 }));
+    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3, chunks: Vec::new() }));
     assert!(matches!(drain_b(&mut b)[..], [ClientAction::Commit]), "saved only after the Trailer matched");
     b.handle(now, ClientInput::Committed);
     let acts = drain_b(&mut b);
@@ -1016,7 +1065,7 @@ fn v1_after_a_negative_result_or_an_abort_the_session_is_over() {
 #[test]
 fn v2_negotiation_answers_each_client_in_its_version() {
     let t = Instant::now();
-    for (asked, answered) in [(1u16, Some(1u16)), (2, Some(2)), (3, Some(3)), (4, Some(3)), (0, None)] {
+    for (asked, answered) in [(1u16, Some(1u16)), (2, Some(2)), (3, Some(3)), (4, Some(4)), (5, Some(4)), (0, None)] {
         let mut a = ServerSession::new(params(WINDOW_V2), t);
         a.handle(t, ServerInput::Data(DataMsg::Hello { version: asked, token: TOKEN, return_port: 0 }));
         let acts = drain_a(&mut a);
@@ -1116,7 +1165,7 @@ fn v2_end_after_verdict_and_never_after_a_negative_one() {
     b.handle(now, ClientInput::Saved(file.len() as u64));
     let acts = drain_b(&mut b);
     assert!(matches!(acts[..], [ClientAction::SendFrame { .. }]), "all bytes back, but no End yet: {acts:?}");
-    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3 }));
+    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3, chunks: Vec::new() }));
     assert!(sent_ret_b(&drain_b(&mut b)).is_empty(), "no End before the copy is saved and verdict sent");
     b.handle(now, ClientInput::Committed);
     let acts = drain_b(&mut b);
@@ -1129,7 +1178,7 @@ fn v2_end_after_verdict_and_never_after_a_negative_one() {
     b.handle(now, ClientInput::Raw(&file));
     b.handle(now, ClientInput::Saved(file.len() as u64));
     drain_b(&mut b);
-    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32 ^ 1, blake3: d.blake3 }));
+    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32 ^ 1, blake3: d.blake3, chunks: Vec::new() }));
     let acts = drain_b(&mut b);
     assert!(matches!(sent_data_b(&acts)[..], [DataMsg::Verdict { ok: false, .. }]));
     assert!(!sent_ret_b(&acts).iter().any(|m| matches!(m, ReturnMsg::End { .. })), "{acts:?}");
@@ -1272,7 +1321,7 @@ fn client_waiting_for_file_result(size: usize) -> (ClientSession, Instant) {
     b.handle(now, ClientInput::Ret(ReturnMsg::Credit { stream: Stream::File, bytes: WINDOW_V2 }));
     b.handle(now, ClientInput::Raw(&file));
     b.handle(now, ClientInput::Saved(size as u64));
-    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3 }));
+    b.handle(now, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3, chunks: Vec::new() }));
     b.handle(now, ClientInput::Committed);
     let acts = drain_b(&mut b);
     assert!(sent_ret_b(&acts).iter().any(|m| matches!(m, ReturnMsg::End { .. })), "{acts:?}");
