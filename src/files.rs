@@ -1,17 +1,42 @@
 //! Files that appear only when complete: bytes go to a hidden temporary file in the destination's
 //! directory, and only a verified file is renamed into place. Dropping a [`StagedFile`] that was
-//! not committed removes the temporary file, on errors and on interruption alike.
+//! not committed removes the temporary file, on errors and on interruption alike, unless it is a
+//! resumable partial copy (`.NAME.resume-ID.partial`) marked to be kept for the next attempt.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tempfile::NamedTempFile;
-
 /// A file being written to a temporary name beside its final destination.
 pub struct StagedFile {
-    tmp: NamedTempFile,
+    file: File,
+    /// The temporary name.
+    path: PathBuf,
     dest: PathBuf,
+    /// What happens to the temporary name when this is dropped.
+    fate: Fate,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Removed: nothing unverified is left behind.
+    Remove,
+    /// Left for a resume.
+    Keep,
+    /// Renamed to the destination already.
+    Gone,
+}
+
+/// What marks a resumable partial copy's name: `.NAME.resume-ID.partial`.
+const PARTIAL_INFIX: &str = ".resume-";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if self.fate == Fate::Remove {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl StagedFile {
@@ -19,30 +44,71 @@ impl StagedFile {
     /// atomic, which is why the temporary file is not put in /tmp.
     pub fn create(dest: &Path) -> io::Result<Self> {
         let dir = parent_dir(dest);
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // tempfile's default 0600 would make delivered files unreadable to colleagues; ask for
         // 0666 and let the umask decide, as for any file a program creates.
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+        let (file, path) = tempfile::Builder::new()
+            .prefix(&format!(".{}.", file_name(dest)))
             .suffix(".part")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(dir)?;
-        Ok(StagedFile { tmp, dest: dest.to_path_buf() })
+            .tempfile_in(dir)?
+            .keep()
+            .map_err(|e| e.error)?;
+        Ok(StagedFile { file, path, dest: dest.to_path_buf(), fate: Fate::Remove })
+    }
+
+    /// Opens, or creates, the resumable partial copy of `dest` for transfer `id` (hex digits
+    /// only: the name is never taken from elsewhere), locked against every other process and
+    /// session; `None` if another holds it. Like any staged file it is removed when dropped,
+    /// unless [`StagedFile::keep_for_resume`] was called.
+    pub fn partial(dest: &Path, id: &str) -> io::Result<Option<Self>> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a transfer id is hex digits"));
+        }
+        let path = parent_dir(dest).join(format!(".{}{PARTIAL_INFIX}{id}{PARTIAL_SUFFIX}", file_name(dest)));
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        Ok(Some(StagedFile { file, path, dest: dest.to_path_buf(), fate: Fate::Remove }))
+    }
+
+    /// Leaves the file where it is when this is dropped uncommitted, if it holds at least
+    /// `worth` bytes: a later attempt resumes it. Whether it is kept.
+    pub fn keep_for_resume(&mut self, worth: u64) -> bool {
+        let len = self.file.metadata().map_or(0, |m| m.len());
+        if self.fate == Fate::Remove && len >= worth.max(1) {
+            self.fate = Fate::Keep;
+        }
+        self.fate == Fate::Keep
+    }
+
+    /// Whether this is a resumable partial copy (not a one-off temporary file).
+    pub fn is_partial(&self) -> bool {
+        self.path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(PARTIAL_INFIX))
+    }
+
+    /// Keeps the first `len` bytes and writes on from there.
+    pub fn truncate(&mut self, len: u64) -> io::Result<()> {
+        use std::io::Seek;
+        self.file.set_len(len)?;
+        self.file.seek(io::SeekFrom::Start(len)).map(drop)
     }
 
     /// The open temporary file.
     pub fn file(&mut self) -> &mut File {
-        self.tmp.as_file_mut()
+        &mut self.file
     }
 
     /// The open temporary file, for reading.
     pub fn file_ref(&self) -> &File {
-        self.tmp.as_file()
+        &self.file
     }
 
     /// The temporary file's path, for messages.
     pub fn temp_path(&self) -> &Path {
-        self.tmp.path()
+        &self.path
     }
 
     /// Where the file will land.
@@ -52,9 +118,67 @@ impl StagedFile {
 
     /// Renames the temporary file to its destination, replacing any file there, and returns the
     /// still-open file.
-    pub fn commit(self) -> io::Result<File> {
-        let dest = self.dest;
-        self.tmp.persist(&dest).map_err(|e| e.error)
+    pub fn commit(mut self) -> io::Result<File> {
+        std::fs::rename(&self.path, &self.dest)?;
+        self.fate = Fate::Gone;
+        self.file.try_clone()
+    }
+
+    /// Gives the file its destination name (atomically replacing any file there) while it keeps
+    /// its temporary name too, until it is dropped (the name goes) or kept for a resume: a
+    /// verified copy lands at once, and a transfer cut off after that still resumes from the
+    /// whole of it. Where the file system has no hard links, the file is renamed instead.
+    pub fn land_keeping_name(&mut self) -> io::Result<()> {
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        let link = parent_dir(&self.dest).join(format!(".{}.{}.link", file_name(&self.dest), crate::protocol::hex(&r)));
+        match std::fs::hard_link(&self.path, &link) {
+            // Renaming a name onto another name of the same file does nothing and leaves both
+            // (a resumed copy that had landed before): the spare name goes either way.
+            Ok(()) => {
+                let r = std::fs::rename(&link, &self.dest);
+                let _ = std::fs::remove_file(&link);
+                r
+            }
+            Err(_) => {
+                std::fs::rename(&self.path, &self.dest)?;
+                self.fate = Fate::Gone;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The transfer ids of the resumable partial copies of `dest` in its directory, newest first.
+pub fn partials(dest: &Path) -> Vec<String> {
+    let prefix = format!(".{}{PARTIAL_INFIX}", file_name(dest));
+    let Ok(entries) = std::fs::read_dir(parent_dir(dest)) else { return Vec::new() };
+    let mut found: Vec<(std::time::SystemTime, String)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().into_string().ok()?;
+            let id = file.strip_prefix(&prefix)?.strip_suffix(PARTIAL_SUFFIX)?;
+            let hex = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit());
+            let when = e.metadata().ok()?.modified().ok()?;
+            hex.then(|| (when, id.to_owned()))
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Removes all but the newest `keep` partial copies of `dest` that no one holds: a peer that
+/// starts transfers and never finishes them cannot fill the disk with them.
+pub fn prune_partials(dest: &Path, keep: usize) {
+    for id in partials(dest).into_iter().skip(keep) {
+        // Opening it locks it: a partial in use elsewhere is left alone; dropping removes it.
+        if let Ok(Some(p)) = StagedFile::partial(dest, &id) {
+            drop(p);
+        }
     }
 }
 

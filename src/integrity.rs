@@ -77,6 +77,7 @@ pub fn chunk_size(size: u64) -> u64 {
 /// Feeds bytes to both checksums at once so that nothing reads the data twice. The CRC-32 is
 /// computed piece by piece (see [`chunk_size`]) and the pieces combined into the whole's, so the
 /// pieces' CRC-32s, which tell where two copies differ, cost nothing extra.
+#[derive(Clone)]
 pub struct Hasher {
     size: u64,
     /// The pieces' length; `u64::MAX` when only the whole counts.

@@ -6,11 +6,12 @@
 //!   ──────────                                      ──────────
 //!   ROUTER (hub thread) ◄── return channel (ZeroMQ) ── DEALER        opened first
 //!   TCP listener ◄───────── data channel (TCP) ─────── connect
-//!      Hello / Welcome / Ready / Header / Accept
+//!      Hello / Welcome / Ready / Header / Accept (what B holds of an interrupted attempt)
+//!      Resume (from where each leg goes on; version 4)
 //!      file bytes ─────────────────────────────────────► hashed, saved to a staged file, and
 //!      ◄──── Data frames under Credit, while the file ── sent straight back from the same buffer
 //!            still arrives (protocol version 2)
-//!      Trailer (CRC-32, BLAKE3) ───────────────────────► Verdict   (B commits its copy)
+//!      Trailer (CRC-32, BLAKE3, per-MiB CRC-32s) ──────► Verdict   (B commits its copy)
 //!      ◄──── End (B's digests) ─────────────────────────
 //!      Result: what came back == what was sent ─────────►           (A commits its copy)
 //!      ◄──── vertex CSV (Offer, Data, End) or Skip; Result; Bye
@@ -31,7 +32,8 @@
 //!   digest cache.
 //! - [`report`]: results as values; the binary prints them ([`report::Text`]).
 //! - [`integrity`]: CRC-32 and BLAKE3 computed while streaming; [`files`]: temporary file then
-//!   rename, so nothing half-written is ever left; [`stl`]: STL meshes and their vertex CSV.
+//!   rename, so nothing half-written is ever left in sight (an interrupted transfer's part is
+//!   kept hidden, for a resume); [`stl`]: STL meshes and their vertex CSV.
 //! - [`cli`], [`logging`], [`shutdown`], [`error`], [`units`]: the process around the library;
 //!   [`demo`]: the loopback demonstration.
 //!

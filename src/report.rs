@@ -56,7 +56,7 @@ pub enum ServerEvent<'a> {
 }
 
 /// Something the client has to say while it runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
     /// The file arrived and was verified (`Done! - RX`).
     DataLegDone,
@@ -66,6 +66,18 @@ pub enum ClientEvent {
     Queued(u32),
     /// The server was busy with a full line; B tries again after this long.
     Retrying(std::time::Duration),
+    /// An interrupted transfer resumes: the first `from` bytes are here already, and the first
+    /// `ret_from` back at the server.
+    Resuming {
+        /// Bytes B holds.
+        from: u64,
+        /// Bytes A holds of the returned copy.
+        ret_from: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// The transfer was cut off; what arrived is kept here for a resume.
+    KeptPartial(std::path::PathBuf),
 }
 
 /// Where results go. Called from session threads; implementations must not fail loudly (a
@@ -259,6 +271,15 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             )),
             ClientEvent::Retrying(after) => {
                 note(format!("the server is busy and its line is full; trying again in {}", units::duration(after)))
+            }
+            ClientEvent::Resuming { from, ret_from, size } => note(format!(
+                "resuming an interrupted transfer: {} of {} already here, {} already back at the server",
+                units::bytes(from),
+                units::bytes(size),
+                units::bytes(ret_from)
+            )),
+            ClientEvent::KeptPartial(path) => {
+                note(format!("what arrived is kept in {}: run the same command again to resume", path.display()))
             }
         }
     }

@@ -135,7 +135,7 @@ fn the_file_comes_back_while_it_is_still_being_sent() {
     let returning = loop {
         let partial = files_in(a.path())
             .into_iter()
-            .filter(|n| n.starts_with(".returned.bin.") && n.ends_with(".part"))
+            .filter(|n| n.starts_with(".returned.bin.") && n.ends_with(".partial"))
             .map(|n| std::fs::metadata(a.path().join(n)).map(|m| m.len()).unwrap_or(0))
             .max()
             .unwrap_or(0);

@@ -1,5 +1,6 @@
-//! Faults and hostile input: clear errors, non-zero exits, no partial files, and a server that
-//! keeps serving others.
+//! Faults and hostile input: clear errors, non-zero exits, no half-written files (an interrupted
+//! transfer leaves only hidden partial copies, for a resume), and a server that keeps serving
+//! others.
 
 mod common;
 
@@ -59,7 +60,28 @@ fn transfer_in_progress(
     args.push("-v");
     let cli = Proc::spawn(b, &args);
     cli.wait_stderr(|l| l.contains("accepted; receiving"));
+    // Whole frames on both sides, so that an interruption leaves something to resume.
+    wait_for_partial(b, 2 << 20);
+    wait_for_partial(a, 1 << 20);
     (srv, cli, big)
+}
+
+/// Waits until a resumable partial copy in `dir` holds `bytes`. Polled: nothing announces a
+/// byte on disk.
+fn wait_for_partial(dir: &std::path::Path, bytes: u64) {
+    let start = std::time::Instant::now();
+    loop {
+        let held = resume_partials(dir)
+            .iter()
+            .map(|n| std::fs::metadata(dir.join(n)).map_or(0, |m| m.len()))
+            .max()
+            .unwrap_or(0);
+        if held >= bytes {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "the partial copy in {} never reached {bytes} bytes", dir.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -70,8 +92,9 @@ fn server_killed_mid_transfer() {
     let out = cli.finish();
     assert_eq!(out.code(), Some(3), "{out:?}");
     assert!(out.stderr.contains("receiving") && out.stderr.contains("closed the connection"), "{out:?}");
+    assert!(out.stderr.contains("run the same command again to resume"), "{out:?}");
     assert!(!b.path().join("big.bin").exists());
-    assert_no_partials(b.path());
+    assert_kept_for_resume(b.path(), 1);
 }
 
 #[test]
@@ -84,8 +107,8 @@ fn server_interrupted_mid_transfer_stops_cleanly() {
     let out = cli.finish();
     assert_eq!(out.code(), Some(3), "{out:?}");
     assert!(out.stderr.contains("the server is shutting down"), "the client is told why: {out:?}");
-    assert_no_partials(a.path());
-    assert_no_partials(b.path());
+    assert_kept_for_resume(a.path(), 1);
+    assert_kept_for_resume(b.path(), 1);
     assert!(!b.path().join("big.bin").exists());
 }
 
@@ -97,7 +120,8 @@ fn client_interrupted_mid_transfer_cleans_up_and_server_keeps_serving() {
     let out = cli.finish();
     assert_eq!(out.code(), Some(130), "{out:?}");
     assert!(out.stderr.contains("interrupted"), "{out:?}");
-    assert_eq!(files_in(b.path()), ["client.log"], "no partial or final file");
+    assert!(!b.path().join("big.bin").exists(), "no final file");
+    assert_kept_for_resume(b.path(), 1);
     let failed = srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
     assert!(failed.contains("client: interrupted by a signal"), "A learns why: {failed}");
     // The same server still serves the next client in full.
@@ -116,11 +140,21 @@ fn client_killed_mid_transfer_server_keeps_serving() {
     drop(cli.finish());
     let failed = srv.proc.wait_stdout(|l| l.starts_with("FAILED"));
     assert!(failed.contains("sending the file"), "{failed}");
+    // Both sides keep what they had of the killed client's transfer, for a resume.
+    assert_kept_for_resume(a.path(), 1);
+    assert_kept_for_resume(b.path(), 1);
     let out = client(c.path(), &srv.client_args("big.bin"));
     assert_eq!(out.code(), Some(0), "{out:?}");
+    // The killed client, run again with the same command, resumes and finishes.
+    let out = client(b.path(), &srv.client_args("big.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("resuming an interrupted transfer"), "{out:?}");
+    assert!(same_contents(&a.path().join("big.bin"), &b.path().join("big.bin")));
     srv.proc.signal(libc::SIGTERM);
     assert_eq!(srv.proc.finish().code(), Some(0));
+    assert!(std::fs::read_to_string(a.path().join("server.log")).unwrap().contains("resuming: the client holds"));
     assert_no_partials(a.path());
+    assert_no_partials(b.path());
 }
 
 #[test]
@@ -132,7 +166,7 @@ fn once_server_reports_failure_with_nonzero_exit() {
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(3), "{s:?}");
     assert!(s.stderr.contains("machinaftp: error:"), "{s:?}");
-    assert_no_partials(a.path());
+    assert_kept_for_resume(a.path(), 1);
 }
 
 #[test]
@@ -386,6 +420,14 @@ fn regression_a_source_overwritten_during_the_send_fails_both_sides() {
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(2), "{s:?}");
     assert!(s.stderr.contains("changed while"), "{s:?}");
-    assert_eq!(files_in(b.path()), ["client.log"], "B keeps no copy of a torn file");
+    assert!(!b.path().join("big.bin").exists(), "B keeps no copy of a torn file");
     assert_eq!(files_in(a.path()), ["big.bin", "server.log"], "A saves nothing of it either");
+    // What B holds is checked against the file as it is now when the same command runs again:
+    // whatever no longer matches is sent again, and the copy is the new version, whole.
+    let srv = Server::start(a.path(), &big, &["--once"]);
+    let out = client(b.path(), &srv.client_args("big.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(srv.proc.finish().code(), Some(0));
+    assert!(same_contents(&big, &b.path().join("big.bin")));
+    assert_no_partials(b.path());
 }

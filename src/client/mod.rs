@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::{Error, Result};
-use crate::files::{StagedFile, available_space, check_destination, parent_dir};
+use crate::files::{StagedFile, available_space, check_destination, parent_dir, partials};
 use crate::protocol::data::DataMsg;
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{Token, VERSION, hex};
@@ -123,6 +123,7 @@ fn attempt(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> 
         staged: None,
         size: 0,
         received: 0,
+        on_disk: 0,
         filling: None,
         pending: VecDeque::new(),
         place: None,
@@ -158,8 +159,10 @@ struct Driver<'a> {
     staged: Option<StagedFile>,
     /// The file's size, from the Header.
     size: u64,
-    /// Raw bytes read so far.
+    /// Raw bytes read so far (counting those an earlier attempt left).
     received: u64,
+    /// Bytes of the partial copy from before this attempt: frames below it go back from disk.
+    on_disk: u64,
     /// The frame being filled from the data channel.
     filling: Option<Chunk>,
     /// Frames saved and waiting for credit to go back.
@@ -365,8 +368,8 @@ impl Driver<'_> {
                     }
                     self.conn.queue(&msg);
                     let _ = self.conn.flush();
-                    if matches!(msg, DataMsg::Accept) {
-                        info!("accepted; receiving");
+                    if matches!(msg, DataMsg::Accept | DataMsg::AcceptFrom { .. }) {
+                        info!("accepted");
                     }
                 }
                 // The server repeats its notice as a keep-alive: only a new place is news.
@@ -396,7 +399,7 @@ impl Driver<'_> {
                     info!(name = ?name, size, "header received");
                     self.size = size;
                     let input = match self.prepare(size) {
-                        Ok(staged) => {
+                        Ok((staged, transfer)) => {
                             debug!(temp = %staged.temp_path().display(), "output staged");
                             if let Some(csv) = &self.cfg.csv {
                                 match csv::Job::start(&staged, size, csv, self.waker.handle()) {
@@ -408,14 +411,40 @@ impl Driver<'_> {
                                 }
                             }
                             self.staged = Some(staged);
-                            ClientInput::OutputReady
+                            ClientInput::OutputReady { transfer }
                         }
                         Err(f) => ClientInput::Local(f),
                     };
                     self.machine.handle(now, input);
                 }
+                ClientAction::ResumeAt { from, ret_from } => {
+                    let held = self.staged.as_ref().and_then(|s| s.file_ref().metadata().ok()).map_or(0, |m| m.len());
+                    if from < held {
+                        info!(
+                            held,
+                            "the server's file does not begin with the partial copy (it changed): starting over"
+                        );
+                        if let Some(Err(source)) = self.staged.as_mut().map(|s| s.truncate(from)) {
+                            let f = LocalFailure::Output { path: self.cfg.out.clone(), source };
+                            self.machine.handle(now, ClientInput::Local(f));
+                            continue;
+                        }
+                    } else if from > 0 || ret_from > 0 {
+                        info!(from, ret_from, "resuming: receiving from byte {from}, returning from byte {ret_from}");
+                        self.reporter.client(ClientEvent::Resuming { from, ret_from, size: self.size });
+                    }
+                    // The raw bytes start now.
+                    info!(from, "accepted; receiving");
+                    self.received = from;
+                    self.on_disk = from;
+                    if let Some(job) = &self.csv_job {
+                        job.written(from);
+                    }
+                }
                 ClientAction::SendFrame { stream, offset, len } => {
                     let chunk = match stream {
+                        // Frames from before this attempt are read back from the partial copy.
+                        Stream::File if offset < self.on_disk => self.read_held(offset, len),
                         Stream::File => self.pending.pop_front(),
                         Stream::Csv => self.read_csv(len),
                     };
@@ -428,9 +457,11 @@ impl Driver<'_> {
                     let _ = self.ret.flush();
                 }
                 ClientAction::Commit => {
-                    let staged = self.staged.take();
-                    let input = match staged.map(|mut s| s.file().flush().and_then(|()| s.commit())) {
-                        Some(Ok(_)) => {
+                    // The verified copy lands now; its partial name stays until the round trip
+                    // ends, so that a cut-off return leg still resumes from the whole copy.
+                    let landed = self.staged.as_mut().map(|s| s.file().flush().and_then(|()| s.land_keeping_name()));
+                    let input = match landed {
+                        Some(Ok(())) => {
                             info!(output = %self.cfg.out.display(), "data leg verified and saved");
                             ClientInput::Committed
                         }
@@ -471,6 +502,14 @@ impl Driver<'_> {
                     self.conn.close();
                 }
                 ClientAction::Finish(result) => {
+                    if let Err(f) = &result
+                        && f.resumable()
+                        && let Some(staged) = &mut self.staged
+                        && staged.keep_for_resume(frame_size(VERSION) as u64)
+                    {
+                        info!(partial = %staged.temp_path().display(), "kept for a resume: run the same command again");
+                        self.reporter.client(ClientEvent::KeptPartial(staged.temp_path().to_path_buf()));
+                    }
                     match &result {
                         Ok(o) => info!(
                             digest = %o.digest, data = %units::duration(o.data_time), ret = %units::duration(o.return_time),
@@ -486,16 +525,63 @@ impl Driver<'_> {
         }
     }
 
-    /// Checks for room and creates the staged output file.
-    fn prepare(&self, size: u64) -> std::result::Result<StagedFile, LocalFailure> {
-        let out = &self.cfg.out;
-        let dir = parent_dir(out);
+    /// Checks for room and opens the output's partial copy: the one an interrupted attempt left
+    /// (whole frames of it, or all of it if it is whole), or a new one; passes what it holds to
+    /// the machine, and says under which transfer id.
+    fn prepare(&mut self, size: u64) -> std::result::Result<(StagedFile, [u8; 16]), LocalFailure> {
+        let out = self.cfg.out.clone();
+        let fail = |source| LocalFailure::Output { path: out.clone(), source };
+        let found = partials(&out).into_iter().find_map(|id| {
+            let transfer = parse_id(&id)?;
+            StagedFile::partial(&out, &id).ok().flatten().map(|p| (p, transfer))
+        });
+        let (mut staged, transfer) = match found {
+            Some(found) => found,
+            None => {
+                let mut transfer = [0u8; 16];
+                getrandom::fill(&mut transfer).map_err(|e| fail(io::Error::other(e.to_string())))?;
+                let p = StagedFile::partial(&out, &hex(&transfer)).map_err(fail)?;
+                (p.ok_or_else(|| fail(io::Error::other("a new partial copy is locked by another process")))?, transfer)
+            }
+        };
+        let len = staged.file_ref().metadata().map_err(fail)?.len();
+        let frame = frame_size(VERSION) as u64;
+        let have = if len == size { size } else { len.min(size) / frame * frame };
+        staged.truncate(have).map_err(fail)?;
+        let dir = parent_dir(&out);
         if let Ok(free) = available_space(dir)
-            && free < size
+            && free < size - have
         {
             return Err(LocalFailure::NoRoom { dir: dir.to_path_buf(), free, size });
         }
-        StagedFile::create(out).map_err(|source| LocalFailure::Output { path: out.clone(), source })
+        if have > 0 {
+            info!(have, partial = %staged.temp_path().display(), "a partial copy from an earlier attempt: offering it");
+        }
+        // Its digest is offered; the server sends again only what does not match.
+        let mut at = 0;
+        let mut chunk = self.pool.get(frame as usize);
+        while at < have {
+            let n = (have - at).min(frame) as usize;
+            let buf = &mut chunk.unfilled()[..n];
+            std::os::unix::fs::FileExt::read_exact_at(staged.file_ref(), buf, at).map_err(fail)?;
+            self.machine.handle(Instant::now(), ClientInput::PrefixBytes(buf));
+            at += n as u64;
+        }
+        Ok((staged, transfer))
+    }
+
+    /// `len` bytes of the partial copy from `offset`, read into a frame buffer: frames held from
+    /// before this attempt go back from disk.
+    fn read_held(&mut self, offset: u64, len: u64) -> Option<Chunk> {
+        let staged = self.staged.as_ref()?;
+        let mut chunk = self.pool.get(len as usize);
+        if let Err(source) = std::os::unix::fs::FileExt::read_exact_at(staged.file_ref(), chunk.unfilled(), offset) {
+            let f = LocalFailure::Output { path: staged.temp_path().to_path_buf(), source };
+            self.machine.handle(Instant::now(), ClientInput::Local(f));
+            return None;
+        }
+        chunk.advance(len as usize);
+        Some(chunk)
     }
 
     /// The next `len` bytes of the CSV, read into a frame buffer.
@@ -512,6 +598,18 @@ impl Driver<'_> {
         chunk.advance(len as usize);
         Some(chunk)
     }
+}
+
+/// A transfer id from a partial copy's name: 32 hex digits.
+fn parse_id(id: &str) -> Option<[u8; 16]> {
+    if id.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(id.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn return_channel_failure(ret: &ReturnChannel, source: io::Error) -> LocalFailure {

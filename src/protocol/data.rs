@@ -6,7 +6,7 @@
 
 use super::wire::{DecodeError, Reader, put_str16};
 use super::{MAGIC, Token};
-use crate::integrity::MAX_CHUNKS;
+use crate::integrity::{Digest, MAX_CHUNKS};
 
 /// Length of a frame header: type byte plus u32 payload length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -79,6 +79,22 @@ pub enum DataMsg {
     Header { size: u64, name: String },
     /// B -> A: send the bytes.
     Accept,
+    /// B -> A (version 4): send the bytes, and here is what B already holds of them from an
+    /// interrupted transfer (possibly nothing), to be sent only if it is right.
+    AcceptFrom {
+        /// Identifies the transfer across attempts: A keeps its partial returned copy under it.
+        transfer: [u8; 16],
+        /// The first `prefix.size` bytes B holds, and their digest.
+        prefix: Digest,
+    },
+    /// A -> B (version 4), in answer to `AcceptFrom`: the raw bytes that follow start at `from`,
+    /// and B returns the file from `ret_from`.
+    Resume {
+        /// Where the raw bytes start: B's prefix length if its digest matched, else 0.
+        from: u64,
+        /// Where B's return of the file starts: what A verifiably holds of it.
+        ret_from: u64,
+    },
     /// B -> A: B will not take this file, and why.
     Refuse { reason: String },
     /// A -> B, after the raw bytes: the checksums A computed while sending, and (version 4) the
@@ -104,6 +120,7 @@ const T_TRAILER: u8 = 0x07;
 const T_VERDICT: u8 = 0x08;
 const T_ERROR: u8 = 0x09;
 const T_QUEUED: u8 = 0x0a;
+const T_RESUME: u8 = 0x0b;
 
 impl DataMsg {
     /// A short name for logs and error messages.
@@ -113,7 +130,8 @@ impl DataMsg {
             DataMsg::Welcome { .. } => "Welcome",
             DataMsg::Ready => "Ready",
             DataMsg::Header { .. } => "Header",
-            DataMsg::Accept => "Accept",
+            DataMsg::Accept | DataMsg::AcceptFrom { .. } => "Accept",
+            DataMsg::Resume { .. } => "Resume",
             DataMsg::Refuse { .. } => "Refuse",
             DataMsg::Trailer { .. } => "Trailer",
             DataMsg::Verdict { .. } => "Verdict",
@@ -156,6 +174,18 @@ impl DataMsg {
                 T_HEADER
             }
             DataMsg::Accept => T_ACCEPT,
+            DataMsg::AcceptFrom { transfer, prefix } => {
+                out.extend_from_slice(transfer);
+                out.extend_from_slice(&prefix.size.to_be_bytes());
+                out.extend_from_slice(&prefix.crc32.to_be_bytes());
+                out.extend_from_slice(&prefix.blake3);
+                T_ACCEPT
+            }
+            DataMsg::Resume { from, ret_from } => {
+                out.extend_from_slice(&from.to_be_bytes());
+                out.extend_from_slice(&ret_from.to_be_bytes());
+                T_RESUME
+            }
             DataMsg::Refuse { reason } => {
                 put_str16(out, reason, MAX_REASON_LEN);
                 T_REFUSE
@@ -238,9 +268,21 @@ impl DataMsg {
                 }
                 DataMsg::Header { size, name }
             }
+            // Versions 1 to 3 accept with an empty payload; version 4 with its offer.
+            T_ACCEPT if r.rest_is_empty() => DataMsg::Accept,
             T_ACCEPT => {
+                let transfer = r.array("transfer")?;
+                let size = r.u64("have")?;
+                let crc32 = r.u32("crc32")?;
+                let blake3 = r.array("blake3")?;
                 r.finish("Accept")?;
-                DataMsg::Accept
+                DataMsg::AcceptFrom { transfer, prefix: Digest { size, crc32, blake3 } }
+            }
+            T_RESUME => {
+                let from = r.u64("from")?;
+                let ret_from = r.u64("ret_from")?;
+                r.finish("Resume")?;
+                DataMsg::Resume { from, ret_from }
             }
             T_REFUSE => {
                 let reason = r.str16("reason")?;
@@ -342,6 +384,8 @@ mod tests {
             DataMsg::Error { code: ErrorCode::ReturnChannel, reason: "r".into() },
             DataMsg::Error { code: ErrorCode::Internal, reason: "i".into() },
             DataMsg::Queued { position: 3 },
+            DataMsg::AcceptFrom { transfer: [9; 16], prefix: Digest { size: 3 << 20, crc32: 5, blake3: [1; 32] } },
+            DataMsg::Resume { from: 3 << 20, ret_from: 1 << 20 },
         ]
     }
 
@@ -363,10 +407,14 @@ mod tests {
                 let mut short = bytes[..cut.max(FRAME_HEADER_LEN)].to_vec();
                 let plen = (short.len() - FRAME_HEADER_LEN) as u32;
                 short[1..5].copy_from_slice(&plen.to_be_bytes());
-                // (A version-4 Trailer cut right after its digest is whole as an older version's.)
-                let older_trailer = matches!(&msg, DataMsg::Trailer { chunks, .. } if !chunks.is_empty())
-                    && short.len() == FRAME_HEADER_LEN + 36;
-                if short.len() < bytes.len() && !older_trailer {
+                // (A version-4 Trailer cut right after its digest, or a version-4 Accept cut to
+                // nothing, is whole as an older version's.)
+                let older = match &msg {
+                    DataMsg::Trailer { chunks, .. } => !chunks.is_empty() && short.len() == FRAME_HEADER_LEN + 36,
+                    DataMsg::AcceptFrom { .. } => short.len() == FRAME_HEADER_LEN,
+                    _ => false,
+                };
+                if short.len() < bytes.len() && !older {
                     assert!(parse_frame(&short).is_err(), "{msg:?} shortened to {cut}");
                 }
             }
@@ -375,10 +423,15 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let mut bytes = DataMsg::Accept.to_bytes();
+        let mut bytes = DataMsg::Ready.to_bytes();
         bytes.push(0);
         bytes[4] = 1;
-        assert_eq!(parse_frame(&bytes), Err(DecodeError::Trailing { message: "Accept", extra: 1 }));
+        assert_eq!(parse_frame(&bytes), Err(DecodeError::Trailing { message: "Ready", extra: 1 }));
+        let mut offer =
+            DataMsg::AcceptFrom { transfer: [1; 16], prefix: Digest { size: 0, crc32: 0, blake3: [0; 32] } }.to_bytes();
+        offer.push(0);
+        offer[4] += 1;
+        assert_eq!(parse_frame(&offer), Err(DecodeError::Trailing { message: "Accept", extra: 1 }));
     }
 
     #[test]

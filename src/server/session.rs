@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::error::Error;
-use crate::files::{StagedFile, first_difference};
+use crate::files::{StagedFile, first_difference, prune_partials};
 use crate::protocol::data::DataMsg;
 use crate::protocol::hex;
-use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream};
+use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream, frame_size};
 use crate::report::{ServerEvent, ServerSessionReport};
 use crate::session::{
     ByteRange, Failure, LocalFailure, Milestone, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession,
@@ -41,6 +41,8 @@ const WRITE_SLICE: usize = 256 << 10;
 const WRITE_TURN: u64 = 8 << 20;
 /// How long a session may spend finding where a returned copy first differs from the original.
 const LOCATE_FOR: Duration = Duration::from_secs(5);
+/// Partial returned copies kept beside the output for resumes, at most.
+const MAX_PARTIALS: usize = 8;
 /// How long a finished session may spend delivering its last frames.
 const LAST_WORDS: Duration = Duration::from_secs(1);
 
@@ -70,6 +72,7 @@ pub(super) fn serve(
                 raw_active: false,
                 rate: cfg.rate_limit.map(|rate| Rate { rate, started: Instant::now(), sent: 0 }),
                 sinks: [None, None],
+                partial: None,
                 waker,
                 greeted,
                 done: None,
@@ -143,6 +146,8 @@ struct Driver<'a> {
     raw_active: bool,
     rate: Option<Rate>,
     sinks: [Option<StagedFile>; 2],
+    /// The partial returned copy of a version-4 client's transfer, until it becomes the sink.
+    partial: Option<StagedFile>,
     waker: Waker,
     greeted: &'a AtomicBool,
     done: Option<Result<ServerOutcome, Failure>>,
@@ -354,6 +359,46 @@ impl Driver<'_> {
         }
     }
 
+    /// Reads the partial returned copy's first `partial` bytes and the original's first `source`,
+    /// for the machine to check a version-4 client's offer.
+    fn read_prefixes(&mut self, source: u64, partial: u64) {
+        let now = Instant::now();
+        let mut at = 0;
+        while at < partial {
+            let Some(p) = &self.partial else { break };
+            let want = (partial - at).min(self.buf.len() as u64) as usize;
+            match read_full_at(p.file_ref(), &mut self.buf[..want], at) {
+                Ok(n) if n > 0 => {
+                    self.machine.handle(now, ServerInput::PartialBytes(&self.buf[..n]));
+                    at += n as u64;
+                }
+                // A short or unreadable partial copy is simply not used.
+                _ => break,
+            }
+        }
+        let mut at = 0;
+        while at < source {
+            let Some(src) = &self.source else { return };
+            let want = (source - at).min(self.buf.len() as u64) as usize;
+            match read_full_at(&src.file, &mut self.buf[..want], at) {
+                Ok(n) if n > 0 => {
+                    self.machine.handle(now, ServerInput::SourcePrefix(&self.buf[..n]));
+                    at += n as u64;
+                }
+                Ok(_) => {
+                    let what = format!("it shrank below {} bytes", units::bytes(source));
+                    let f = LocalFailure::SourceChanged { path: self.shared.cfg.file.clone(), what };
+                    return self.machine.handle(now, ServerInput::Local(f));
+                }
+                Err(source) => {
+                    let f = LocalFailure::Input { path: self.shared.cfg.file.clone(), source };
+                    return self.machine.handle(now, ServerInput::Local(f));
+                }
+            }
+        }
+        self.machine.handle(now, ServerInput::PrefixRead);
+    }
+
     fn expected_csv(&mut self, now: Instant) {
         let Some(src) = &self.source else { return };
         let id = src.id;
@@ -416,10 +461,60 @@ impl Driver<'_> {
                     // A's own CSV of the original is derived (or found) while the file travels.
                     self.expected_csv(now);
                 }
-                ServerAction::StartRaw => {
+                ServerAction::StartRaw { from } => {
+                    if let Some(src) = &mut self.source {
+                        src.sent = from;
+                    }
+                    if from > 0 {
+                        info!(from, "resuming: the client holds the first {} already", units::bytes(from));
+                    }
                     self.raw_active = true;
                     if let Some(rate) = &mut self.rate {
                         rate.started = now;
+                    }
+                }
+                ServerAction::FindPartial { transfer } => {
+                    // Partials of transfers that were never resumed give way to this one's.
+                    prune_partials(&cfg.output, MAX_PARTIALS - 1);
+                    let len = match StagedFile::partial(&cfg.output, &hex(&transfer)) {
+                        Ok(Some(p)) => {
+                            let len = p.file_ref().metadata().map_or(0, |m| m.len());
+                            debug!(partial = %p.temp_path().display(), len, "partial returned copy");
+                            self.partial = Some(p);
+                            len
+                        }
+                        Ok(None) => {
+                            warn!("another session holds this transfer's partial returned copy; not resuming it");
+                            0
+                        }
+                        Err(e) => {
+                            warn!("cannot keep a partial returned copy beside {}: {e}", cfg.output.display());
+                            0
+                        }
+                    };
+                    self.machine.handle(now, ServerInput::PartialFound { len });
+                }
+                ServerAction::ReadPrefix { source, partial } => self.read_prefixes(source, partial),
+                ServerAction::OpenReturned { keep } => {
+                    let opened = match self.partial.take() {
+                        Some(mut p) => p.truncate(keep).map(|()| p),
+                        None => StagedFile::create(&cfg.output),
+                    };
+                    match opened {
+                        Ok(s) => {
+                            if keep > 0 {
+                                info!(
+                                    keep,
+                                    "resuming: the first {} of the returned copy are here already",
+                                    units::bytes(keep)
+                                );
+                            }
+                            self.sinks[Stream::File as usize] = Some(s);
+                        }
+                        Err(source) => {
+                            let f = LocalFailure::Output { path: cfg.output.clone(), source };
+                            self.machine.handle(now, ServerInput::Local(f));
+                        }
                     }
                 }
                 ServerAction::OpenSink(stream) => {
@@ -495,6 +590,16 @@ impl Driver<'_> {
                 ServerAction::Finish(result) => {
                     // A greeting that failed before registering (no return port) still counts.
                     self.greeted.fetch_or(self.machine.greeted(), Ordering::SeqCst);
+                    // What came back of an interrupted transfer waits for its resume (it is checked
+                    // against the original then); a copy that differs does not.
+                    if let Err(f) = &result
+                        && f.resumable()
+                        && let Some(sink) = &mut self.sinks[Stream::File as usize]
+                        && sink.is_partial()
+                        && sink.keep_for_resume(frame_size(self.machine.version()) as u64)
+                    {
+                        info!(partial = %sink.temp_path().display(), "kept what came back, for a resume");
+                    }
                     if let Ok(o) = &result {
                         info!(
                             version = o.version, data = %units::duration(o.data_time), ret = %units::duration(o.return_time),

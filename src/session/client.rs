@@ -40,8 +40,15 @@ pub enum ClientInput<'a> {
     Ret(ReturnMsg<'a>),
     /// A return-channel frame that does not decode.
     RetUndecodable(DecodeError),
-    /// The output's temporary file exists and there is room for the file.
-    OutputReady,
+    /// Bytes of the partial copy kept from an interrupted attempt, in order from its start
+    /// (after [`ClientAction::PrepareOutput`], before [`ClientInput::OutputReady`]).
+    PrefixBytes(&'a [u8]),
+    /// The output's temporary file exists, there is room for the file, and it holds the prefix
+    /// just passed in `PrefixBytes` (possibly nothing) under this transfer id.
+    OutputReady {
+        /// Identifies the transfer across attempts.
+        transfer: [u8; 16],
+    },
     /// Raw file bytes arrived (they are hashed here).
     Raw(&'a [u8]),
     /// `n` received bytes are saved and held ready to go back.
@@ -82,12 +89,23 @@ pub enum ClientAction {
     SendRet(ReturnMsg<'static>),
     /// Keep only the return-channel wiring A announced.
     Wire(Topology),
-    /// Check for room and create the output's temporary file; report [`ClientInput::OutputReady`].
+    /// Check for room and open the output's partial copy (the one an interrupted attempt left, or
+    /// a new one), pass what it holds, whole frames or the whole file, to
+    /// [`ClientInput::PrefixBytes`], and report [`ClientInput::OutputReady`].
     PrepareOutput {
         /// The file's size.
         size: u64,
         /// Its name, for display only: never a path.
         name: String,
+    },
+    /// The server answered the offer: raw bytes come from `from` (the partial copy keeps its
+    /// first `from` bytes: all it held, or nothing), and the file goes back from `ret_from` (frames
+    /// before `from` are read from the partial copy).
+    ResumeAt {
+        /// Where the raw bytes start.
+        from: u64,
+        /// Where the return starts.
+        ret_from: u64,
     },
     /// Send the next `len` bytes of `stream`, from `offset`, as one `Data` frame.
     SendFrame {
@@ -141,6 +159,8 @@ pub enum CsvReturned {
 
 #[derive(Debug)]
 enum DataState {
+    /// `Accept` sent with the offer; waiting for A's `Resume`.
+    Offered,
     /// Raw bytes still coming.
     Raw,
     /// All bytes in; waiting for the `Trailer`.
@@ -160,6 +180,8 @@ struct Transfer {
     data_started: Instant,
     data_time: Duration,
     ret_started: Option<Instant>,
+    /// Where this attempt's raw bytes start (bytes before it are on disk, not in buffers).
+    from: u64,
 }
 
 #[derive(Debug)]
@@ -180,6 +202,8 @@ enum State {
     Preparing {
         size: u64,
         name: String,
+        /// Hashes the partial copy's prefix.
+        prefix: Box<Hasher>,
     },
     Transfer(Box<Transfer>),
     /// `End` for the file sent; waiting for A's `Result`.
@@ -250,8 +274,9 @@ impl ClientSession {
     pub fn raw_budget(&self) -> u64 {
         match &self.state {
             State::Transfer(t) if matches!(t.data, DataState::Raw) => {
-                // Bytes held (received, not yet sent back) never exceed PENDING_FRAMES frames.
-                let held = t.hasher.size() - t.out.sent;
+                // Bytes held in memory (received this attempt, not yet sent back) never exceed
+                // PENDING_FRAMES frames; those before `from` wait on disk.
+                let held = t.hasher.size() - t.out.sent.max(t.from);
                 let limit = PENDING_FRAMES * frame_size(VERSION) as u64;
                 limit.saturating_sub(held).min(t.out.size - t.hasher.size())
             }
@@ -281,6 +306,7 @@ impl ClientSession {
             State::HelloAck => Phase::ReturnHandshake,
             State::Header | State::Preparing { .. } => Phase::Offer,
             State::Transfer(t) => match t.data {
+                DataState::Offered => Phase::Offer,
                 DataState::Raw => Phase::Data { role: Role::Client, done: t.hasher.size(), size: t.out.size },
                 DataState::Trailer | DataState::Committing(_) => Phase::Verdict,
                 DataState::Verified(_) => Phase::Return { stream: Stream::File, done: t.out.sent, size: t.out.size },
@@ -317,19 +343,27 @@ impl ClientSession {
                 self.on_ret(now, msg);
             }
             ClientInput::RetUndecodable(e) => self.protocol(Violation::Undecodable(e)),
-            ClientInput::OutputReady => {
-                if let State::Preparing { size, name } = &mut self.state {
+            ClientInput::PrefixBytes(bytes) => {
+                if let State::Preparing { prefix, .. } = &mut self.state {
+                    prefix.update(bytes);
+                }
+            }
+            ClientInput::OutputReady { transfer } => {
+                if let State::Preparing { size, name, prefix } = &mut self.state {
                     let (size, name) = (*size, std::mem::take(name));
-                    self.send_data(DataMsg::Accept);
+                    let hasher = *std::mem::take(prefix);
+                    // V4-resume: what B holds is offered with its digest; A decides.
+                    self.send_data(DataMsg::AcceptFrom { transfer, prefix: hasher.finish() });
                     self.timers.watch(true, now);
                     let t = Transfer {
                         name,
-                        hasher: Hasher::chunked(chunk_size(size)),
-                        data: if size == 0 { DataState::Trailer } else { DataState::Raw },
+                        hasher,
+                        data: DataState::Offered,
                         out: Outgoing::new(size, frame_size(VERSION)),
                         data_started: now,
                         data_time: Duration::ZERO,
                         ret_started: None,
+                        from: 0,
                     };
                     self.state = State::Transfer(Box::new(t));
                 }
@@ -428,7 +462,27 @@ impl ClientSession {
                 // The name is shown, never used as a path: B writes where its operator said.
                 self.actions.push_back(ClientAction::PrepareOutput { size, name: name.clone() });
                 self.timers.watch(false, now);
-                self.state = State::Preparing { size, name };
+                self.state = State::Preparing { size, name, prefix: Box::new(Hasher::chunked(chunk_size(size))) };
+            }
+            (State::Transfer(t), DataMsg::Resume { from, ret_from }) if matches!(t.data, DataState::Offered) => {
+                let (size, held) = (t.out.size, t.hasher.size());
+                let frame = frame_size(VERSION) as u64;
+                // A resumes from all B offered or from nothing, and takes back from whole frames
+                // within that.
+                if (from != 0 && from != held) || ret_from > from || !ret_from.is_multiple_of(frame) {
+                    let at = if ret_from > from || !ret_from.is_multiple_of(frame) { ret_from } else { from };
+                    return self.protocol(Violation::BadResume { at, limit: held });
+                }
+                if from == 0 && held > 0 {
+                    // A's original does not begin with what B held (it changed): start over.
+                    t.hasher = Hasher::chunked(chunk_size(size));
+                }
+                t.out.resume_at(ret_from, from);
+                t.from = from;
+                t.data_started = now;
+                t.data = if from == size { DataState::Trailer } else { DataState::Raw };
+                self.actions.push_back(ClientAction::ResumeAt { from, ret_from });
+                self.pump(now);
             }
             (State::Transfer(t), DataMsg::Trailer { crc32, blake3, chunks })
                 if matches!(t.data, DataState::Trailer) =>
@@ -615,6 +669,7 @@ impl ClientSession {
             State::Header => "Header",
             State::Preparing { .. } => "nothing yet",
             State::Transfer(t) if matches!(t.data, DataState::Trailer) => "Trailer",
+            State::Transfer(t) if matches!(t.data, DataState::Offered) => "Resume",
             State::Transfer(_) => "Credit",
             State::FileResult(_) | State::Csv(CsvState::Result { .. }) => "Result",
             State::Csv(_) => "Credit",

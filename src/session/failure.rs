@@ -215,6 +215,14 @@ pub enum Violation {
     ReadyTooEarly,
     /// The token is already in use by another session.
     DuplicateToken,
+    /// A resume that does not fit the file: a prefix longer than the file or not a whole number
+    /// of frames (from B), or a `Resume` outside the prefix offered (from A).
+    BadResume {
+        /// The offset in question.
+        at: u64,
+        /// What it had to fit.
+        limit: u64,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -233,6 +241,9 @@ impl fmt::Display for Violation {
             Violation::Flooded => f.write_str("the peer sent more than its flow-control credit allowed"),
             Violation::EarlyEnd { received, size } => write!(f, "End after {received} of {size} bytes"),
             Violation::ReadyTooEarly => f.write_str("Ready before the return channel's Hello"),
+            Violation::BadResume { at, limit } => {
+                write!(f, "a resume at byte {at} does not fit (limit {limit}, whole frames only)")
+            }
             Violation::DuplicateToken => f.write_str("session token is already in use"),
         }
     }
@@ -419,7 +430,7 @@ pub enum Failure {
     #[error("the file made its round trip intact, but its CSV did not")]
     Csv(#[source] CsvFailure),
     /// SIGINT/SIGTERM, or the server stopping.
-    #[error("interrupted by a signal; temporary files were removed")]
+    #[error("interrupted by a signal")]
     Interrupted,
 }
 
@@ -437,6 +448,20 @@ impl Failure {
                 | Failure::SizeMismatch { .. }
                 | Failure::Mismatch { .. }
                 | Failure::NotAServer(_)
+        )
+    }
+
+    /// Whether what arrived may be kept for a resume: the transfer was cut off (a link, a peer,
+    /// a signal, a timeout), not found wrong. Whatever is kept is checked again when it is
+    /// resumed.
+    pub fn resumable(&self) -> bool {
+        matches!(
+            self,
+            Failure::Closed { .. }
+                | Failure::Timeout { .. }
+                | Failure::Interrupted
+                | Failure::Refused { .. }
+                | Failure::Local(LocalFailure::ReturnChannel { .. })
         )
     }
 

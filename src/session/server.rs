@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::integrity::{Digest, FileDigest, Hasher, chunk_size};
 use crate::protocol::data::{DataMsg, ErrorCode, Topology};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
-use crate::protocol::{CHUNKS_VERSION, DecodeError, MIN_VERSION, Token, VERSION};
+use crate::protocol::{CHUNKS_VERSION, DecodeError, MIN_VERSION, RESUME_VERSION, Token, VERSION};
 
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Incoming;
@@ -62,6 +62,18 @@ pub enum ServerInput<'a> {
     },
     /// Bytes read from the served file, about to be sent.
     RawRead(&'a [u8]),
+    /// What A holds of a version-4 client's transfer (after [`ServerAction::FindPartial`]): the
+    /// length of its partial returned copy, 0 if none.
+    PartialFound {
+        /// Bytes in it.
+        len: u64,
+    },
+    /// The partial returned copy's first bytes, in order (after [`ServerAction::ReadPrefix`]).
+    PartialBytes(&'a [u8]),
+    /// The served file's first bytes, in order (after [`ServerAction::ReadPrefix`]).
+    SourcePrefix(&'a [u8]),
+    /// Both prefixes are read.
+    PrefixRead,
     /// Bytes of the `Data` frame just handled, as they are written (hashed here, in order).
     Returned(&'a [u8]),
     /// Bytes written to the data channel.
@@ -99,8 +111,33 @@ pub enum ServerAction {
     OpenSource,
     /// Create the temporary file that receives `stream`.
     OpenSink(Stream),
-    /// Stream the file's raw bytes on the data channel, reporting each read, each write, and the end.
-    StartRaw,
+    /// Stream the file's raw bytes on the data channel from `from`, reporting each read, each
+    /// write, and the end.
+    StartRaw {
+        /// The first byte to send (after a resume, B holds those before it).
+        from: u64,
+    },
+    /// A version-4 client offered what it holds of `transfer`: find (and lock) A's partial
+    /// returned copy of it, and report [`ServerInput::PartialFound`].
+    FindPartial {
+        /// The client's transfer identifier.
+        transfer: [u8; 16],
+    },
+    /// Read the first `partial` bytes of that partial copy ([`ServerInput::PartialBytes`]), then
+    /// the served file's first `source` bytes ([`ServerInput::SourcePrefix`]), then report
+    /// [`ServerInput::PrefixRead`].
+    ReadPrefix {
+        /// Bytes of the served file.
+        source: u64,
+        /// Bytes of the partial returned copy.
+        partial: u64,
+    },
+    /// Open the file that receives the returned copy (version 4): the partial found, keeping its
+    /// first `keep` bytes (verified), or a new one.
+    OpenReturned {
+        /// Bytes of the partial copy to keep.
+        keep: u64,
+    },
     /// Write the payload of the `Data` frame just handled to `stream`'s temporary file, passing
     /// each piece to [`ServerInput::Returned`] first.
     Write(Stream),
@@ -163,6 +200,8 @@ enum State {
     Opening,
     /// `Header` sent; waiting for `Accept` or `Refuse`.
     Accept(Box<Transfer>),
+    /// A version-4 client's offer is being checked against the original.
+    Prefix(Box<Transfer>, Box<PrefixCheck>),
     /// The file goes out and (version 2) comes back.
     Transfer(Box<Transfer>),
     /// Waiting for the CSV, a `Skip`, or a `Bye`.
@@ -200,6 +239,22 @@ struct Transfer {
     data_started: Instant,
     data_time: Duration,
     ret_started: Instant,
+}
+
+/// What a version-4 client offered, and A's check of it: B's prefix must hash to B's digest, read
+/// from the original; A's own partial returned copy must hash as the original's prefix of its
+/// length. Whatever passes is not sent again; whatever fails is sent from the start.
+#[derive(Debug)]
+struct PrefixCheck {
+    claim: Digest,
+    /// A's partial returned copy is looked for, then this much of it is checked.
+    partial: Option<u64>,
+    /// The original's first bytes.
+    source: Hasher,
+    /// `source` as it was at `partial` bytes.
+    at_partial: Option<Hasher>,
+    /// The partial returned copy's first bytes.
+    returned: Hasher,
 }
 
 #[derive(Debug)]
@@ -304,7 +359,7 @@ impl ServerSession {
         match &self.state {
             State::Hello | State::Registering => Phase::Handshake,
             State::Ready if !self.ret_up => Phase::ReturnHandshake,
-            State::Ready | State::Opening | State::Accept(_) => Phase::Offer,
+            State::Ready | State::Opening | State::Accept(_) | State::Prefix(..) => Phase::Offer,
             State::Transfer(t) if !t.trailer => Phase::Data { role: Role::Server, done: t.sent, size: t.size },
             State::Transfer(t) if !t.verdict => Phase::Verdict,
             State::Transfer(t) => {
@@ -375,6 +430,42 @@ impl ServerSession {
                     ret_started: now,
                 }));
             }
+            ServerInput::PartialFound { len } => {
+                if let State::Prefix(_, c) = &mut self.state
+                    && c.partial.is_none()
+                {
+                    let frame = frame_size(self.version) as u64;
+                    let partial = len.min(c.claim.size) / frame * frame;
+                    c.partial = Some(partial);
+                    if partial == 0 {
+                        c.at_partial = Some(c.source.clone());
+                    }
+                    let source = c.claim.size;
+                    self.actions.push_back(ServerAction::ReadPrefix { source, partial });
+                }
+            }
+            ServerInput::PartialBytes(bytes) => {
+                if let State::Prefix(_, c) = &mut self.state {
+                    let room = c.partial.unwrap_or(0).saturating_sub(c.returned.size());
+                    c.returned.update(&bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))]);
+                }
+            }
+            ServerInput::SourcePrefix(mut bytes) => {
+                if let State::Prefix(_, c) = &mut self.state {
+                    let room = c.claim.size.saturating_sub(c.source.size());
+                    bytes = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+                    // Keep the hasher's state where A's partial copy ends, to go on from there.
+                    let to_partial = c.partial.unwrap_or(0).saturating_sub(c.source.size());
+                    if c.at_partial.is_none() && to_partial <= bytes.len() as u64 {
+                        let (head, tail) = bytes.split_at(to_partial as usize);
+                        c.source.update(head);
+                        c.at_partial = Some(c.source.clone());
+                        bytes = tail;
+                    }
+                    c.source.update(bytes);
+                }
+            }
+            ServerInput::PrefixRead => self.on_prefix_read(now),
             ServerInput::RawRead(bytes) => {
                 if let State::Transfer(t) = &mut self.state
                     && let Some(h) = &mut t.hasher
@@ -475,19 +566,28 @@ impl ServerSession {
                 self.state = State::Opening;
             }
             (State::Ready, DataMsg::Ready) => self.protocol(Violation::ReadyTooEarly),
+            // An Accept without an offer (any version) starts from the beginning.
             (State::Accept(_), DataMsg::Accept) => {
-                let State::Accept(mut t) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
-                t.data_started = now;
-                if self.version >= 2 {
-                    // Version 2: the file comes back while it goes out, under a window granted now.
-                    let window = self.window();
-                    t.ret = Some(Incoming::new(t.size, frame_size(self.version)));
-                    t.ret_started = now;
-                    self.actions.push_back(ServerAction::OpenSink(Stream::File));
-                    self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes: window });
+                let State::Accept(t) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
+                self.start_transfer(now, t, 0, None);
+            }
+            (State::Accept(t), DataMsg::AcceptFrom { transfer, prefix }) if self.version >= RESUME_VERSION => {
+                // Whole frames only (or the whole file), so the returned frames line up as ever.
+                let frame = frame_size(self.version) as u64;
+                if prefix.size > t.size || (!prefix.size.is_multiple_of(frame) && prefix.size != t.size) {
+                    let limit = t.size;
+                    return self.protocol(Violation::BadResume { at: prefix.size, limit });
                 }
-                self.state = State::Transfer(t);
-                self.actions.push_back(ServerAction::StartRaw);
+                let check = PrefixCheck {
+                    claim: prefix,
+                    partial: None,
+                    source: Hasher::chunked(chunk_size(t.size)),
+                    at_partial: None,
+                    returned: Hasher::new(),
+                };
+                let State::Accept(t) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
+                self.state = State::Prefix(t, Box::new(check));
+                self.actions.push_back(ServerAction::FindPartial { transfer });
             }
             (State::Accept(_), DataMsg::Refuse { reason }) => {
                 self.fail(Failure::Refused { during: Phase::Offer, reason });
@@ -507,6 +607,55 @@ impl ServerSession {
             }
             _ => self.unexpected(got),
         }
+    }
+
+    /// The data leg starts at `from` (and, version 2 on, the return leg at what `returned` holds).
+    fn start_transfer(&mut self, now: Instant, mut t: Box<Transfer>, from: u64, returned: Option<Hasher>) {
+        t.data_started = now;
+        t.sent = from;
+        if self.version >= 2 {
+            // Version 2: the file comes back while it goes out, under a window granted now.
+            let window = self.window();
+            let frame = frame_size(self.version);
+            t.ret = Some(match returned {
+                Some(h) => Incoming::resumed(t.size, frame, h),
+                None => Incoming::new(t.size, frame),
+            });
+            t.ret_started = now;
+            let open = if self.version >= RESUME_VERSION {
+                ServerAction::OpenReturned { keep: t.ret.as_ref().map_or(0, Incoming::received) }
+            } else {
+                ServerAction::OpenSink(Stream::File)
+            };
+            self.actions.push_back(open);
+            self.send_ret(ReturnMsg::Credit { stream: Stream::File, bytes: window });
+        }
+        self.state = State::Transfer(t);
+        self.actions.push_back(ServerAction::StartRaw { from });
+    }
+
+    /// Both prefixes are read: what passed is not sent again (V4-resume).
+    fn on_prefix_read(&mut self, now: Instant) {
+        let State::Prefix(..) = &self.state else { return };
+        let State::Prefix(mut t, c) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
+        let PrefixCheck { claim, partial, source, at_partial, returned } = *c;
+        let b_holds = source.size() == claim.size && source.finish() == claim;
+        let from = if b_holds { claim.size } else { 0 };
+        // A's own partial copy counts only if it is the original's prefix, and within B's.
+        let kept = at_partial.filter(|h| {
+            b_holds
+                && h.size() > 0
+                && Some(h.size()) == partial
+                && returned.size() == h.size()
+                && h.finish() == returned.finish()
+        });
+        let ret_from = kept.as_ref().map_or(0, Hasher::size);
+        if t.hasher.is_some() {
+            // The digest is being learned: the prefix read counts if it is what goes out.
+            t.hasher = Some(if b_holds { source } else { Hasher::chunked(chunk_size(t.size)) });
+        }
+        self.send_data(DataMsg::Resume { from, ret_from });
+        self.start_transfer(now, t, from, kept);
     }
 
     fn on_return_hello(&mut self, version: u16) {
@@ -787,7 +936,7 @@ impl ServerSession {
     fn expecting(&self) -> &'static str {
         match &self.state {
             State::Hello => "Hello",
-            State::Registering | State::Opening => "nothing yet",
+            State::Registering | State::Opening | State::Prefix(..) => "nothing yet",
             State::Ready if !self.ret_up => "the return channel's Hello",
             State::Ready => "Ready",
             State::Accept(_) => "Accept or Refuse",

@@ -29,6 +29,13 @@ impl Outgoing {
         Outgoing { size, frame, ready: 0, sent: 0, credit: 0 }
     }
 
+    /// Resumes the stream at `sent`, with its bytes up to `ready` at hand already. Credit granted
+    /// so far stays: it may have come (on the other channel) before the word to resume.
+    pub(crate) fn resume_at(&mut self, sent: u64, ready: u64) {
+        self.ready = ready.min(self.size);
+        self.sent = sent.min(self.ready);
+    }
+
     /// More bytes are ready to send.
     pub(crate) fn add_ready(&mut self, n: u64) {
         self.ready = self.ready.saturating_add(n).min(self.size);
@@ -75,6 +82,12 @@ impl Incoming {
     /// A stream of `size` bytes, with `window` bytes granted at once.
     pub(crate) fn new(size: u64, frame: usize) -> Incoming {
         Incoming { size, frame, received: 0, hasher: Hasher::new() }
+    }
+
+    /// A stream of which the first `hasher.size()` bytes are already held (and hashed): a resumed
+    /// transfer's.
+    pub(crate) fn resumed(size: u64, frame: usize, hasher: Hasher) -> Incoming {
+        Incoming { size, frame, received: hasher.size().min(size), hasher }
     }
 
     pub(crate) fn received(&self) -> u64 {

@@ -205,6 +205,12 @@ struct Sim {
     /// Bytes B held received but not yet returned, at most.
     b_max_pending: u64,
     a_data_closed: bool,
+    /// What B and A hold from an interrupted attempt, before the session starts.
+    b_partial: Vec<u8>,
+    a_partial: Vec<u8>,
+    /// Where A's raw bytes started, and the bytes of the file B sent back.
+    a_raw_from: u64,
+    b_returned: u64,
 }
 
 impl Sim {
@@ -238,7 +244,18 @@ impl Sim {
             milestones: Vec::new(),
             b_max_pending: 0,
             a_data_closed: false,
+            b_partial: Vec::new(),
+            a_partial: Vec::new(),
+            a_raw_from: 0,
+            b_returned: 0,
         }
+    }
+
+    /// The same, resuming: B and A hold these partial copies from an interrupted attempt.
+    fn resuming(mut self, b_partial: &[u8], a_partial: &[u8]) -> Sim {
+        self.b_partial = b_partial.to_vec();
+        self.a_partial = a_partial.to_vec();
+        self
     }
 
     fn run(mut self) -> Sim {
@@ -364,7 +381,27 @@ impl Sim {
                     self.a.handle(now, ServerInput::SourceOpened { size, name: "f.bin".into(), digest: None });
                 }
                 ServerAction::OpenSink(s) => self.a_sinks[s as usize] = Some(Vec::new()),
-                ServerAction::StartRaw => self.raw_left = Some(self.file.len()),
+                ServerAction::StartRaw { from } => {
+                    self.a_raw_from = from;
+                    self.raw_left = Some(self.file.len() - from as usize);
+                }
+                ServerAction::FindPartial { .. } => {
+                    let len = self.a_partial.len() as u64;
+                    self.a.handle(now, ServerInput::PartialFound { len });
+                }
+                ServerAction::ReadPrefix { source, partial } => {
+                    let partial = self.a_partial[..partial as usize].to_vec();
+                    self.a.handle(now, ServerInput::PartialBytes(&partial));
+                    let source = self.file[..source as usize].to_vec();
+                    // In pieces, as a driver reads them.
+                    for piece in source.chunks(100_000) {
+                        self.a.handle(now, ServerInput::SourcePrefix(piece));
+                    }
+                    self.a.handle(now, ServerInput::PrefixRead);
+                }
+                ServerAction::OpenReturned { keep } => {
+                    self.a_sinks[0] = Some(self.a_partial[..keep as usize].to_vec());
+                }
                 ServerAction::Write(s) => {
                     let p = payload.expect("a Write follows a Data frame");
                     self.a.handle(now, ServerInput::Returned(p));
@@ -403,7 +440,18 @@ impl Sim {
                 ClientAction::SendData(m) => self.b_to_a.push_back(m),
                 ClientAction::SendRet(m) => self.ret_to_a.push_back((m, None)),
                 ClientAction::Wire(_) | ClientAction::Queued { .. } => {}
-                ClientAction::PrepareOutput { .. } => self.b.handle(now, ClientInput::OutputReady),
+                ClientAction::PrepareOutput { size, .. } => {
+                    let held = self.b_partial.len() as u64;
+                    let have = if held == size { size } else { held.min(size) / FRAME_V2 as u64 * FRAME_V2 as u64 };
+                    let prefix = self.b_partial[..have as usize].to_vec();
+                    self.b.handle(now, ClientInput::PrefixBytes(&prefix));
+                    self.b_received = prefix;
+                    self.b.handle(now, ClientInput::OutputReady { transfer: [5; 16] });
+                }
+                ClientAction::ResumeAt { from, .. } => {
+                    self.b_received.truncate(from as usize);
+                    self.b_saved_bytes = from;
+                }
                 ClientAction::SendFrame { stream, offset, len } => {
                     let (o, l) = (offset as usize, len as usize);
                     let mut payload = match stream {
@@ -417,6 +465,7 @@ impl Sim {
                         payload[at - o] ^= 0x01;
                     }
                     if stream == Stream::File {
+                        self.b_returned += len;
                         let held = self.b_received.len() as u64 - offset;
                         self.b_max_pending = self.b_max_pending.max(held);
                     }
@@ -570,6 +619,135 @@ fn v4_trailer_carries_piece_crcs_only_to_clients_of_version_4() {
         } else {
             assert!(chunks.is_empty(), "a version-3 client gets the Trailer it knows");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version 4: resuming an interrupted transfer (V4-resume).
+// ---------------------------------------------------------------------------------------------
+
+const F: usize = FRAME_V2;
+
+#[test]
+fn v4_resume_sends_only_what_b_lacks_and_takes_back_only_what_a_lacks() {
+    let file = bytes(10 * F + 123, 8);
+    // B holds 6 frames and part of a 7th (not offered: whole frames only); A holds 3 frames
+    // and a bit of the returned copy (kept to whole frames).
+    let s =
+        Sim::new(file.clone(), WINDOW_V2, Faults::default()).resuming(&file[..6 * F + 500], &file[..3 * F + 77]).run();
+    s.a_ok();
+    assert_eq!(s.b_ok().digest, digest(&file));
+    assert_eq!(s.a_raw_from, 6 * F as u64, "the data leg resent only what B lacked");
+    assert_eq!(s.b_returned, (file.len() - 3 * F) as u64, "the return leg only what A lacked");
+    assert_eq!(s.a_saved[0].as_deref(), Some(&file[..]), "A's copy is whole: its part and the rest");
+}
+
+#[test]
+fn v4_resume_of_a_whole_copy_sends_nothing_on_the_data_leg() {
+    let file = bytes(4 * F + 9, 3);
+    let s = Sim::new(file.clone(), WINDOW_V2, Faults::default()).resuming(&file, &file[..2 * F]).run();
+    s.a_ok();
+    assert_eq!(s.a_raw_from, file.len() as u64);
+    assert_eq!(s.b_returned, (file.len() - 2 * F) as u64);
+    assert_eq!(s.a_saved[0].as_deref(), Some(&file[..]));
+}
+
+#[test]
+fn v4_resume_from_a_changed_original_starts_over_on_both_legs() {
+    let file = bytes(5 * F, 1);
+    let old = bytes(5 * F, 2);
+    let s = Sim::new(file.clone(), WINDOW_V2, Faults::default()).resuming(&old[..3 * F], &file[..2 * F]).run();
+    s.a_ok();
+    assert_eq!(s.a_raw_from, 0, "B's prefix is not the original's: everything is sent");
+    assert_eq!(s.b_returned, file.len() as u64, "and everything comes back");
+    assert_eq!(s.b_ok().digest, digest(&file));
+    assert_eq!(s.a_saved[0].as_deref(), Some(&file[..]));
+}
+
+#[test]
+fn v4_resume_ignores_a_partial_returned_copy_that_differs_from_the_original() {
+    let file = bytes(5 * F, 4);
+    let mut damaged = file[..3 * F].to_vec();
+    damaged[F + 7] ^= 1;
+    let s = Sim::new(file.clone(), WINDOW_V2, Faults::default()).resuming(&file[..4 * F], &damaged).run();
+    s.a_ok();
+    assert_eq!(s.a_raw_from, 4 * F as u64, "B's part is right and kept");
+    assert_eq!(s.b_returned, file.len() as u64, "A's part is not: the whole copy comes back");
+    assert_eq!(s.a_saved[0].as_deref(), Some(&file[..]));
+}
+
+#[test]
+fn v4_resume_a_returned_copy_corrupted_after_a_resume_is_still_caught() {
+    let file = bytes(6 * F, 6);
+    let faults = Faults { return_flip: Some(4 * F + 3), ..Faults::default() };
+    let s = Sim::new(file.clone(), WINDOW_V2, faults).resuming(&file[..5 * F], &file[..2 * F]).run();
+    assert!(matches!(s.a_err(), Failure::Mismatch { leg: Leg::Return, .. }), "{:?}", s.a_err());
+    assert!(s.a_saved[0].is_none());
+}
+
+#[test]
+fn v4_resume_offers_that_do_not_fit_are_violations() {
+    let size = 3 * F as u64 + 5;
+    let offer =
+        |have: u64| DataMsg::AcceptFrom { transfer: [1; 16], prefix: Digest { size: have, crc32: 0, blake3: [0; 32] } };
+    for have in [size + 1, F as u64 + 1] {
+        let (mut a, t) = a_at_header(4, size, WINDOW_V2);
+        a.handle(t, ServerInput::Data(offer(have)));
+        let acts = drain_a(&mut a);
+        let f = failure_a(&acts);
+        assert!(matches!(f, Failure::Protocol { violation: Violation::BadResume { .. }, .. }), "{have}: {f:?}");
+    }
+    // The whole file, even if not whole frames, may be offered; so may nothing.
+    for have in [size, 0] {
+        let (mut a, t) = a_at_header(4, size, WINDOW_V2);
+        a.handle(t, ServerInput::Data(offer(have)));
+        assert!(matches!(drain_a(&mut a)[..], [ServerAction::FindPartial { transfer }] if transfer == [1; 16]));
+    }
+    // Version 3 knows no offers.
+    let (mut a, t) = a_at_header(3, size, WINDOW_V2);
+    a.handle(t, ServerInput::Data(offer(0)));
+    assert!(matches!(failure_a(&drain_a(&mut a)), Failure::Protocol { .. }));
+}
+
+/// A client that offered `held` of a file of `size` bytes and waits for the `Resume`.
+fn b_offering(now: Instant, size: u64, held: &[u8]) -> ClientSession {
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
+    b.handle(now, ClientInput::Data(DataMsg::Welcome { version: VERSION, topology: Topology::Listen { zmq_port: 9 } }));
+    b.handle(now, ClientInput::Ret(ReturnMsg::HelloAck { version: VERSION }));
+    b.handle(now, ClientInput::Data(DataMsg::Header { size, name: "f".into() }));
+    b.handle(now, ClientInput::PrefixBytes(held));
+    b.handle(now, ClientInput::OutputReady { transfer: [2; 16] });
+    drain_b(&mut b);
+    b
+}
+
+#[test]
+fn v4_resume_credit_that_overtakes_the_resume_still_counts() {
+    // A sends Resume on TCP, then grants credit on the return channel: the credit may come first.
+    let now = Instant::now();
+    let mut b = b_offering(now, 5 * F as u64, &bytes(3 * F, 1));
+    b.handle(now, ClientInput::Ret(ReturnMsg::Credit { stream: Stream::File, bytes: 2 * F as u64 }));
+    b.handle(now, ClientInput::Data(DataMsg::Resume { from: 3 * F as u64, ret_from: F as u64 }));
+    let frames: Vec<_> = drain_b(&mut b)
+        .into_iter()
+        .filter_map(|a| match a {
+            ClientAction::SendFrame { offset, len, .. } => Some((offset, len)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(frames, [(F as u64, F as u64), (2 * F as u64, F as u64)], "held frames go back under that credit");
+}
+
+#[test]
+fn v4_resume_answers_that_do_not_fit_the_offer_are_violations() {
+    for (from, ret_from) in [(F as u64, 0), (0, F as u64), (2 * F as u64, F as u64 + 1), (4 * F as u64, 0)] {
+        let now = Instant::now();
+        let mut b = b_offering(now, 5 * F as u64, &bytes(2 * F, 1));
+        b.handle(now, ClientInput::Data(DataMsg::Resume { from, ret_from }));
+        let ok = from == 2 * F as u64 && ret_from.is_multiple_of(F as u64) && ret_from <= from;
+        let acts = drain_b(&mut b);
+        let failed = acts.iter().any(|a| matches!(a, ClientAction::Finish(Err(Failure::Protocol { .. }))));
+        assert_eq!(failed, !ok, "({from}, {ret_from}): {acts:?}");
     }
 }
 
@@ -1110,7 +1288,7 @@ fn v2_initial_credit_comes_with_accept_and_implicit_offer() {
     a.handle(t, ServerInput::Data(DataMsg::Accept));
     let acts = drain_a(&mut a);
     assert!(acts.iter().any(|x| matches!(x, ServerAction::OpenSink(Stream::File))));
-    assert!(acts.iter().any(|x| matches!(x, ServerAction::StartRaw)));
+    assert!(acts.iter().any(|x| matches!(x, ServerAction::StartRaw { from: 0 })));
     assert!(matches!(sent_ret_a(&acts)[..], [ReturnMsg::Credit { stream: Stream::File, bytes: WINDOW_V2 }]));
     // Stream 0 is offered by the Header: an Offer(0) is a violation in version 2.
     a.handle(t, ServerInput::Ret(ReturnMsg::Offer { stream: Stream::File, size: 5 * FRAME_V2 as u64 }));
@@ -1307,8 +1485,12 @@ fn client_in_transfer(now: Instant, size: u64) -> ClientSession {
     assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::Ready]));
     b.handle(now, ClientInput::Data(DataMsg::Header { size, name: "../../etc/passwd".into() }));
     assert!(matches!(drain_b(&mut b)[..], [ClientAction::PrepareOutput { .. }]), "the name is only shown");
-    b.handle(now, ClientInput::OutputReady);
-    assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::Accept]));
+    b.handle(now, ClientInput::OutputReady { transfer: [3; 16] });
+    let empty = Hasher::new().finish();
+    assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::AcceptFrom { prefix, .. }] if *prefix == empty));
+    // Nothing held from an earlier attempt: the raw bytes start at 0.
+    b.handle(now, ClientInput::Data(DataMsg::Resume { from: 0, ret_from: 0 }));
+    assert!(matches!(drain_b(&mut b)[..], [ClientAction::ResumeAt { from: 0, ret_from: 0 }]));
     b
 }
 

@@ -245,8 +245,25 @@ pub fn files_in(dir: &Path) -> Vec<String> {
 
 /// Asserts that no temporary `.part` file is left in `dir`.
 pub fn assert_no_partials(dir: &Path) {
-    let left: Vec<_> = files_in(dir).into_iter().filter(|n| n.ends_with(".part")).collect();
+    let left: Vec<_> = files_in(dir).into_iter().filter(|n| n.ends_with(".part") || n.ends_with(".partial")).collect();
     assert!(left.is_empty(), "temporary files left in {}: {left:?}", dir.display());
+}
+
+/// Asserts that an interrupted transfer left in `dir` no temporary files but `n` resumable
+/// partial copies, hidden and clearly named.
+pub fn assert_kept_for_resume(dir: &Path, n: usize) {
+    let temps: Vec<_> = files_in(dir).into_iter().filter(|n| n.ends_with(".part")).collect();
+    assert!(temps.is_empty(), "temporary files left in {}: {temps:?}", dir.display());
+    let kept = resume_partials(dir);
+    assert_eq!(kept.len(), n, "resumable partial copies in {}: {kept:?}", dir.display());
+}
+
+/// The resumable partial copies kept in `dir` (`.NAME.resume-ID.partial`).
+pub fn resume_partials(dir: &Path) -> Vec<String> {
+    files_in(dir)
+        .into_iter()
+        .filter(|n| n.starts_with('.') && n.contains(".resume-") && n.ends_with(".partial"))
+        .collect()
 }
 
 /// Which way through a [`Relay`].
