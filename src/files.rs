@@ -257,6 +257,56 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_copy_is_locked_kept_only_when_asked_and_pruned_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.stl");
+        let mut p = StagedFile::partial(&dest, "ab12").unwrap().unwrap();
+        assert!(p.is_partial());
+        assert!(StagedFile::partial(&dest, "ab12").unwrap().is_none(), "a second holder is refused");
+        assert!(StagedFile::partial(&dest, "../x").is_err(), "ids are hex digits, never paths");
+        p.file().write_all(b"0123456789").unwrap();
+        assert!(!p.keep_for_resume(11), "shorter than worth keeping");
+        assert!(p.keep_for_resume(10));
+        drop(p);
+        assert_eq!(partials(&dest), ["ab12"]);
+        let mut again = StagedFile::partial(&dest, "ab12").unwrap().unwrap();
+        assert_eq!(again.file_ref().metadata().unwrap().len(), 10, "what was kept is there");
+        again.truncate(4).unwrap();
+        again.file().write_all(b"x").unwrap();
+        drop(again);
+        assert!(partials(&dest).is_empty(), "not kept this time: removed");
+        for id in ["01", "02", "03"] {
+            let mut p = StagedFile::partial(&dest, id).unwrap().unwrap();
+            p.file().write_all(b"x").unwrap();
+            p.keep_for_resume(1);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let held = StagedFile::partial(&dest, "01").unwrap().unwrap();
+        prune_partials(&dest, 1);
+        assert_eq!(partials(&dest), ["03", "01"], "the newest stays, and so does one in use");
+        drop(held);
+    }
+
+    #[test]
+    fn a_landed_copy_keeps_its_partial_name_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.stl");
+        let mut p = StagedFile::partial(&dest, "cd").unwrap().unwrap();
+        p.file().write_all(b"whole").unwrap();
+        p.land_keeping_name().unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"whole");
+        // Landing again (a resumed copy that had landed before) leaves no spare name behind.
+        p.land_keeping_name().unwrap();
+        assert!(p.keep_for_resume(1));
+        drop(p);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, [".out.stl.resume-cd.partial", "out.stl"]);
+        drop(StagedFile::partial(&dest, "cd").unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "dropped unkept: only the landed copy");
+    }
+
+    #[test]
     fn bare_name_lives_in_cwd() {
         assert_eq!(parent_dir(Path::new("output.stl")), Path::new("."));
         assert_eq!(parent_dir(Path::new("a/b.stl")), Path::new("a"));

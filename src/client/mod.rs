@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::{Error, Result};
-use crate::files::{StagedFile, available_space, check_destination, parent_dir, partials};
+use crate::files::{StagedFile, available_space, check_destination, parent_dir, partials, prune_partials};
 use crate::protocol::data::DataMsg;
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{Token, VERSION, hex};
@@ -544,6 +544,8 @@ impl Driver<'_> {
                 (p.ok_or_else(|| fail(io::Error::other("a new partial copy is locked by another process")))?, transfer)
             }
         };
+        // Older partial copies of the same destination are from transfers that will not resume.
+        prune_partials(&out, 1);
         let len = staged.file_ref().metadata().map_err(fail)?.len();
         let frame = frame_size(VERSION) as u64;
         let have = if len == size { size } else { len.min(size) / frame * frame };
