@@ -195,7 +195,7 @@ impl<W: std::io::Write + Send> Text<W> {
             (CsvReturned::Returned { rows, .. }, None) => format!("CSV ({rows} vertices) returned and verified"),
             (CsvReturned::NotMade(why), _) => format!("no CSV ({why})"),
         };
-        let proof = proof(&o.digest, o.data_time, o.return_time);
+        let proof = proof(&o.digest, o.data_time, o.return_time, o.resumed);
         self.line(&format!(
             "verified: {} ({}) received intact and returned intact to the server, {proof}; {csv}",
             r.output.display(),
@@ -211,17 +211,31 @@ fn write_line<W: std::io::Write>(out: &std::sync::Mutex<W>, line: &str) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
-/// The checksums and each leg's time and rate, as both sides' verdict lines show them.
-fn proof(d: &crate::integrity::Digest, data: std::time::Duration, ret: std::time::Duration) -> String {
-    format!(
+/// The checksums and each leg's time and rate (of what travelled: after a resume, the rest), as
+/// both sides' verdict lines show them.
+fn proof(
+    d: &crate::integrity::Digest,
+    data: std::time::Duration,
+    ret: std::time::Duration,
+    resumed: crate::session::Resumed,
+) -> String {
+    let mut s = format!(
         "CRC-32 {}, BLAKE3 {}…; data {} ({}), return {} ({})",
         d.crc32,
         &d.blake3_hex()[..16],
         units::duration(data),
-        units::rate(d.size, data),
+        units::rate(d.size.saturating_sub(resumed.from), data),
         units::duration(ret),
-        units::rate(d.size, ret),
-    )
+        units::rate(d.size.saturating_sub(resumed.ret_from), ret),
+    );
+    if resumed != crate::session::Resumed::default() {
+        s.push_str(&format!(
+            "; resumed: {} had arrived and {} had come back before",
+            units::bytes(resumed.from),
+            units::bytes(resumed.ret_from)
+        ));
+    }
+    s
 }
 
 impl<W: std::io::Write + Send> Reporter for Text<W> {
@@ -239,7 +253,7 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
                         CsvResult::NotMade(why) => format!("no CSV ({why})"),
                         CsvResult::Failed(f) => format!("CSV FAILED: {}", crate::session::chain(f)),
                     };
-                    let proof = proof(&o.digest, o.data_time, o.return_time);
+                    let proof = proof(&o.digest, o.data_time, o.return_time, o.resumed);
                     self.line(&format!(
                         "verified {}: {} ({}) sent and returned identical, {proof}; saved {}; {csv}",
                         r.peer,

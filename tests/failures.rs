@@ -149,6 +149,7 @@ fn client_killed_mid_transfer_server_keeps_serving() {
     let out = client(b.path(), &srv.client_args("big.bin"));
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(out.stderr.contains("resuming an interrupted transfer"), "{out:?}");
+    assert!(out.stdout.contains("; resumed: "), "the verdict line says so: {out:?}");
     assert!(same_contents(&a.path().join("big.bin"), &b.path().join("big.bin")));
     srv.proc.signal(libc::SIGTERM);
     assert_eq!(srv.proc.finish().code(), Some(0));

@@ -14,7 +14,7 @@ use crate::protocol::{DecodeError, Token, VERSION};
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Outgoing;
 use super::timers::{Due, Timers};
-use super::{ABORT_GRACE, FileDone, Milestone, PENDING_FRAMES, wire_code};
+use super::{ABORT_GRACE, FileDone, Milestone, PENDING_FRAMES, Resumed, wire_code};
 
 /// What B's machine needs to know.
 #[derive(Debug, Clone)]
@@ -139,6 +139,8 @@ pub struct ClientOutcome {
     pub data_time: Duration,
     /// From the first returned frame to A's verdict.
     pub return_time: Duration,
+    /// Where the legs went on from, if the transfer was resumed.
+    pub resumed: Resumed,
     /// The vertex CSV's fate.
     pub csv: CsvReturned,
 }
@@ -182,6 +184,8 @@ struct Transfer {
     ret_started: Option<Instant>,
     /// Where this attempt's raw bytes start (bytes before it are on disk, not in buffers).
     from: u64,
+    /// Where this attempt's return starts.
+    ret_from: u64,
 }
 
 #[derive(Debug)]
@@ -364,6 +368,7 @@ impl ClientSession {
                         data_time: Duration::ZERO,
                         ret_started: None,
                         from: 0,
+                        ret_from: 0,
                     };
                     self.state = State::Transfer(Box::new(t));
                 }
@@ -479,6 +484,7 @@ impl ClientSession {
                 }
                 t.out.resume_at(ret_from, from);
                 t.from = from;
+                t.ret_from = ret_from;
                 t.data_started = now;
                 t.data = if from == size { DataState::Trailer } else { DataState::Raw };
                 self.actions.push_back(ClientAction::ResumeAt { from, ret_from });
@@ -542,7 +548,8 @@ impl ClientSession {
                 };
                 let DataState::Verified(digest) = t.data else { unreachable!("End follows the verdict") };
                 let return_time = t.ret_started.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-                self.file = Some(FileDone { name: t.name, digest, data_time: t.data_time, return_time });
+                let resumed = Resumed { from: t.from, ret_from: t.ret_from };
+                self.file = Some(FileDone { name: t.name, digest, data_time: t.data_time, return_time, resumed });
                 self.actions.push_back(ClientAction::Milestone(Milestone::ReturnLeg { digest }));
                 match self.csv.take() {
                     Some(ready) => self.csv_ready(now, ready),
@@ -656,10 +663,17 @@ impl ClientSession {
     }
 
     fn finish_ok(&mut self, csv: CsvReturned) {
-        let Some(FileDone { name, digest, data_time, return_time }) = self.file.take() else { return };
+        let Some(FileDone { name, digest, data_time, return_time, resumed }) = self.file.take() else { return };
         self.state = State::Done;
         self.actions.push_back(ClientAction::CloseData);
-        self.actions.push_back(ClientAction::Finish(Ok(ClientOutcome { name, digest, data_time, return_time, csv })));
+        self.actions.push_back(ClientAction::Finish(Ok(ClientOutcome {
+            name,
+            digest,
+            data_time,
+            return_time,
+            resumed,
+            csv,
+        })));
     }
 
     fn unexpected(&mut self, got: &'static str) {

@@ -84,6 +84,17 @@ struct FileDone {
     digest: Digest,
     data_time: Duration,
     return_time: Duration,
+    resumed: Resumed,
+}
+
+/// Where a resumed transfer's legs went on from (all zero for a fresh one): what travelled is
+/// the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Bytes B held already: the data leg sent the file from here.
+    pub from: u64,
+    /// Bytes A held already of the returned copy: the return leg went on from here.
+    pub ret_from: u64,
 }
 
 /// The data channel's `Error` code that describes `f` to the peer.

@@ -14,7 +14,7 @@ use crate::protocol::{CHUNKS_VERSION, DecodeError, MIN_VERSION, RESUME_VERSION, 
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Incoming;
 use super::timers::{Due, Timers};
-use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, FileDone, Milestone, WINDOW_V1, wire_code};
+use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, FileDone, Milestone, Resumed, WINDOW_V1, wire_code};
 
 /// What A's machine needs to know of its configuration.
 #[derive(Debug, Clone)]
@@ -172,6 +172,8 @@ pub struct ServerOutcome {
     pub data_time: Duration,
     /// From the start of the return leg to A's verdict on it.
     pub return_time: Duration,
+    /// Where the legs went on from, if the transfer was resumed.
+    pub resumed: Resumed,
     /// The vertex CSV's fate.
     pub csv: CsvResult,
 }
@@ -239,6 +241,7 @@ struct Transfer {
     data_started: Instant,
     data_time: Duration,
     ret_started: Instant,
+    resumed: Resumed,
 }
 
 /// What a version-4 client offered, and A's check of it: B's prefix must hash to B's digest, read
@@ -428,6 +431,7 @@ impl ServerSession {
                     data_started: now,
                     data_time: Duration::ZERO,
                     ret_started: now,
+                    resumed: Resumed::default(),
                 }));
             }
             ServerInput::PartialFound { len } => {
@@ -622,6 +626,7 @@ impl ServerSession {
                 None => Incoming::new(t.size, frame),
             });
             t.ret_started = now;
+            t.resumed = Resumed { from, ret_from: t.ret.as_ref().map_or(0, Incoming::received) };
             let open = if self.version >= RESUME_VERSION {
                 ServerAction::OpenReturned { keep: t.ret.as_ref().map_or(0, Incoming::received) }
             } else {
@@ -872,6 +877,7 @@ impl ServerSession {
                     digest,
                     data_time: t.data_time,
                     return_time: now.saturating_duration_since(t.ret_started),
+                    resumed: t.resumed,
                 });
                 self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() });
                 self.actions.push_back(ServerAction::Milestone(Milestone::ReturnLeg { digest }));
@@ -923,6 +929,7 @@ impl ServerSession {
             digest: file.digest,
             data_time: file.data_time,
             return_time: file.return_time,
+            resumed: file.resumed,
             csv,
         })));
     }

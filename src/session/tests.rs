@@ -640,6 +640,8 @@ fn v4_resume_sends_only_what_b_lacks_and_takes_back_only_what_a_lacks() {
     assert_eq!(s.a_raw_from, 6 * F as u64, "the data leg resent only what B lacked");
     assert_eq!(s.b_returned, (file.len() - 3 * F) as u64, "the return leg only what A lacked");
     assert_eq!(s.a_saved[0].as_deref(), Some(&file[..]), "A's copy is whole: its part and the rest");
+    let resumed = Resumed { from: 6 * F as u64, ret_from: 3 * F as u64 };
+    assert_eq!((s.a_ok().resumed, s.b_ok().resumed), (resumed, resumed), "both sides report it");
 }
 
 #[test]
