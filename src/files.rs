@@ -65,13 +65,20 @@ impl StagedFile {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a transfer id is hex digits"));
         }
         let path = parent_dir(dest).join(format!(".{}{PARTIAL_INFIX}{id}{PARTIAL_SUFFIX}", file_name(dest)));
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        // A holder removes the name before it closes the file, so a file locked here may have
+        // lost its name meanwhile: then it is opened again, under the name as it is now.
+        for _ in 0..8 {
+            let file = open_partial(&path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+            if same_file(&file, &path) {
+                return Ok(Some(StagedFile { file, path, dest: dest.to_path_buf(), fate: Fate::Remove }));
+            }
         }
-        Ok(Some(StagedFile { file, path, dest: dest.to_path_buf(), fate: Fate::Remove }))
+        Ok(None)
     }
 
     /// Leaves the file where it is when this is dropped uncommitted, if it holds at least
@@ -89,9 +96,24 @@ impl StagedFile {
         self.path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(PARTIAL_INFIX))
     }
 
-    /// Keeps the first `len` bytes and writes on from there.
+    /// Keeps the first `len` bytes and writes on from there. A file that has landed under its
+    /// destination's name too (see [`StagedFile::land_keeping_name`]) is never written again: its
+    /// partial name gets a new file with those bytes, and the landed copy stays as it was.
     pub fn truncate(&mut self, len: u64) -> io::Result<()> {
         use std::io::Seek;
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.file.metadata()?;
+        if meta.len() == len {
+            return self.file.seek(io::SeekFrom::Start(len)).map(drop);
+        }
+        if meta.nlink() > 1 {
+            std::fs::remove_file(&self.path)?;
+            let mut fresh = open_partial(&self.path)?;
+            fresh.try_lock().map_err(|e| io::Error::other(e.to_string()))?;
+            self.file.seek(io::SeekFrom::Start(0))?;
+            io::copy(&mut io::Read::take(&mut self.file, len), &mut fresh)?;
+            self.file = fresh;
+        }
         self.file.set_len(len)?;
         self.file.seek(io::SeekFrom::Start(len)).map(drop)
     }
@@ -146,6 +168,29 @@ impl StagedFile {
                 Ok(())
             }
         }
+    }
+}
+
+/// Opens or creates a partial copy's file, never through a symbolic link (someone who can write
+/// to the directory must not make us write elsewhere).
+fn open_partial(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Whether `path` names the open `file` (and not another file, or nothing, by now).
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -304,6 +349,40 @@ mod tests {
         assert_eq!(names, [".out.stl.resume-cd.partial", "out.stl"]);
         drop(StagedFile::partial(&dest, "cd").unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "dropped unkept: only the landed copy");
+    }
+
+    #[test]
+    fn a_landed_copy_is_never_written_again_by_a_resume() {
+        // The return leg was cut after B's copy landed; the next attempt finds the file changed.
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.stl");
+        let mut p = StagedFile::partial(&dest, "ef").unwrap().unwrap();
+        p.file().write_all(b"verified copy").unwrap();
+        p.land_keeping_name().unwrap();
+        p.keep_for_resume(1);
+        drop(p);
+        let mut again = StagedFile::partial(&dest, "ef").unwrap().unwrap();
+        again.truncate(13).unwrap();
+        assert_eq!(again.file_ref().metadata().unwrap().len(), 13, "offered whole, untouched");
+        again.truncate(8).unwrap();
+        again.file().write_all(b"NEW").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"verified copy", "the landed copy stays as it was");
+        let mut held = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::open(again.temp_path()).unwrap(), &mut held).unwrap();
+        assert_eq!(held, b"verifiedNEW", "the partial name has a file of its own");
+        drop(again);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"verified copy");
+    }
+
+    #[test]
+    fn a_partial_copy_is_never_opened_through_a_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.stl");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"precious").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(".out.stl.resume-ab.partial")).unwrap();
+        assert!(StagedFile::partial(&dest, "ab").is_err());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"precious");
     }
 
     #[test]

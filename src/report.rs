@@ -219,14 +219,17 @@ fn proof(
     ret: std::time::Duration,
     resumed: crate::session::Resumed,
 ) -> String {
+    let rate = |moved: u64, took| {
+        if moved == 0 && d.size > 0 { "nothing left to send".to_owned() } else { units::rate(moved, took) }
+    };
     let mut s = format!(
         "CRC-32 {}, BLAKE3 {}…; data {} ({}), return {} ({})",
         d.crc32,
         &d.blake3_hex()[..16],
         units::duration(data),
-        units::rate(d.size.saturating_sub(resumed.from), data),
+        rate(d.size.saturating_sub(resumed.from), data),
         units::duration(ret),
-        units::rate(d.size.saturating_sub(resumed.ret_from), ret),
+        rate(d.size.saturating_sub(resumed.ret_from), ret),
     );
     if resumed != crate::session::Resumed::default() {
         s.push_str(&format!(

@@ -432,3 +432,28 @@ fn regression_a_source_overwritten_during_the_send_fails_both_sides() {
     assert!(same_contents(&big, &b.path().join("big.bin")));
     assert_no_partials(b.path());
 }
+
+#[test]
+fn resume_of_a_whole_copy_sends_no_data_and_takes_the_copy_back() {
+    // B holds the whole file from an attempt whose return leg was cut (placed here by hand, as
+    // the client names it). Each side hashes it before the transfer goes on, with a short
+    // timeout, and A then takes the whole copy back as fast as it grants credit. (With 3 GiB and
+    // a release build this once failed twice over: each side took the other's hashing for
+    // silence, and A timed its own busy loop as the client's; too big a file for CI.)
+    let (a, b) = (tempdir(), tempdir());
+    let big = a.path().join("big.bin");
+    write_random(&big, 256 << 20, 5);
+    std::fs::copy(&big, b.path().join(".big.bin.resume-00112233445566778899aabbccddeeff.partial")).unwrap();
+    let srv = Server::start(a.path(), &big, &["--once", "--timeout", "1"]);
+    let mut args = srv.client_args("big.bin");
+    args.extend_from_slice(&["--timeout", "1"]);
+    let out = client(b.path(), &args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("resumed: 256.0 MiB had arrived and 0 B had come back before"), "{out:?}");
+    let s = srv.proc.finish();
+    assert_eq!(s.code(), Some(0), "{s:?}");
+    assert!(same_contents(&big, &b.path().join("big.bin")));
+    assert!(same_contents(&big, &a.path().join("output.bin")));
+    assert_no_partials(a.path());
+    assert_no_partials(b.path());
+}

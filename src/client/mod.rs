@@ -35,6 +35,9 @@ use crate::units;
 const READ_TURN: u64 = 8 << 20;
 /// How long a finished session may spend delivering its last frames.
 const LAST_WORDS: Duration = Duration::from_secs(2);
+/// How often (at most; a third of the idle timeout if that is less) the peer hears a KeepAlive
+/// while this side is busy with local work (hashing a partial copy) and its loop does not run.
+const KEEPALIVE_WHILE_BUSY: Duration = Duration::from_secs(1);
 
 /// Everything process B needs, validated.
 #[derive(Debug, Clone)]
@@ -399,7 +402,8 @@ impl Driver<'_> {
                     info!(name = ?name, size, "header received");
                     self.size = size;
                     let input = match self.prepare(size) {
-                        Ok((staged, transfer)) => {
+                        Ok(None) => ClientInput::Stop,
+                        Ok(Some((staged, transfer))) => {
                             debug!(temp = %staged.temp_path().display(), "output staged");
                             if let Some(csv) = &self.cfg.csv {
                                 match csv::Job::start(&staged, size, csv, self.waker.handle()) {
@@ -415,7 +419,8 @@ impl Driver<'_> {
                         }
                         Err(f) => ClientInput::Local(f),
                     };
-                    self.machine.handle(now, input);
+                    // Hashing a partial copy takes its time: the machine hears of it as of now.
+                    self.machine.handle(Instant::now(), input);
                 }
                 ClientAction::ResumeAt { from, ret_from } => {
                     let held = self.staged.as_ref().and_then(|s| s.file_ref().metadata().ok()).map_or(0, |m| m.len());
@@ -527,8 +532,8 @@ impl Driver<'_> {
 
     /// Checks for room and opens the output's partial copy: the one an interrupted attempt left
     /// (whole frames of it, or all of it if it is whole), or a new one; passes what it holds to
-    /// the machine, and says under which transfer id.
-    fn prepare(&mut self, size: u64) -> std::result::Result<(StagedFile, [u8; 16]), LocalFailure> {
+    /// the machine, and says under which transfer id. `None`: the stop signal came meanwhile.
+    fn prepare(&mut self, size: u64) -> std::result::Result<Option<(StagedFile, [u8; 16])>, LocalFailure> {
         let out = self.cfg.out.clone();
         let fail = |source| LocalFailure::Output { path: out.clone(), source };
         let found = partials(&out).into_iter().find_map(|id| {
@@ -549,27 +554,48 @@ impl Driver<'_> {
         let len = staged.file_ref().metadata().map_err(fail)?.len();
         let frame = frame_size(VERSION) as u64;
         let have = if len == size { size } else { len.min(size) / frame * frame };
-        staged.truncate(have).map_err(fail)?;
+        // From here on, a failure that says nothing against the partial copy leaves it for the
+        // next attempt.
+        let keep = |mut staged: StagedFile, f: LocalFailure| {
+            staged.keep_for_resume(frame);
+            f
+        };
         let dir = parent_dir(&out);
         if let Ok(free) = available_space(dir)
             && free < size - have
         {
-            return Err(LocalFailure::NoRoom { dir: dir.to_path_buf(), free, size });
+            return Err(keep(staged, LocalFailure::NoRoom { dir: dir.to_path_buf(), free, size }));
+        }
+        if let Err(source) = staged.truncate(have) {
+            return Err(keep(staged, fail(source)));
         }
         if have > 0 {
             info!(have, partial = %staged.temp_path().display(), "a partial copy from an earlier attempt: offering it");
         }
-        // Its digest is offered; the server sends again only what does not match.
+        // Its digest is offered; the server sends again only what does not match. Hashing a big
+        // copy takes a while: the server hears a KeepAlive every second meanwhile.
         let mut at = 0;
         let mut chunk = self.pool.get(frame as usize);
+        let mut alive = Instant::now();
         while at < have {
+            if self.shutdown.is_set() {
+                staged.keep_for_resume(frame);
+                return Ok(None);
+            }
+            if alive.elapsed() >= KEEPALIVE_WHILE_BUSY.min(self.cfg.timeout / 3) {
+                self.ret.send(&ReturnMsg::KeepAlive);
+                let _ = self.ret.flush();
+                alive = Instant::now();
+            }
             let n = (have - at).min(frame) as usize;
             let buf = &mut chunk.unfilled()[..n];
-            std::os::unix::fs::FileExt::read_exact_at(staged.file_ref(), buf, at).map_err(fail)?;
+            if let Err(source) = std::os::unix::fs::FileExt::read_exact_at(staged.file_ref(), buf, at) {
+                return Err(keep(staged, fail(source)));
+            }
             self.machine.handle(Instant::now(), ClientInput::PrefixBytes(buf));
             at += n as u64;
         }
-        Ok((staged, transfer))
+        Ok(Some((staged, transfer)))
     }
 
     /// `len` bytes of the partial copy from `offset`, read into a frame buffer: frames held from

@@ -39,8 +39,13 @@ const SEND_CHUNK: usize = 256 << 10;
 const WRITE_SLICE: usize = 256 << 10;
 /// Raw bytes written per turn of the loop before the other channel gets a look.
 const WRITE_TURN: u64 = 8 << 20;
+/// Returned bytes taken per turn of the loop, likewise.
+const READ_TURN: u64 = 8 << 20;
 /// How long a session may spend finding where a returned copy first differs from the original.
 const LOCATE_FOR: Duration = Duration::from_secs(5);
+/// How often (at most; a third of the idle timeout if that is less) the client hears a KeepAlive
+/// while the session is busy with local work.
+const KEEPALIVE_WHILE_BUSY: Duration = Duration::from_secs(1);
 /// Partial returned copies kept beside the output for resumes, at most.
 const MAX_PARTIALS: usize = 8;
 /// How long a finished session may spend delivering its last frames.
@@ -185,7 +190,7 @@ impl Driver<'_> {
                 self.expected_csv(now);
             }
             self.read_data(now);
-            self.read_return(now);
+            self.read_return();
             self.send_raw(now);
             self.flush(now);
             if self.machine.poll_timeout().is_some_and(|t| now >= t) {
@@ -218,13 +223,20 @@ impl Driver<'_> {
         }
     }
 
-    fn read_return(&mut self, now: Instant) {
-        while self.done.is_none() {
+    /// Takes what the return channel holds, up to [`READ_TURN`] bytes before the data channel
+    /// gets a look: a client returning frames it held from before a resume sends as fast as A
+    /// grants credit, and would otherwise keep this loop (and the data leg) to itself. Each frame
+    /// is timed as it comes: the loop may run for a while.
+    fn read_return(&mut self) {
+        let mut turn = 0;
+        while self.done.is_none() && turn < READ_TURN {
+            let now = Instant::now();
             let Some(link) = &mut self.link else { return };
             match link.recv() {
                 Ok(Some(Inbound::Hello { version })) => self.feed(now, ServerInput::ReturnHello { version }),
                 Ok(Some(Inbound::Frame(frame))) => match ReturnMsg::decode(&frame) {
                     Ok(msg) => {
+                        turn += frame.len() as u64;
                         let is_data = matches!(msg, ReturnMsg::Data { .. });
                         self.machine.handle(now, ServerInput::Ret(msg));
                         // A Write refers to this frame's payload.
@@ -363,8 +375,12 @@ impl Driver<'_> {
     /// for the machine to check a version-4 client's offer.
     fn read_prefixes(&mut self, source: u64, partial: u64) {
         let now = Instant::now();
+        let mut alive = Instant::now();
         let mut at = 0;
         while at < partial {
+            if !self.still_here(&mut alive) {
+                return self.machine.handle(Instant::now(), ServerInput::Stop);
+            }
             let Some(p) = &self.partial else { break };
             let want = (partial - at).min(self.buf.len() as u64) as usize;
             match read_full_at(p.file_ref(), &mut self.buf[..want], at) {
@@ -378,6 +394,9 @@ impl Driver<'_> {
         }
         let mut at = 0;
         while at < source {
+            if !self.still_here(&mut alive) {
+                return self.machine.handle(Instant::now(), ServerInput::Stop);
+            }
             let Some(src) = &self.source else { return };
             let want = (source - at).min(self.buf.len() as u64) as usize;
             match read_full_at(&src.file, &mut self.buf[..want], at) {
@@ -396,7 +415,25 @@ impl Driver<'_> {
                 }
             }
         }
-        self.machine.handle(now, ServerInput::PrefixRead);
+        // Reading took its time: the machine hears of the end as of now.
+        self.machine.handle(Instant::now(), ServerInput::PrefixRead);
+    }
+
+    /// During long local work (reading prefixes) that keeps the loop from running: false if the
+    /// server is stopping; otherwise a KeepAlive to the client every second, so that it does not
+    /// take the work for silence.
+    fn still_here(&mut self, alive: &mut Instant) -> bool {
+        if self.shared.stop.is_set() {
+            return false;
+        }
+        if alive.elapsed() >= KEEPALIVE_WHILE_BUSY.min(self.shared.cfg.timeout / 3)
+            && let Some(link) = &mut self.link
+        {
+            link.send(&ReturnMsg::KeepAlive);
+            let _ = link.flush();
+            *alive = Instant::now();
+        }
+        true
     }
 
     fn expected_csv(&mut self, now: Instant) {

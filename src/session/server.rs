@@ -643,6 +643,8 @@ impl ServerSession {
     fn on_prefix_read(&mut self, now: Instant) {
         let State::Prefix(..) = &self.state else { return };
         let State::Prefix(mut t, c) = std::mem::replace(&mut self.state, State::Done) else { unreachable!() };
+        // Reading the prefixes was this side's work, not the client's silence.
+        self.timers.progress(now);
         let PrefixCheck { claim, partial, source, at_partial, returned } = *c;
         let b_holds = source.size() == claim.size && source.finish() == claim;
         let from = if b_holds { claim.size } else { 0 };

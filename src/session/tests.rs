@@ -688,6 +688,23 @@ fn v4_resume_a_returned_copy_corrupted_after_a_resume_is_still_caught() {
 }
 
 #[test]
+fn v4_resume_reading_the_prefixes_is_not_the_clients_silence() {
+    let file = bytes(2 * F, 5);
+    let (mut a, t) = a_at_header(4, file.len() as u64, WINDOW_V2);
+    a.handle(t, ServerInput::Data(DataMsg::AcceptFrom { transfer: [1; 16], prefix: digest(&file[..F]) }));
+    a.handle(t, ServerInput::PartialFound { len: 0 });
+    a.handle(t, ServerInput::SourcePrefix(&file[..F]));
+    // The driver's reading took longer than the idle timeout.
+    let later = t + IDLE * 3;
+    a.handle(later, ServerInput::PrefixRead);
+    let acts = drain_a(&mut a);
+    assert!(sent_data_a(&acts).iter().any(|m| matches!(m, DataMsg::Resume { from, .. } if *from == F as u64)));
+    assert!(a.poll_timeout().is_some_and(|d| d > later), "the idle timeout counts from the end of the reading");
+    a.handle_timeout(later);
+    assert!(finished_a(&drain_a(&mut a)).is_none());
+}
+
+#[test]
 fn v4_resume_offers_that_do_not_fit_are_violations() {
     let size = 3 * F as u64 + 5;
     let offer =
