@@ -87,7 +87,7 @@ fn wait_for_partial(dir: &std::path::Path, bytes: u64) {
 #[test]
 fn server_killed_mid_transfer() {
     let (a, b) = (tempdir(), tempdir());
-    let (srv, cli, _) = transfer_in_progress(a.path(), b.path(), &["--once"]);
+    let (srv, cli, big) = transfer_in_progress(a.path(), b.path(), &["--once"]);
     srv.proc.signal(libc::SIGKILL);
     let out = cli.finish();
     assert_eq!(out.code(), Some(3), "{out:?}");
@@ -95,6 +95,19 @@ fn server_killed_mid_transfer() {
     assert!(out.stderr.contains("run the same command again to resume"), "{out:?}");
     assert!(!b.path().join("big.bin").exists());
     assert_kept_for_resume(b.path(), 1);
+    // A killed server cleans nothing up: its part of the returned copy is still there, and a
+    // new server finds it when the same client command runs again.
+    assert_kept_for_resume(a.path(), 1);
+    let srv = Server::start(a.path(), &big, &["--once"]);
+    let out = client(b.path(), &srv.client_args("big.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("; resumed: "), "{out:?}");
+    assert!(!out.stdout.contains("and 0 B had come back before"), "A's part was used: {out:?}");
+    assert_eq!(srv.proc.finish().code(), Some(0));
+    assert!(same_contents(&big, &b.path().join("big.bin")));
+    assert!(same_contents(&big, &a.path().join("output.bin")));
+    assert_no_partials(a.path());
+    assert_no_partials(b.path());
 }
 
 #[test]
