@@ -397,11 +397,11 @@ impl Driver<'_> {
                         debug!(%topology, wiring = %self.ret.describe(), "return channel wired");
                     }
                 }
-                ClientAction::PrepareOutput { size, name } => {
+                ClientAction::PrepareOutput { size, name, resume } => {
                     // The name is shown, escaped, and never used as a path.
                     info!(name = ?name, size, "header received");
                     self.size = size;
-                    let input = match self.prepare(size) {
+                    let input = match self.prepare(size, resume) {
                         Ok(None) => ClientInput::Stop,
                         Ok(Some((staged, transfer))) => {
                             debug!(temp = %staged.temp_path().display(), "output staged");
@@ -533,7 +533,11 @@ impl Driver<'_> {
     /// Checks for room and opens the output's partial copy: the one an interrupted attempt left
     /// (whole frames of it, or all of it if it is whole), or a new one; passes what it holds to
     /// the machine, and says under which transfer id. `None`: the stop signal came meanwhile.
-    fn prepare(&mut self, size: u64) -> std::result::Result<Option<(StagedFile, [u8; 16])>, LocalFailure> {
+    fn prepare(
+        &mut self,
+        size: u64,
+        resume: bool,
+    ) -> std::result::Result<Option<(StagedFile, [u8; 16])>, LocalFailure> {
         let out = self.cfg.out.clone();
         let fail = |source| LocalFailure::Output { path: out.clone(), source };
         let found = partials(&out).into_iter().find_map(|id| {
@@ -553,7 +557,12 @@ impl Driver<'_> {
         prune_partials(&out, 1);
         let len = staged.file_ref().metadata().map_err(fail)?.len();
         let frame = frame_size(VERSION) as u64;
-        let have = if len == size { size } else { len.min(size) / frame * frame };
+        // An older server resumes nothing: what is held is of no use to it.
+        let have = match resume {
+            false => 0,
+            true if len == size => size,
+            true => len.min(size) / frame * frame,
+        };
         // From here on, a failure that says nothing against the partial copy leaves it for the
         // next attempt.
         let keep = |mut staged: StagedFile, f: LocalFailure| {

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use crate::integrity::{Digest, Hasher, chunk_size, first_differing_chunk};
 use crate::protocol::data::{DataMsg, ErrorCode, Topology};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
-use crate::protocol::{DecodeError, Token, VERSION};
+use crate::protocol::{DecodeError, RESUME_VERSION, Token, VERSION};
+
+/// The oldest server version this client steps down to: version 2 has the full-duplex round trip
+/// this machine runs; version 1's sequence is another one.
+const OLDEST_SERVER: u16 = 2;
 
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Outgoing;
@@ -91,8 +95,11 @@ pub enum ClientAction {
     Wire(Topology),
     /// Check for room and open the output's partial copy (the one an interrupted attempt left, or
     /// a new one), pass what it holds, whole frames or the whole file, to
-    /// [`ClientInput::PrefixBytes`], and report [`ClientInput::OutputReady`].
+    /// [`ClientInput::PrefixBytes`] (nothing, unless `resume`), and report
+    /// [`ClientInput::OutputReady`].
     PrepareOutput {
+        /// The server resumes transfers (version 4 on).
+        resume: bool,
         /// The file's size.
         size: u64,
         /// Its name, for display only: never a path.
@@ -233,6 +240,8 @@ pub struct ClientSession {
     actions: VecDeque<ClientAction>,
     ret_up: bool,
     data_open: bool,
+    /// The version spoken: this build's, or an older server's.
+    version: u16,
     csv: Option<CsvReady>,
     file: Option<FileDone>,
     pending: Option<Failure>,
@@ -248,6 +257,7 @@ impl ClientSession {
             actions: VecDeque::new(),
             ret_up: false,
             data_open: true,
+            version: VERSION,
             csv: None,
             file: None,
             pending: None,
@@ -356,14 +366,24 @@ impl ClientSession {
                 if let State::Preparing { size, name, prefix } = &mut self.state {
                     let (size, name) = (*size, std::mem::take(name));
                     let hasher = *std::mem::take(prefix);
-                    // V4-resume: what B holds is offered with its digest; A decides.
-                    self.send_data(DataMsg::AcceptFrom { transfer, prefix: hasher.finish() });
                     self.timers.watch(true, now);
+                    let resumes = self.version >= RESUME_VERSION;
+                    let (hasher, data) = if resumes {
+                        // V4-resume: what B holds is offered with its digest; A decides.
+                        self.send_data(DataMsg::AcceptFrom { transfer, prefix: hasher.finish() });
+                        (hasher, DataState::Offered)
+                    } else {
+                        // An older server resumes nothing: the file comes whole, at once.
+                        self.send_data(DataMsg::Accept);
+                        self.actions.push_back(ClientAction::ResumeAt { from: 0, ret_from: 0 });
+                        let data = if size == 0 { DataState::Trailer } else { DataState::Raw };
+                        (Hasher::chunked(chunk_size(size)), data)
+                    };
                     let t = Transfer {
                         name,
                         hasher,
-                        data: DataState::Offered,
-                        out: Outgoing::new(size, frame_size(VERSION)),
+                        data,
+                        out: Outgoing::new(size, frame_size(self.version)),
                         data_started: now,
                         data_time: Duration::ZERO,
                         ret_started: None,
@@ -453,19 +473,23 @@ impl ClientSession {
                 self.actions.push_back(ClientAction::Queued { position });
             }
             (State::Welcome, DataMsg::Welcome { version, topology }) => {
-                if version != VERSION {
-                    let reason = format!("server speaks protocol version {version}; this client speaks {VERSION}");
+                if !(OLDEST_SERVER..=VERSION).contains(&version) {
+                    let ours = format!("{OLDEST_SERVER} to {VERSION}");
+                    let reason = format!("server speaks protocol version {version}; this client speaks {ours}");
                     self.send_data(DataMsg::Error { code: ErrorCode::Version, reason });
-                    self.end(Failure::Version { ours: VERSION.to_string(), theirs: version }, false);
+                    self.end(Failure::Version { ours, theirs: version }, false);
                     return;
                 }
+                // An older server's version is spoken from here on (V2-negotiation).
+                self.version = version;
                 self.actions.push_back(ClientAction::Wire(topology));
-                self.send_ret(ReturnMsg::Hello { version: VERSION, token: self.params.token });
+                self.send_ret(ReturnMsg::Hello { version, token: self.params.token });
                 self.state = State::HelloAck;
             }
             (State::Header, DataMsg::Header { size, name }) => {
                 // The name is shown, never used as a path: B writes where its operator said.
-                self.actions.push_back(ClientAction::PrepareOutput { size, name: name.clone() });
+                let resume = self.version >= RESUME_VERSION;
+                self.actions.push_back(ClientAction::PrepareOutput { size, name: name.clone(), resume });
                 self.timers.watch(false, now);
                 self.state = State::Preparing { size, name, prefix: Box::new(Hasher::chunked(chunk_size(size))) };
             }
@@ -522,7 +546,7 @@ impl ClientSession {
                 self.pending = None;
                 self.end(Failure::Refused { during, reason }, false);
             }
-            (State::HelloAck, ReturnMsg::HelloAck { version }) if version == VERSION => {
+            (State::HelloAck, ReturnMsg::HelloAck { version }) if version == self.version => {
                 self.ret_up = true;
                 self.send_data(DataMsg::Ready);
                 self.state = State::Header;

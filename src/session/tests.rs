@@ -1289,6 +1289,29 @@ fn v2_negotiation_answers_each_client_in_its_version() {
 }
 
 #[test]
+fn v4_step_down_a_client_speaks_an_older_servers_version_and_offers_nothing() {
+    let t = Instant::now();
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, t);
+    drain_b(&mut b);
+    b.handle(t, ClientInput::Data(DataMsg::Welcome { version: 3, topology: Topology::Listen { zmq_port: 9 } }));
+    let acts = drain_b(&mut b);
+    assert!(matches!(sent_ret_b(&acts)[..], [ReturnMsg::Hello { version: 3, .. }]), "{acts:?}");
+    b.handle(t, ClientInput::Ret(ReturnMsg::HelloAck { version: 3 }));
+    b.handle(t, ClientInput::Data(DataMsg::Header { size: 10, name: "f".into() }));
+    let acts = drain_b(&mut b);
+    assert!(acts.iter().any(|a| matches!(a, ClientAction::PrepareOutput { resume: false, .. })), "{acts:?}");
+    b.handle(t, ClientInput::OutputReady { transfer: [1; 16] });
+    let acts = drain_b(&mut b);
+    assert!(matches!(sent_data_b(&acts)[..], [DataMsg::Accept]), "the Accept version 3 knows: {acts:?}");
+    assert!(acts.iter().any(|a| matches!(a, ClientAction::ResumeAt { from: 0, ret_from: 0 })));
+    // The raw bytes follow at once, and the Trailer without pieces verifies them.
+    b.handle(t, ClientInput::Raw(b"0123456789"));
+    let d = digest(b"0123456789");
+    b.handle(t, ClientInput::Data(DataMsg::Trailer { crc32: d.crc32, blake3: d.blake3, chunks: Vec::new() }));
+    assert!(drain_b(&mut b).iter().any(|a| matches!(a, ClientAction::Commit)));
+}
+
+#[test]
 fn v2_return_hello_must_carry_the_negotiated_version() {
     let t = Instant::now();
     let mut a = ServerSession::new(params(WINDOW_V2), t);
