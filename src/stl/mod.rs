@@ -31,7 +31,7 @@ pub type Facet = [Vertex; 3];
 #[derive(Debug, thiserror::Error)]
 pub enum StlError {
     /// Reading the input failed.
-    #[error("read error: {0}")]
+    #[error("read error")]
     Io(#[from] io::Error),
     /// The file is neither binary (by size) nor ASCII (by its first word).
     #[error("not an STL file: {0}")]
