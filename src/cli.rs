@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::ClientConfig;
@@ -21,91 +22,92 @@ use crate::units::parse_size;
 machinaftp --client -f output.stl -H 192.168.1.20 -p 8080\n  machinaftp demo")]
 pub struct Cli {
     /// Start the server process (A): serve FILENAME to clients
-    #[arg(short = 's', long, conflicts_with = "client")]
+    #[arg(short = 's', long, env = "MACHINAFTP_SERVER", value_parser = FalseyValueParser::new())]
     pub server: bool,
 
     /// Start the client process (B): receive into FILENAME and send it back
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, env = "MACHINAFTP_CLIENT", value_parser = FalseyValueParser::new())]
     pub client: bool,
 
     /// The file to be delivered to the client (server), or where to write the file being received (client)
-    #[arg(short = 'f', long, value_name = "FILENAME")]
+    #[arg(short = 'f', long, value_name = "FILENAME", env = "MACHINAFTP_FILENAME")]
     pub filename: Option<PathBuf>,
 
     /// The host IP address (to bind to for server, connect to for client)
-    #[arg(short = 'H', long, value_name = "HOST", default_value = "127.0.0.1")]
+    #[arg(short = 'H', long, value_name = "HOST", default_value = "127.0.0.1", env = "MACHINAFTP_HOST")]
     pub host: String,
 
     /// Port (for server to listen on, for client to connect to); 0 lets the server pick a free one
-    #[arg(short = 'p', long, value_name = "PORT", default_value_t = 8080)]
+    #[arg(short = 'p', long, value_name = "PORT", default_value_t = 8080, env = "MACHINAFTP_PORT")]
     pub port: u16,
 
     /// Server: connect the return channel to this client host instead of listening (the Python
     /// version's topology); the client binds its --zmq-port
-    #[arg(long, value_name = "REMOTEHOST")]
+    #[arg(long, value_name = "REMOTEHOST", env = "MACHINAFTP_REMOTEHOST")]
     pub remotehost: Option<String>,
 
     /// ZeroMQ return-channel port [default: PORT + 1]. The server listens on it; a client binds it
     /// for a --remotehost server, and connects only to the port the server announces
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", env = "MACHINAFTP_ZMQ_PORT")]
     pub zmq_port: Option<u16>,
 
     /// Client: how to wire the return channel; auto follows what the server announces
-    #[arg(long, value_enum, default_value_t = ZmqMode::Auto, value_name = "MODE")]
+    #[arg(long, value_enum, default_value_t = ZmqMode::Auto, value_name = "MODE", env = "MACHINAFTP_ZMQ_MODE")]
     pub zmq_mode: ZmqMode,
 
     /// Client: where the vertex CSV goes when the file is STL [default: FILENAME with extension .csv]
-    #[arg(long, value_name = "PATH", conflicts_with = "no_csv")]
+    #[arg(long, value_name = "PATH", env = "MACHINAFTP_CSV")]
     pub csv: Option<PathBuf>,
 
     /// Client: do not make or return a vertex CSV
-    #[arg(long)]
+    #[arg(long, env = "MACHINAFTP_NO_CSV", value_parser = FalseyValueParser::new())]
     pub no_csv: bool,
 
     /// Server: where the returned CSV is saved [default: --output with extension .csv]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "MACHINAFTP_CSV_OUTPUT")]
     pub csv_output: Option<PathBuf>,
 
     /// Server: exit after the first round trip; status 0 only if both legs verified
-    #[arg(long)]
+    #[arg(long, env = "MACHINAFTP_ONCE", value_parser = FalseyValueParser::new())]
     pub once: bool,
 
     /// Server: where the returned copy is saved [default: output.EXT, EXT being FILENAME's extension]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "MACHINAFTP_OUTPUT")]
     pub output: Option<PathBuf>,
 
     /// Log file [default: server.log or client.log in the working directory]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "MACHINAFTP_LOG_FILE")]
     pub log_file: Option<PathBuf>,
 
     /// More detail on the console (-v info, -vv debug); the log file always has debug detail
-    #[arg(short = 'v', long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    /// [env: MACHINAFTP_VERBOSE=1 or 2]
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
     /// Nothing on the console but results and errors
-    #[arg(short = 'q', long)]
+    #[arg(short = 'q', long, env = "MACHINAFTP_QUIET", value_parser = FalseyValueParser::new())]
     pub quiet: bool,
 
     /// Seconds any wait on the peer may make no progress before it is an error
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), env = "MACHINAFTP_TIMEOUT")]
     pub timeout: u64,
 
     /// Server: clients served at once; further clients wait in line (--queue)
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024), env = "MACHINAFTP_MAX_CLIENTS")]
     pub max_clients: u64,
 
     /// Server: clients that may wait in line, in arrival order, while every slot is taken; beyond
     /// that a client is told the server is busy (0: at once)
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=4096))]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=4096), env = "MACHINAFTP_QUEUE")]
     pub queue: u64,
 
     /// Client: how long to keep trying a server that is busy with a full line, waiting longer
     /// after each try (0: give up at once)
-    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400), env = "MACHINAFTP_BUSY_WAIT")]
     pub busy_wait: u64,
 
     /// Server: cap the data channel's rate, in bytes per second (K, M, G are 1024-based: 10M = 10 MiB/s)
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, env = "MACHINAFTP_RATE_LIMIT")]
     pub rate_limit: Option<u64>,
 
     #[command(subcommand)]
@@ -185,19 +187,36 @@ impl Cli {
             Some(Command::Stl2csv(args)) => return Ok(Invocation::Stl2csv(args)),
             None => {}
         }
+        // These pairs are checked here, not by clap: a variable such as MACHINAFTP_SERVER=0 counts
+        // as given for clap's conflicts, though it says no.
         let role = match (self.server, self.client) {
             (true, false) => "server",
             (false, true) => "client",
-            _ => {
+            (true, true) => return Err("--server and --client exclude each other: choose one role".into()),
+            (false, false) => {
                 return Err("choose a role: --server (-s) or --client (-c), or run `machinaftp demo`".into());
             }
         };
+        if self.verbose > 0 && self.quiet {
+            return Err("-v/--verbose and -q/--quiet exclude each other".into());
+        }
+        if self.csv.is_some() && self.no_csv {
+            return Err("--csv and --no-csv exclude each other".into());
+        }
         let Some(filename) = self.filename else {
             return Err(format!("--{role} needs -f/--filename"));
         };
+        // A count is not a value clap can take from the environment: MACHINAFTP_VERBOSE=N is
+        // read here, and -v or -q on the command line wins over it.
+        let verbose = match (self.verbose, self.quiet, std::env::var("MACHINAFTP_VERBOSE")) {
+            (0, false, Ok(v)) if !v.is_empty() => {
+                v.trim().parse::<u8>().map_err(|_| format!("MACHINAFTP_VERBOSE={v}: expected 0, 1 or 2"))?
+            }
+            (n, ..) => n,
+        };
         let log = LogConfig {
             file: self.log_file.unwrap_or_else(|| PathBuf::from(format!("{role}.log"))),
-            verbose: self.verbose,
+            verbose,
             quiet: self.quiet,
         };
         let timeout = Duration::from_secs(self.timeout);
@@ -377,7 +396,9 @@ mod tests {
     #[test]
     fn bad_combinations_are_refused() {
         assert!(parse(&["-f", "x"]).unwrap_err().contains("choose a role"));
-        assert!(parse(&["-s", "-c", "-f", "x"]).is_err());
+        assert!(parse(&["-s", "-c", "-f", "x"]).unwrap_err().contains("exclude each other"));
+        assert!(parse(&["-c", "-f", "x", "-v", "-q"]).unwrap_err().contains("exclude each other"));
+        assert!(parse(&["-c", "-f", "x", "--csv", "y.csv", "--no-csv"]).unwrap_err().contains("exclude each other"));
         assert!(parse(&["-s"]).unwrap_err().contains("-f"));
         assert!(parse(&["-c", "-f", "x", "--once"]).unwrap_err().contains("server option"));
         assert!(parse(&["-s", "-f", "x", "--zmq-mode", "bind"]).unwrap_err().contains("client option"));

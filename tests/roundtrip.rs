@@ -222,3 +222,54 @@ fn csv_conversion_longer_than_the_timeout_is_kept_alive() {
     assert_eq!(s.code(), Some(0), "{s:?}");
     assert!(same_contents(&b.path().join("big.csv"), &a.path().join("output.csv")));
 }
+
+#[test]
+fn every_option_can_come_from_the_environment() {
+    // A container or a service unit sets MACHINAFTP_* instead of writing a command line.
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let mesh = mesh.to_str().unwrap();
+    let srv_env = [
+        ("MACHINAFTP_SERVER", "1"),
+        ("MACHINAFTP_FILENAME", mesh),
+        ("MACHINAFTP_PORT", "0"),
+        ("MACHINAFTP_ONCE", "true"),
+        ("MACHINAFTP_OUTPUT", "back.stl"),
+    ];
+    let srv = Proc::spawn_with_env(a.path(), &[], &srv_env);
+    let ready = srv.wait_stdout(|l| l.starts_with("ready "));
+    let port = |key: &str| {
+        ready.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap().rsplit(':').next().unwrap().to_owned()
+    };
+    let (tcp, zmq) = (port("tcp="), port("zmq="));
+    let cli_env = [
+        ("MACHINAFTP_CLIENT", "yes"),
+        ("MACHINAFTP_FILENAME", "copy.stl"),
+        ("MACHINAFTP_PORT", tcp.as_str()),
+        ("MACHINAFTP_ZMQ_PORT", zmq.as_str()),
+        ("MACHINAFTP_NO_CSV", "1"),
+        ("MACHINAFTP_VERBOSE", "1"),
+    ];
+    let out = Proc::spawn_with_env(b.path(), &[], &cli_env).finish();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("header received"), "MACHINAFTP_VERBOSE=1 is -v: {out:?}");
+    assert_eq!(srv.finish().code(), Some(0));
+    assert!(same_contents(&shared("cad_mesh.stl"), &b.path().join("copy.stl")));
+    assert!(same_contents(&shared("cad_mesh.stl"), &a.path().join("back.stl")));
+    assert_eq!(files_in(b.path()), ["client.log", "copy.stl"], "MACHINAFTP_NO_CSV=1: no CSV");
+    // A command-line flag still wins over a variable, and a false-looking value is false.
+    let out = Proc::spawn_with_env(
+        b.path(),
+        &["-c", "-f", "x.stl", "-H", "127.0.0.1", "-p", "1"],
+        &[("MACHINAFTP_SERVER", "0")],
+    )
+    .finish();
+    assert_eq!(out.code(), Some(3), "MACHINAFTP_SERVER=0 is not --server: {out:?}");
+    // The help names each variable.
+    let help = client(b.path(), &["--help"]);
+    for var in
+        ["MACHINAFTP_PORT", "MACHINAFTP_HOST", "MACHINAFTP_REMOTEHOST", "MACHINAFTP_TIMEOUT", "MACHINAFTP_VERBOSE"]
+    {
+        assert!(help.stdout.contains(var), "{var} in --help");
+    }
+}

@@ -49,10 +49,20 @@ impl Proc {
         Proc::spawn_program(bin(), dir, args)
     }
 
+    /// Starts machinaftp with these environment variables set too.
+    pub fn spawn_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_full(bin(), dir, args, env)
+    }
+
     /// Starts another program (e.g. `ip netns exec ... machinaftp`) the same way.
     pub fn spawn_program(program: &str, dir: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_full(program, dir, args, &[])
+    }
+
+    fn spawn_full(program: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
