@@ -128,6 +128,14 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write every vertex of an STL file (binary or ASCII) as `x,y,z` CSV lines with 4 decimals
     Stl2csv(Stl2csvArgs),
+    /// Print a shell completion script (e.g. `machinaftp completions bash > /etc/bash_completion.d/machinaftp`)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff (e.g. `machinaftp man > machinaftp.1; man ./machinaftp.1`)
+    Man,
 }
 
 /// Options of `machinaftp stl2csv`.
@@ -177,6 +185,10 @@ pub enum Invocation {
     Demo(DemoArgs),
     /// The STL to CSV converter.
     Stl2csv(Stl2csvArgs),
+    /// A shell completion script.
+    Completions(clap_complete::Shell),
+    /// The manual page.
+    Man,
 }
 
 impl Cli {
@@ -185,6 +197,8 @@ impl Cli {
         match self.command {
             Some(Command::Demo(args)) => return Ok(Invocation::Demo(args)),
             Some(Command::Stl2csv(args)) => return Ok(Invocation::Stl2csv(args)),
+            Some(Command::Completions { shell }) => return Ok(Invocation::Completions(shell)),
+            Some(Command::Man) => return Ok(Invocation::Man),
             None => {}
         }
         // These pairs are checked here, not by clap: a variable such as MACHINAFTP_SERVER=0 counts

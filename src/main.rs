@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use machinaftp::cli::{Cli, Invocation, LogConfig, Stl2csvArgs};
 use machinaftp::error::{Error, chain, exit, is_broken_pipe};
 use machinaftp::report::Text;
@@ -33,6 +33,11 @@ fn main() -> ExitCode {
     let outcome = match invocation {
         Invocation::Demo(args) => demo::run(&args, &mut std::io::stdout()),
         Invocation::Stl2csv(args) => run_stl2csv(&args),
+        Invocation::Completions(shell) => write_stdout(|out| {
+            clap_complete::generate(shell, &mut Cli::command(), "machinaftp", out);
+            Ok(())
+        }),
+        Invocation::Man => write_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out)),
         Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out)),
         Invocation::Client(cfg, log) => {
             out.set_notes(!log.quiet);
@@ -96,6 +101,15 @@ fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown, out: &Arc<Stdout>
     let report = client::run(cfg, shutdown, out.as_ref())?;
     out.client_done(&report);
     Ok(exit::OK)
+}
+
+/// Writes generated text (a completion script, the manual page) to stdout.
+fn write_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<i32, Error> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .map(|()| 0)
+        .map_err(|source| Error::Output { path: "standard output".into(), source })
 }
 
 fn run_stl2csv(args: &Stl2csvArgs) -> Result<i32, Error> {

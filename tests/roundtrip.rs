@@ -273,3 +273,24 @@ fn every_option_can_come_from_the_environment() {
         assert!(help.stdout.contains(var), "{var} in --help");
     }
 }
+
+#[test]
+fn shell_completions_and_the_manual_page() {
+    let dir = tempdir();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = client(dir.path(), &["completions", shell]);
+        assert_eq!(out.code(), Some(0), "{shell}: {out:?}");
+        assert!(out.stdout.contains("remotehost") && out.stdout.contains("stl2csv"), "{shell}: {}", out.stdout);
+    }
+    // The bash script is valid bash.
+    let script = dir.path().join("machinaftp.bash");
+    std::fs::write(&script, client(dir.path(), &["completions", "bash"]).stdout).unwrap();
+    let check = std::process::Command::new("bash").arg("-n").arg(&script).status().unwrap();
+    assert!(check.success(), "bash -n rejects the completion script");
+    let man = client(dir.path(), &["man"]);
+    assert_eq!(man.code(), Some(0), "{man:?}");
+    assert!(man.stdout.contains(".TH machinaftp 1"), "{}", man.stdout);
+    assert!(man.stdout.contains("remotehost") && man.stdout.contains("completions"), "{}", man.stdout);
+    let bad = client(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(bad.code(), Some(2), "{bad:?}");
+}
