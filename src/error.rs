@@ -141,9 +141,7 @@ impl Error {
         Some(match self {
             Error::Input { .. } => "check the path given with -f/--filename",
             Error::Convert(ConvertError::Open { .. }) => "check the input path",
-            Error::Bind { .. } | Error::Hub(HubError::Bind { .. }) => {
-                "another process may hold that port: pick another with the flag named (0 picks a free one), or check -H"
-            }
+            Error::Bind { source, .. } | Error::Hub(HubError::Bind { source, .. }) => bind_hint(source),
             Error::NoServer { .. } => {
                 "start the server first (machinaftp --server ...) and check -H/--host and -p/--port"
             }
@@ -158,6 +156,21 @@ impl Error {
             Error::Session { failure, .. } => return failure_hint(failure),
             _ => return None,
         })
+    }
+}
+
+/// What to do about an address that cannot be listened on, by why: a port in use and an address
+/// this machine does not have call for different fixes.
+fn bind_hint(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::AddrNotAvailable => {
+            "-H is not an address of this machine: give one of its own (see `ip addr`), or 0.0.0.0 for all"
+        }
+        io::ErrorKind::PermissionDenied => "ports below 1024 need privileges: pick a higher one with the flag named",
+        io::ErrorKind::AddrInUse => {
+            "another process holds that port: pick another with the flag named (0 picks a free one)"
+        }
+        _ => "check -H and the port flag named",
     }
 }
 

@@ -86,10 +86,8 @@ pub fn console_level(verbose: u8, quiet: bool) -> LevelFilter {
 /// Installs the global subscriber: everything at DEBUG to the rotating `log_file`, and
 /// `console` and above to stderr (stdout is kept for results).
 pub fn init(log_file: &Path, console: LevelFilter) -> io::Result<()> {
-    if let Some(dir) = log_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Fail here, with the path, rather than silently losing the log.
+    // Fail here, with the path, rather than silently losing the log. A missing directory is an
+    // error, as it is for -f and --output: creating it would hide a mistyped path.
     std::fs::OpenOptions::new().create(true).append(true).open(log_file)?;
     let file = FileRotate::new(
         log_file,

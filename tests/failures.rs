@@ -470,3 +470,32 @@ fn resume_of_a_whole_copy_sends_no_data_and_takes_the_copy_back() {
     assert_no_partials(a.path());
     assert_no_partials(b.path());
 }
+
+#[test]
+fn hints_name_the_real_cause_of_a_bad_address_port_or_log_directory() {
+    let a = tempdir();
+    let mesh = shared("cad_mesh.stl");
+    let mesh = mesh.to_str().unwrap();
+    // An address this machine does not have (binding it sends nothing anywhere).
+    let out = client(a.path(), &["--server", "-f", mesh, "-H", "10.255.255.1", "-p", "0"]);
+    assert_eq!(out.code(), Some(2), "a usage error: {out:?}");
+    assert!(out.stderr.contains("-H is not an address of this machine"), "{out:?}");
+    // A port another socket holds, for each channel.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    for args in [["-p", port.as_str()], ["--zmq-port", port.as_str()]] {
+        let mut all = vec!["--server", "-f", mesh, "-H", "127.0.0.1"];
+        all.extend_from_slice(&args);
+        if args[0] == "--zmq-port" {
+            all.extend_from_slice(&["-p", "0"]);
+        }
+        let out = client(a.path(), &all);
+        assert_eq!(out.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("another process holds that port"), "{args:?}: {out:?}");
+    }
+    // A log file in a directory that does not exist is refused, as -f would be, not created.
+    let out = client(a.path(), &["--server", "-f", mesh, "-p", "0", "--log-file", "nodir/x.log"]);
+    assert_ne!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("nodir/x.log") && out.stderr.contains("does not exist"), "{out:?}");
+    assert!(!a.path().join("nodir").exists());
+}

@@ -35,7 +35,11 @@ pub(crate) fn port_of_endpoint(ep: &str) -> Option<u16> {
 }
 
 pub(crate) fn zmq_err(e: zmq::Error) -> io::Error {
-    io::Error::other(e)
+    // ZeroMQ's errors are errno values: kept as such, they have kinds the hints can tell apart
+    // (a port in use, an address this machine does not have). Its own (ETERM, EFSM, ...) lie
+    // beyond the system's and stay opaque.
+    let code = e.to_raw();
+    if (1..4096).contains(&code) { io::Error::from_raw_os_error(code) } else { io::Error::other(e) }
 }
 
 /// One frame received on the return channel.
