@@ -24,6 +24,7 @@ fn hold_a_slot(tcp: &str, version: u16) -> TcpStream {
 
 #[test]
 fn regression_unidentified_connections_hold_no_client_slot() {
+    require_shared!();
     // 16 idle sockets once refused every real client for 30 s.
     let (a, b) = (tempdir(), tempdir());
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
@@ -51,6 +52,7 @@ fn stop_and_expect_no_failed_line(srv: Server) {
 
 #[test]
 fn a_connection_that_sends_no_hello_is_closed_after_a_short_deadline() {
+    require_shared!();
     let a = tempdir();
     // The session timeout is long; the Hello deadline is its own, a few seconds.
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--timeout", "600"]);
@@ -63,6 +65,7 @@ fn a_connection_that_sends_no_hello_is_closed_after_a_short_deadline() {
 
 #[test]
 fn port_probes_and_garbage_print_no_failed_line() {
+    require_shared!();
     let a = tempdir();
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &[]);
     for _ in 0..5 {
@@ -81,6 +84,7 @@ fn port_probes_and_garbage_print_no_failed_line() {
 
 #[test]
 fn a_client_beyond_the_limit_waits_in_line_and_is_served() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
     let holder = hold_a_slot(&srv.tcp_port, 3);
@@ -97,6 +101,7 @@ fn a_client_beyond_the_limit_waits_in_line_and_is_served() {
 
 #[test]
 fn a_full_line_turns_clients_away_and_they_try_again() {
+    require_shared!();
     let (a, b, c) = (tempdir(), tempdir(), tempdir());
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1", "--queue", "0"]);
     let holder = hold_a_slot(&srv.tcp_port, 3);
@@ -118,6 +123,7 @@ fn a_full_line_turns_clients_away_and_they_try_again() {
 
 #[test]
 fn an_older_client_beyond_the_limit_is_told_the_server_is_busy() {
+    require_shared!();
     // Version 2 has no Queued message, so such a client cannot wait in line.
     let a = tempdir();
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
@@ -136,6 +142,7 @@ fn an_older_client_beyond_the_limit_is_told_the_server_is_busy() {
 
 #[test]
 fn regression_concurrent_clients_against_a_server_on_port_0_each_get_their_own_return_channel() {
+    require_shared!();
     // With -p 0 the server's ZeroMQ port is not PORT+1; clients left to guess (no --zmq-port)
     // once bound PORT+1 themselves and reached each other: 12 to 14 of 192 round trips failed.
     let a = tempdir();
@@ -153,6 +160,7 @@ fn regression_concurrent_clients_against_a_server_on_port_0_each_get_their_own_r
 
 #[test]
 fn regression_junk_on_the_return_channel_is_summed_up_not_logged_frame_by_frame() {
+    require_shared!();
     // 15 s of junk frames at the ZeroMQ port once wrote 56 MB of DEBUG lines and rotated every
     // old log away.
     let a = tempdir();
@@ -193,6 +201,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn regression_memory_of_many_sessions_is_given_back_when_the_server_falls_idle() {
+    require_shared!();
     // A server once grew from 6 to 37 MB over 64 sessions at once and kept it.
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
@@ -252,6 +261,7 @@ fn regression_a_server_whose_output_nobody_reads_keeps_serving() {
 
 #[test]
 fn quiet_clients_wait_in_line_without_a_word() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--max-clients", "1"]);
     let holder = hold_a_slot(&srv.tcp_port, 3);

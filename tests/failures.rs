@@ -185,6 +185,7 @@ fn once_server_reports_failure_with_nonzero_exit() {
 
 #[test]
 fn garbage_and_idle_clients_do_not_stall_others() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--timeout", "3"]);
@@ -219,6 +220,7 @@ fn garbage_and_idle_clients_do_not_stall_others() {
 
 #[test]
 fn client_refuses_to_overwrite_through_a_missing_directory() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--once"]);
     let out = client(b.path(), &srv.client_args("no/such/dir/out.stl"));
@@ -240,6 +242,7 @@ fn assert_no_transfer_began(srv: Server) {
 
 #[test]
 fn regression_outputs_that_are_directories_are_refused_before_any_transfer() {
+    require_shared!();
     // Once called a checksum mismatch ("corrupted in transit"), exit 1, after the whole transfer.
     let (a, b) = (tempdir(), tempdir());
     std::fs::create_dir(a.path().join("outdir")).unwrap();
@@ -308,6 +311,7 @@ fn disk_full_is_refused_with_a_reason() {
 
 #[test]
 fn once_server_stopped_before_any_client_exits_130() {
+    require_shared!();
     let a = tempdir();
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &["--once"]);
     srv.proc.signal(libc::SIGTERM);
@@ -331,6 +335,7 @@ fn once_server_turns_a_second_client_away_at_once() {
 
 #[test]
 fn unwritable_output_is_found_at_startup() {
+    require_shared!();
     let a = tempdir();
     let out = client(
         a.path(),
@@ -355,6 +360,7 @@ fn unwritable_output_is_found_at_startup() {
 
 #[test]
 fn client_pointed_at_the_wrong_port_is_told_so() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let srv = Server::start(a.path(), &shared("cad_mesh.stl"), &[]);
     let zmq = srv.zmq_port.clone().unwrap();
@@ -367,6 +373,7 @@ fn client_pointed_at_the_wrong_port_is_told_so() {
 
 #[test]
 fn once_server_is_not_used_up_by_a_port_probe() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once", "--timeout", "3"]);
@@ -394,6 +401,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn regression_a_reset_data_connection_does_not_spin_the_server() {
+    require_shared!();
     // A version-1 client gives its verdict, then resets the TCP connection; the server waits on
     // the return channel for the Offer until its timeout. A socket left in its wait after the
     // reset reported the hang-up at once, every time, and the session burned a whole core.
@@ -473,6 +481,7 @@ fn resume_of_a_whole_copy_sends_no_data_and_takes_the_copy_back() {
 
 #[test]
 fn hints_name_the_real_cause_of_a_bad_address_port_or_log_directory() {
+    require_shared!();
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let mesh = mesh.to_str().unwrap();

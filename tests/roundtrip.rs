@@ -6,6 +6,7 @@ use common::*;
 
 #[test]
 fn cad_mesh_default_topology() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
@@ -37,6 +38,7 @@ fn cad_mesh_default_topology() {
 
 #[test]
 fn cad_mesh_remotehost_topology() {
+    require_shared!();
     // The Python version's wiring: B binds its return port, A connects to it.
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
@@ -95,6 +97,7 @@ fn max_child_rss_kib() -> i64 {
 
 #[test]
 fn several_clients_at_once() {
+    require_shared!();
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &[]);
@@ -113,6 +116,7 @@ fn several_clients_at_once() {
 
 #[test]
 fn seed_invocations_work_as_written() {
+    require_shared!();
     // `python3 ./src/runner.py --server -f ./cad_mesh.stl -H ... -p ... --remotehost ...` with
     // our binary in its place, and the client's invocation unchanged. Only the ports differ, as
     // tests must not assume free ports.
@@ -136,6 +140,7 @@ fn seed_invocations_work_as_written() {
 
 #[test]
 fn invalid_stl_makes_its_round_trip_but_its_csv_fails() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let bad = shared("stl-corpus/openscad_toomanyvertices.stl");
     let srv = Server::start(a.path(), &bad, &["--once"]);
@@ -171,6 +176,7 @@ fn non_stl_file_has_no_csv_and_succeeds() {
 
 #[test]
 fn csv_paths_and_no_csv() {
+    require_shared!();
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--csv-output", "returned-vertices.csv"]);
@@ -225,6 +231,7 @@ fn csv_conversion_longer_than_the_timeout_is_kept_alive() {
 
 #[test]
 fn every_option_can_come_from_the_environment() {
+    require_shared!();
     // A container or a service unit sets MACHINAFTP_* instead of writing a command line.
     let (a, b) = (tempdir(), tempdir());
     let mesh = shared("cad_mesh.stl");

@@ -14,6 +14,7 @@ const INVALID: &[(&str, &str)] = &[
 
 #[test]
 fn every_corpus_file_matches_its_reference_or_fails_cleanly() {
+    require_shared!();
     let corpus = shared("stl-corpus");
     let mut checked = 0;
     for entry in std::fs::read_dir(&corpus).unwrap() {
@@ -46,6 +47,7 @@ fn every_corpus_file_matches_its_reference_or_fails_cleanly() {
 
 #[test]
 fn cad_mesh_to_stdout_and_unique() {
+    require_shared!();
     let dir = tempdir();
     let mesh = shared("cad_mesh.stl");
     let run = client(dir.path(), &["stl2csv", mesh.to_str().unwrap()]);
@@ -82,6 +84,7 @@ fn not_stl_and_missing_input() {
 
 #[test]
 fn full_output_is_a_write_error_not_a_bad_input() {
+    require_shared!();
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
     let out = std::process::Command::new(bin())
         .args(["stl2csv", shared("cad_mesh.stl").to_str().unwrap()])

@@ -54,6 +54,7 @@ fn send_csv(fake: &RawClient, mesh: &Path, tamper: bool, frame: usize) -> String
 
 #[test]
 fn flipped_byte_in_the_returned_file_is_rejected() {
+    require_shared!();
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
@@ -67,6 +68,7 @@ fn flipped_byte_in_the_returned_file_is_rejected() {
 
 #[test]
 fn tampered_csv_with_matching_digests_is_rejected() {
+    require_shared!();
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
@@ -82,6 +84,7 @@ fn tampered_csv_with_matching_digests_is_rejected() {
 
 #[test]
 fn honest_raw_client_is_accepted() {
+    require_shared!();
     // The same hand-written client without lies: the protocol document suffices for a peer.
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
@@ -95,6 +98,7 @@ fn honest_raw_client_is_accepted() {
 
 #[test]
 fn regression_overflowing_offset_neither_panics_nor_leaks_a_client_slot() {
+    require_shared!();
     // Data at offset u64::MAX once overflowed an addition and killed the worker without giving
     // its --max-clients slot back, so the server then turned everyone away as busy.
     let (a, b) = (tempdir(), tempdir());
@@ -117,6 +121,7 @@ fn regression_overflowing_offset_neither_panics_nor_leaks_a_client_slot() {
 
 #[test]
 fn regression_wrong_size_offer_gets_its_verdict_not_a_timeout() {
+    require_shared!();
     // A's last Result used to be dropped because the session forgot its peer before the hub
     // had sent it; the client then waited out its whole timeout.
     let a = tempdir();
@@ -195,6 +200,7 @@ fn v2_session(tcp: &str, zmq_port: &str, mesh: &Path, flip: Option<usize>) -> Ve
 
 #[test]
 fn honest_version_2_raw_client_is_served() {
+    require_shared!();
     let a = tempdir();
     let mesh = shared("cad_mesh.stl");
     let srv = Server::start(a.path(), &mesh, &["--once"]);
@@ -222,6 +228,7 @@ fn version_2_client_returning_a_flipped_byte_while_receiving_is_rejected() {
 
 #[test]
 fn regression_sigterm_stops_a_server_in_the_middle_of_a_return_leg() {
+    require_shared!();
     // A once finished the return leg before it stopped: 5 s on a 100 Mbit/s link, minutes for
     // big files. A version-1 client makes the return leg its own phase, and this one stops
     // sending in the middle of it.

@@ -69,6 +69,7 @@ fn spawn_in(ns: &str, dir: &Path, args: &[&str]) -> Proc {
 
 #[test]
 fn seed_invocations_across_two_hosts_in_both_topologies() {
+    require_shared!();
     let Some(h) = Hosts::new("s") else { return };
     let mesh = shared("cad_mesh.stl");
     for remote in [false, true] {

@@ -24,6 +24,39 @@ pub fn shared(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("shared").join(name)
 }
 
+/// Set by `.ci/run`: the sample data must be there, and a test that needs it never skips.
+pub const NEED_SHARED: &str = "MACHINAFTP_TESTS_NEED_SHARED";
+
+/// Whether the sample data in `../shared` is there for `test`; if not, says so by name on
+/// stderr (the test is skipped), or fails where [`NEED_SHARED`] is set.
+pub fn shared_present(test: &str) -> bool {
+    if shared("cad_mesh.stl").is_file() {
+        return true;
+    }
+    let test = test.trim_end_matches("::here");
+    assert!(
+        std::env::var_os(NEED_SHARED).is_none(),
+        "{test}: ../shared/cad_mesh.stl is missing and {NEED_SHARED} is set"
+    );
+    // Straight to the descriptor, not eprintln!: the test harness hides a passing test's prints.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: it needs the sample data in ../shared (cad_mesh.stl), which is not beside this clone"
+    );
+    false
+}
+
+/// Skips the calling test, by name and loudly, when the sample data in `../shared` is missing.
+#[macro_export]
+macro_rules! require_shared {
+    () => {{
+        fn here() {}
+        if !common::shared_present(std::any::type_name_of_val(&here)) {
+            return;
+        }
+    }};
+}
+
 /// A child process whose output lines arrive on channels; killed if the test drops it.
 pub struct Proc {
     pub child: Child,
