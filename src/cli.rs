@@ -67,9 +67,14 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", env = "MACHINAFTP_CSV_OUTPUT")]
     pub csv_output: Option<PathBuf>,
 
-    /// Server: exit after the first round trip; status 0 only if both legs verified
+    /// Server: exit after the first round trip; status 0 only if both legs verified. A
+    /// --remotehost server does this unless --serve is given, as the Python version did
     #[arg(long, env = "MACHINAFTP_ONCE", value_parser = FalseyValueParser::new())]
     pub once: bool,
+
+    /// Server: with --remotehost, keep serving after the first round trip
+    #[arg(long, env = "MACHINAFTP_SERVE", value_parser = FalseyValueParser::new())]
+    pub serve: bool,
 
     /// Server: where the returned copy is saved [default: output.EXT, EXT being FILENAME's extension]
     #[arg(long, value_name = "PATH", env = "MACHINAFTP_OUTPUT")]
@@ -235,6 +240,12 @@ impl Cli {
         };
         let timeout = Duration::from_secs(self.timeout);
         if self.server {
+            if self.once && self.serve {
+                return Err("--once and --serve exclude each other".into());
+            }
+            // --remotehost names the one client: one round trip, its status the exit status, as
+            // the Python version's scripts expect.
+            let once = self.once || (self.remotehost.is_some() && !self.serve);
             if self.zmq_mode != ZmqMode::Auto {
                 return Err("--zmq-mode is a client option".into());
             }
@@ -257,7 +268,7 @@ impl Cli {
                     remotehost: self.remotehost,
                     output,
                     csv_output,
-                    once: self.once,
+                    once,
                     max_clients: self.max_clients as usize,
                     queue: self.queue as usize,
                     timeout,
@@ -269,6 +280,7 @@ impl Cli {
             for (set, flag) in [
                 (self.remotehost.is_some(), "--remotehost"),
                 (self.once, "--once"),
+                (self.serve, "--serve"),
                 (self.output.is_some(), "--output"),
                 (self.rate_limit.is_some(), "--rate-limit"),
                 (self.csv_output.is_some(), "--csv-output"),
@@ -368,7 +380,7 @@ mod tests {
         assert_eq!(cfg.output, PathBuf::from("output.stl"));
         assert_eq!(cfg.csv_output, PathBuf::from("output.csv"));
         assert_eq!(log.file, PathBuf::from("server.log"));
-        assert!(!cfg.once);
+        assert!(cfg.once, "as the Python version did: one round trip, then exit with its status");
     }
 
     #[test]
@@ -444,6 +456,19 @@ mod tests {
         assert_eq!(cfg.rate_limit, Some(1 << 20));
         assert_eq!(cfg.output, PathBuf::from("x/r.stl"));
         assert_eq!(log.verbose, 2);
+    }
+
+    #[test]
+    fn a_remotehost_server_makes_one_round_trip_unless_told_to_serve() {
+        let once = |args: &[&str]| match parse(args) {
+            Ok(Invocation::Server(cfg, _)) => cfg.once,
+            other => panic!("{other:?}"),
+        };
+        assert!(once(&["-s", "-f", "a.stl", "--remotehost", "10.0.0.2"]), "the Python version's habit");
+        assert!(!once(&["-s", "-f", "a.stl", "--remotehost", "10.0.0.2", "--serve"]));
+        assert!(!once(&["-s", "-f", "a.stl"]), "a listening server serves until stopped");
+        assert!(parse(&["-s", "-f", "a", "--once", "--serve"]).unwrap_err().contains("exclude each other"));
+        assert!(parse(&["-c", "-f", "a", "--serve"]).unwrap_err().contains("server option"));
     }
 
     #[test]

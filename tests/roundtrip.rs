@@ -124,7 +124,7 @@ fn seed_invocations_work_as_written() {
     std::fs::copy(shared("cad_mesh.stl"), a.path().join("cad_mesh.stl")).unwrap();
     let srv = Proc::spawn(
         a.path(),
-        &["--server", "-f", "./cad_mesh.stl", "-H", "127.0.0.1", "-p", "0", "--remotehost", "127.0.0.1", "--once"],
+        &["--server", "-f", "./cad_mesh.stl", "-H", "127.0.0.1", "-p", "0", "--remotehost", "127.0.0.1"],
     );
     let ready = srv.wait_stdout(|l| l.starts_with("ready "));
     let port = ready.split_whitespace().nth(1).unwrap().rsplit(':').next().unwrap().to_owned();
