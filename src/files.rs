@@ -221,9 +221,7 @@ pub fn partials(dest: &Path) -> Vec<String> {
 pub fn prune_partials(dest: &Path, keep: usize) {
     for id in partials(dest).into_iter().skip(keep) {
         // Opening it locks it: a partial in use elsewhere is left alone; dropping removes it.
-        if let Ok(Some(p)) = StagedFile::partial(dest, &id) {
-            drop(p);
-        }
+        let _ = StagedFile::partial(dest, &id);
     }
 }
 
@@ -257,6 +255,62 @@ pub fn first_difference(a: &File, b: &File, len: u64, give_up: std::time::Instan
         at += n as u64;
     }
     Ok(None)
+}
+
+/// Reads from `offset` until `buf` is full or the file ends; how many bytes were read.
+pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// How reading a file's first bytes ([`read_prefix`]) ended.
+#[derive(Debug)]
+pub enum PrefixRead {
+    /// Every byte asked for was read.
+    Whole,
+    /// The file ended first.
+    Short,
+    /// Reading failed.
+    Failed(io::Error),
+    /// `go_on` said stop.
+    Stopped,
+}
+
+/// Reads `file`'s first `len` bytes in pieces of `buf`'s size, handing each piece to `take` in
+/// order. Before each piece `go_on` may stop the reading (a stop signal), and does what long
+/// local work owes the peer meanwhile (a KeepAlive).
+pub fn read_prefix(
+    file: &File,
+    buf: &mut [u8],
+    len: u64,
+    mut go_on: impl FnMut() -> bool,
+    mut take: impl FnMut(&[u8]),
+) -> PrefixRead {
+    let mut at = 0;
+    while at < len {
+        if !go_on() {
+            return PrefixRead::Stopped;
+        }
+        let want = (len - at).min(buf.len() as u64) as usize;
+        match read_full_at(file, &mut buf[..want], at) {
+            Ok(0) => return PrefixRead::Short,
+            Ok(n) => {
+                take(&buf[..n]);
+                at += n as u64;
+            }
+            Err(e) => return PrefixRead::Failed(e),
+        }
+    }
+    PrefixRead::Whole
 }
 
 /// The directory a path lives in; `.` for a bare file name.

@@ -66,6 +66,15 @@ fn transfer_in_progress(
     (srv, cli, big)
 }
 
+/// After a resumed round trip of `big` (B in `b` as big.bin, A in `a`): both copies are whole
+/// and no partial copy is left on either side.
+fn assert_resumed_whole(a: &std::path::Path, b: &std::path::Path, big: &std::path::Path) {
+    assert!(same_contents(big, &b.join("big.bin")));
+    assert!(same_contents(big, &a.join("output.bin")));
+    assert_no_partials(a);
+    assert_no_partials(b);
+}
+
 /// Waits until a resumable partial copy in `dir` holds `bytes`. Polled: nothing announces a
 /// byte on disk.
 fn wait_for_partial(dir: &std::path::Path, bytes: u64) {
@@ -104,10 +113,7 @@ fn server_killed_mid_transfer() {
     assert!(out.stdout.contains("; resumed: "), "{out:?}");
     assert!(!out.stdout.contains("and 0 B had come back before"), "A's part was used: {out:?}");
     assert_eq!(srv.proc.finish().code(), Some(0));
-    assert!(same_contents(&big, &b.path().join("big.bin")));
-    assert!(same_contents(&big, &a.path().join("output.bin")));
-    assert_no_partials(a.path());
-    assert_no_partials(b.path());
+    assert_resumed_whole(a.path(), b.path(), &big);
 }
 
 #[test]
@@ -473,10 +479,7 @@ fn resume_of_a_whole_copy_sends_no_data_and_takes_the_copy_back() {
     assert!(out.stdout.contains("resumed: 256.0 MiB had arrived and 0 B had come back before"), "{out:?}");
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(0), "{s:?}");
-    assert!(same_contents(&big, &b.path().join("big.bin")));
-    assert!(same_contents(&big, &a.path().join("output.bin")));
-    assert_no_partials(a.path());
-    assert_no_partials(b.path());
+    assert_resumed_whole(a.path(), b.path(), &big);
 }
 
 #[test]

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::{Error, Result};
-use crate::files::{StagedFile, available_space, check_destination, parent_dir, partials, prune_partials};
+use crate::files::{
+    PrefixRead, StagedFile, available_space, check_destination, parent_dir, partials, prune_partials, read_prefix,
+};
 use crate::protocol::data::DataMsg;
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{Token, VERSION, hex};
@@ -26,7 +28,7 @@ use crate::session::{
 use crate::shutdown::Shutdown;
 use crate::transport::poll::{Watch, wait};
 use crate::transport::pool::{Chunk, ChunkPool};
-use crate::transport::ret::{Inbound, ReturnChannel, ReturnEnd, ZmqMode};
+use crate::transport::ret::{BusyKeepAlive, Inbound, ReturnChannel, ReturnEnd, ZmqMode};
 use crate::transport::tcp::{self, ConnectError, DataConn, TcpError};
 use crate::transport::wake::Waker;
 use crate::units;
@@ -35,9 +37,6 @@ use crate::units;
 const READ_TURN: u64 = 8 << 20;
 /// How long a finished session may spend delivering its last frames.
 const LAST_WORDS: Duration = Duration::from_secs(2);
-/// How often (at most; a third of the idle timeout if that is less) the peer hears a KeepAlive
-/// while this side is busy with local work (hashing a partial copy) and its loop does not run.
-const KEEPALIVE_WHILE_BUSY: Duration = Duration::from_secs(1);
 
 /// Everything process B needs, validated.
 #[derive(Debug, Clone)]
@@ -582,29 +581,24 @@ impl Driver<'_> {
             info!(have, partial = %staged.temp_path().display(), "a partial copy from an earlier attempt: offering it");
         }
         // Its digest is offered; the server sends again only what does not match. Hashing a big
-        // copy takes a while: the server hears a KeepAlive every second meanwhile.
-        let mut at = 0;
+        // copy takes a while: the server hears KeepAlives meanwhile.
         let mut chunk = self.pool.get(frame as usize);
-        let mut alive = Instant::now();
-        while at < have {
-            if self.shutdown.is_set() {
+        let mut busy = BusyKeepAlive::new(self.cfg.timeout);
+        let (ret, shutdown, machine) = (&mut self.ret, self.shutdown, &mut self.machine);
+        let go_on = || {
+            busy.tick(ret);
+            !shutdown.is_set()
+        };
+        let take = |b: &[u8]| machine.handle(Instant::now(), ClientInput::PrefixBytes(b));
+        match read_prefix(staged.file_ref(), chunk.unfilled(), have, go_on, take) {
+            PrefixRead::Whole => Ok(Some((staged, transfer))),
+            PrefixRead::Stopped => {
                 staged.keep_for_resume(frame);
-                return Ok(None);
+                Ok(None)
             }
-            if alive.elapsed() >= KEEPALIVE_WHILE_BUSY.min(self.cfg.timeout / 3) {
-                self.ret.send(&ReturnMsg::KeepAlive);
-                let _ = self.ret.flush();
-                alive = Instant::now();
-            }
-            let n = (have - at).min(frame) as usize;
-            let buf = &mut chunk.unfilled()[..n];
-            if let Err(source) = std::os::unix::fs::FileExt::read_exact_at(staged.file_ref(), buf, at) {
-                return Err(keep(staged, fail(source)));
-            }
-            self.machine.handle(Instant::now(), ClientInput::PrefixBytes(buf));
-            at += n as u64;
+            PrefixRead::Short => Err(keep(staged, fail(io::ErrorKind::UnexpectedEof.into()))),
+            PrefixRead::Failed(source) => Err(keep(staged, fail(source))),
         }
-        Ok(Some((staged, transfer)))
     }
 
     /// `len` bytes of the partial copy from `offset`, read into a frame buffer: frames held from

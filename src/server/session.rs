@@ -5,14 +5,13 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::error::Error;
-use crate::files::{StagedFile, first_difference, prune_partials};
+use crate::files::{PrefixRead, StagedFile, first_difference, prune_partials, read_full_at, read_prefix};
 use crate::protocol::data::DataMsg;
 use crate::protocol::hex;
 use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream, frame_size};
@@ -23,7 +22,7 @@ use crate::session::{
 };
 use crate::transport::hub::{RegisterError, SessionLink};
 use crate::transport::poll::{Watch, wait};
-use crate::transport::ret::{Inbound, ReturnEnd};
+use crate::transport::ret::{BusyKeepAlive, Inbound, ReturnEnd};
 use crate::transport::tcp::{DataConn, FileSent, TcpError};
 use crate::transport::wake::Waker;
 use crate::units;
@@ -43,9 +42,6 @@ const WRITE_TURN: u64 = 8 << 20;
 const READ_TURN: u64 = 8 << 20;
 /// How long a session may spend finding where a returned copy first differs from the original.
 const LOCATE_FOR: Duration = Duration::from_secs(5);
-/// How often (at most; a third of the idle timeout if that is less) the client hears a KeepAlive
-/// while the session is busy with local work.
-const KEEPALIVE_WHILE_BUSY: Duration = Duration::from_secs(1);
 /// Partial returned copies kept beside the output for resumes, at most.
 const MAX_PARTIALS: usize = 8;
 /// How long a finished session may spend delivering its last frames.
@@ -372,68 +368,42 @@ impl Driver<'_> {
     }
 
     /// Reads the partial returned copy's first `partial` bytes and the original's first `source`,
-    /// for the machine to check a version-4 client's offer.
+    /// for the machine to check a version-4 client's offer. Long for a big file: the client
+    /// hears KeepAlives meanwhile, and a stop is heard too.
     fn read_prefixes(&mut self, source: u64, partial: u64) {
         let now = Instant::now();
-        let mut alive = Instant::now();
-        let mut at = 0;
-        while at < partial {
-            if !self.still_here(&mut alive) {
-                return self.machine.handle(Instant::now(), ServerInput::Stop);
+        let Driver { shared, machine, link, buf, partial: held, source: src, .. } = self;
+        let mut busy = BusyKeepAlive::new(shared.cfg.timeout);
+        let mut go_on = || {
+            if let Some(link) = link.as_mut() {
+                busy.tick(link);
             }
-            let Some(p) = &self.partial else { break };
-            let want = (partial - at).min(self.buf.len() as u64) as usize;
-            match read_full_at(p.file_ref(), &mut self.buf[..want], at) {
-                Ok(n) if n > 0 => {
-                    self.machine.handle(now, ServerInput::PartialBytes(&self.buf[..n]));
-                    at += n as u64;
-                }
-                // A short or unreadable partial copy is simply not used.
-                _ => break,
-            }
-        }
-        let mut at = 0;
-        while at < source {
-            if !self.still_here(&mut alive) {
-                return self.machine.handle(Instant::now(), ServerInput::Stop);
-            }
-            let Some(src) = &self.source else { return };
-            let want = (source - at).min(self.buf.len() as u64) as usize;
-            match read_full_at(&src.file, &mut self.buf[..want], at) {
-                Ok(n) if n > 0 => {
-                    self.machine.handle(now, ServerInput::SourcePrefix(&self.buf[..n]));
-                    at += n as u64;
-                }
-                Ok(_) => {
-                    let what = format!("it shrank below {} bytes", units::bytes(source));
-                    let f = LocalFailure::SourceChanged { path: self.shared.cfg.file.clone(), what };
-                    return self.machine.handle(now, ServerInput::Local(f));
-                }
-                Err(source) => {
-                    let f = LocalFailure::Input { path: self.shared.cfg.file.clone(), source };
-                    return self.machine.handle(now, ServerInput::Local(f));
-                }
+            !shared.stop.is_set()
+        };
+        if let Some(p) = held {
+            let read = read_prefix(p.file_ref(), buf, partial, &mut go_on, |b| {
+                machine.handle(now, ServerInput::PartialBytes(b));
+            });
+            // A short or unreadable partial copy is simply not used; the machine sees so.
+            if let PrefixRead::Stopped = read {
+                return machine.handle(Instant::now(), ServerInput::Stop);
             }
         }
+        let Some(src) = src else { return };
+        let path = || shared.cfg.file.clone();
+        let input = match read_prefix(&src.file, buf, source, &mut go_on, |b| {
+            machine.handle(now, ServerInput::SourcePrefix(b));
+        }) {
+            PrefixRead::Whole => ServerInput::PrefixRead,
+            PrefixRead::Short => {
+                let what = format!("it shrank below {} bytes", units::bytes(source));
+                ServerInput::Local(LocalFailure::SourceChanged { path: path(), what })
+            }
+            PrefixRead::Failed(source) => ServerInput::Local(LocalFailure::Input { path: path(), source }),
+            PrefixRead::Stopped => ServerInput::Stop,
+        };
         // Reading took its time: the machine hears of the end as of now.
-        self.machine.handle(Instant::now(), ServerInput::PrefixRead);
-    }
-
-    /// During long local work (reading prefixes) that keeps the loop from running: false if the
-    /// server is stopping; otherwise a KeepAlive to the client every second, so that it does not
-    /// take the work for silence.
-    fn still_here(&mut self, alive: &mut Instant) -> bool {
-        if self.shared.stop.is_set() {
-            return false;
-        }
-        if alive.elapsed() >= KEEPALIVE_WHILE_BUSY.min(self.shared.cfg.timeout / 3)
-            && let Some(link) = &mut self.link
-        {
-            link.send(&ReturnMsg::KeepAlive);
-            let _ = link.flush();
-            *alive = Instant::now();
-        }
-        true
+        machine.handle(Instant::now(), input);
     }
 
     fn expected_csv(&mut self, now: Instant) {
@@ -658,18 +628,4 @@ pub(super) fn open_source(path: &std::path::Path) -> io::Result<(File, std::fs::
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
     Ok((file, meta))
-}
-
-/// Reads from `offset` until `buf` is full or the file ends.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }

@@ -189,10 +189,8 @@ struct Transfer {
     data_started: Instant,
     data_time: Duration,
     ret_started: Option<Instant>,
-    /// Where this attempt's raw bytes start (bytes before it are on disk, not in buffers).
-    from: u64,
-    /// Where this attempt's return starts.
-    ret_from: u64,
+    /// Where this attempt's legs start (bytes before `from` are on disk, not in buffers).
+    resumed: Resumed,
 }
 
 #[derive(Debug)]
@@ -290,7 +288,7 @@ impl ClientSession {
             State::Transfer(t) if matches!(t.data, DataState::Raw) => {
                 // Bytes held in memory (received this attempt, not yet sent back) never exceed
                 // PENDING_FRAMES frames; those before `from` wait on disk.
-                let held = t.hasher.size() - t.out.sent.max(t.from);
+                let held = t.hasher.size() - t.out.sent.max(t.resumed.from);
                 let limit = PENDING_FRAMES * frame_size(VERSION) as u64;
                 limit.saturating_sub(held).min(t.out.size - t.hasher.size())
             }
@@ -387,8 +385,7 @@ impl ClientSession {
                         data_started: now,
                         data_time: Duration::ZERO,
                         ret_started: None,
-                        from: 0,
-                        ret_from: 0,
+                        resumed: Resumed::default(),
                     };
                     self.state = State::Transfer(Box::new(t));
                 }
@@ -495,11 +492,12 @@ impl ClientSession {
             }
             (State::Transfer(t), DataMsg::Resume { from, ret_from }) if matches!(t.data, DataState::Offered) => {
                 let (size, held) = (t.out.size, t.hasher.size());
-                let frame = frame_size(VERSION) as u64;
+                let frame = frame_size(self.version) as u64;
                 // A resumes from all B offered or from nothing, and takes back from whole frames
                 // within that.
-                if (from != 0 && from != held) || ret_from > from || !ret_from.is_multiple_of(frame) {
-                    let at = if ret_from > from || !ret_from.is_multiple_of(frame) { ret_from } else { from };
+                let bad_ret = ret_from > from || !ret_from.is_multiple_of(frame);
+                if bad_ret || (from != 0 && from != held) {
+                    let at = if bad_ret { ret_from } else { from };
                     return self.protocol(Violation::BadResume { at, limit: held });
                 }
                 if from == 0 && held > 0 {
@@ -507,8 +505,7 @@ impl ClientSession {
                     t.hasher = Hasher::chunked(chunk_size(size));
                 }
                 t.out.resume_at(ret_from, from);
-                t.from = from;
-                t.ret_from = ret_from;
+                t.resumed = Resumed { from, ret_from };
                 t.data_started = now;
                 t.data = if from == size { DataState::Trailer } else { DataState::Raw };
                 self.actions.push_back(ClientAction::ResumeAt { from, ret_from });
@@ -572,7 +569,7 @@ impl ClientSession {
                 };
                 let DataState::Verified(digest) = t.data else { unreachable!("End follows the verdict") };
                 let return_time = t.ret_started.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-                let resumed = Resumed { from: t.from, ret_from: t.ret_from };
+                let resumed = t.resumed;
                 self.file = Some(FileDone { name: t.name, digest, data_time: t.data_time, return_time, resumed });
                 self.actions.push_back(ClientAction::Milestone(Milestone::ReturnLeg { digest }));
                 match self.csv.take() {

@@ -451,13 +451,12 @@ impl ServerSession {
             ServerInput::PartialBytes(bytes) => {
                 if let State::Prefix(_, c) = &mut self.state {
                     let room = c.partial.unwrap_or(0).saturating_sub(c.returned.size());
-                    c.returned.update(&bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))]);
+                    c.returned.update(at_most(bytes, room));
                 }
             }
             ServerInput::SourcePrefix(mut bytes) => {
                 if let State::Prefix(_, c) = &mut self.state {
-                    let room = c.claim.size.saturating_sub(c.source.size());
-                    bytes = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+                    bytes = at_most(bytes, c.claim.size.saturating_sub(c.source.size()));
                     // Keep the hasher's state where A's partial copy ends, to go on from there.
                     let to_partial = c.partial.unwrap_or(0).saturating_sub(c.source.size());
                     if c.at_partial.is_none() && to_partial <= bytes.len() as u64 {
@@ -626,9 +625,10 @@ impl ServerSession {
                 None => Incoming::new(t.size, frame),
             });
             t.ret_started = now;
-            t.resumed = Resumed { from, ret_from: t.ret.as_ref().map_or(0, Incoming::received) };
+            let ret_from = t.ret.as_ref().map_or(0, Incoming::received);
+            t.resumed = Resumed { from, ret_from };
             let open = if self.version >= RESUME_VERSION {
-                ServerAction::OpenReturned { keep: t.ret.as_ref().map_or(0, Incoming::received) }
+                ServerAction::OpenReturned { keep: ret_from }
             } else {
                 ServerAction::OpenSink(Stream::File)
             };
@@ -1003,6 +1003,11 @@ impl ServerSession {
 
 /// The reason in a negative `Result`, without the "checksum mismatch on the return leg" the
 /// client adds itself.
+/// The first `n` of `bytes` (all of them if fewer): a driver's piece may run past what is asked.
+fn at_most(bytes: &[u8], n: u64) -> &[u8] {
+    &bytes[..bytes.len().min(usize::try_from(n).unwrap_or(usize::MAX))]
+}
+
 fn mismatch_reason(f: &Failure) -> String {
     match f {
         Failure::Mismatch { what, diff, .. } => format!("{what} differs from what was sent: {diff}"),

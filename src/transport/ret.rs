@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::Token;
 use crate::protocol::data::Topology;
-use crate::protocol::ret::{MAX_CONTROL_LEN, ReturnMsg, Stream};
+use crate::protocol::ret::{MAX_CONTROL_LEN, ReturnMsg, Stream, keepalive_every};
 
 use super::poll::{Watch, wait};
 use super::pool::{Chunk, ZmqChunk};
@@ -122,6 +122,30 @@ impl Outbox {
             }
         }
         Ok(true)
+    }
+}
+
+/// KeepAlives for the peer while local work (hashing a prefix) keeps a driver's loop, and so
+/// the machine's own keep-alive timer, from running: one each `keepalive_every(idle)`, the
+/// protocol's rule for a busy side.
+pub struct BusyKeepAlive {
+    every: Duration,
+    last: Instant,
+}
+
+impl BusyKeepAlive {
+    /// Starts counting now, for a session whose idle timeout is `idle`.
+    pub fn new(idle: Duration) -> BusyKeepAlive {
+        BusyKeepAlive { every: keepalive_every(idle), last: Instant::now() }
+    }
+
+    /// Sends a KeepAlive on `end` if one is due.
+    pub fn tick(&mut self, end: &mut impl ReturnEnd) {
+        if self.last.elapsed() >= self.every {
+            end.send(&ReturnMsg::KeepAlive);
+            let _ = end.flush();
+            self.last = Instant::now();
+        }
     }
 }
 
