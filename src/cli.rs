@@ -93,6 +93,11 @@ pub struct Cli {
     #[arg(short = 'q', long, env = "MACHINAFTP_QUIET", value_parser = FalseyValueParser::new())]
     pub quiet: bool,
 
+    /// Results as JSON on stdout: one object per round trip (a server prints one per session,
+    /// after a `ready` object); the schema is in docs/JSON.md
+    #[arg(long, env = "MACHINAFTP_JSON", value_parser = FalseyValueParser::new())]
+    pub json: bool,
+
     /// Seconds any wait on the peer may make no progress before it is an error
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), env = "MACHINAFTP_TIMEOUT")]
     pub timeout: u64,
@@ -177,6 +182,8 @@ pub struct LogConfig {
     pub verbose: u8,
     /// `-q`.
     pub quiet: bool,
+    /// `--json`: results as JSON receipts on stdout.
+    pub json: bool,
 }
 
 /// What the command line asks for, validated.
@@ -237,6 +244,7 @@ impl Cli {
             file: self.log_file.unwrap_or_else(|| PathBuf::from(format!("{role}.log"))),
             verbose,
             quiet: self.quiet,
+            json: self.json,
         };
         let timeout = Duration::from_secs(self.timeout);
         if self.server {

@@ -49,6 +49,7 @@ pub mod files;
 pub mod integrity;
 pub mod logging;
 pub mod protocol;
+pub mod receipt;
 pub mod report;
 pub mod server;
 pub mod session;

@@ -29,7 +29,8 @@ fn main() -> ExitCode {
     if let Err(e) = shutdown.install_signal_handlers() {
         let _ = writeln!(std::io::stderr(), "machinaftp: warning: cannot install signal handlers: {e}");
     }
-    let out = Arc::new(Text::new(std::io::stdout()));
+    let out =
+        |log: &LogConfig| Arc::new(if log.json { Text::json(std::io::stdout()) } else { Text::new(std::io::stdout()) });
     let outcome = match invocation {
         Invocation::Demo(args) => demo::run(&args, &mut std::io::stdout()),
         Invocation::Stl2csv(args) => run_stl2csv(&args),
@@ -38,8 +39,9 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Invocation::Man => write_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out)),
-        Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out)),
+        Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out(&log))),
         Invocation::Client(cfg, log) => {
+            let out = out(&log);
             out.set_notes(!log.quiet);
             with_logging(&log, || run_client(&cfg, &shutdown, &out))
         }
@@ -88,7 +90,8 @@ fn with_logging(log: &LogConfig, run: impl FnOnce() -> Result<i32, Error>) -> Re
 fn run_server(cfg: server::ServerConfig, shutdown: &Shutdown, out: Arc<Stdout>) -> Result<i32, Error> {
     let srv = server::Server::bind(cfg)?;
     // Tests and scripts wait for this line instead of sleeping.
-    out.line(&srv.ready_line());
+    let (tcp, zmq) = srv.ready_addrs();
+    out.ready(&tcp, &zmq);
     // A standard output nobody reads must not stall the sessions that report to it.
     out.detach();
     let result = srv.run(shutdown, Arc::clone(&out) as _);
@@ -98,9 +101,16 @@ fn run_server(cfg: server::ServerConfig, shutdown: &Shutdown, out: Arc<Stdout>) 
 }
 
 fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown, out: &Arc<Stdout>) -> Result<i32, Error> {
-    let report = client::run(cfg, shutdown, out.as_ref())?;
-    out.client_done(&report);
-    Ok(exit::OK)
+    match client::run(cfg, shutdown, out.as_ref()) {
+        Ok(report) => {
+            out.client_done(&report);
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            out.client_failed(&format!("{}:{}", cfg.host, cfg.port), &cfg.out, &e);
+            Err(e)
+        }
+    }
 }
 
 /// Writes generated text (a completion script, the manual page) to stdout.

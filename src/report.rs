@@ -110,6 +110,9 @@ pub struct Text<W: std::io::Write + Send> {
     /// Whether notes that are not results (a place in the server's line) go to stderr; `-q`
     /// turns them off.
     notes: std::sync::atomic::AtomicBool,
+    /// `--json`: results are JSON receipts, one line per round trip, instead of text; the legs
+    /// seen verified so far, per server session (and under `None` for the client).
+    json: Option<std::sync::Mutex<std::collections::HashMap<Option<SocketAddr>, Seen>>>,
 }
 
 /// Lines a detached printer holds before it drops new ones.
@@ -130,6 +133,37 @@ impl<W: std::io::Write + Send> Text<W> {
             out: std::sync::Arc::new(std::sync::Mutex::new(out)),
             detached: std::sync::Mutex::new(None),
             notes: std::sync::atomic::AtomicBool::new(true),
+            json: None,
+        }
+    }
+
+    /// JSON receipts to `out` (`--json`; see [`crate::receipt`]).
+    pub fn json(out: W) -> Self {
+        Text { json: Some(std::sync::Mutex::new(std::collections::HashMap::new())), ..Text::new(out) }
+    }
+
+    /// Records that a leg was verified; `true` if results are JSON (so no text line is due).
+    fn seen(&self, peer: Option<SocketAddr>, leg: Leg) -> bool {
+        let Some(json) = &self.json else { return false };
+        let mut seen = json.lock().unwrap_or_else(|p| p.into_inner());
+        let s = seen.entry(peer).or_default();
+        match leg {
+            Leg::Data => s.data = true,
+            Leg::Return => s.ret = true,
+        }
+        true
+    }
+
+    /// The legs seen verified for `peer`, forgotten now that its round trip ended.
+    fn take_seen(&self, peer: Option<SocketAddr>) -> Seen {
+        self.json.as_ref().and_then(|j| j.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer)).unwrap_or_default()
+    }
+
+    /// The server's first line: where it listens (scripts and tests wait for it).
+    pub fn ready(&self, tcp: &str, zmq: &str) {
+        match self.json {
+            Some(_) => self.line(&receipt::line(&receipt::Ready::new(tcp, zmq))),
+            None => self.line(&format!("ready tcp={tcp} zmq={zmq}")),
         }
     }
 
@@ -184,9 +218,21 @@ impl<W: std::io::Write + Send> Text<W> {
         }
     }
 
+    /// The client's final line when the round trip failed with `e`: a JSON receipt under
+    /// `--json`; nothing in text, where the error goes to stderr.
+    pub fn client_failed(&self, server: &str, output: &std::path::Path, e: &Error) {
+        if self.json.is_some() {
+            self.line(&receipt::line(&receipt::client_failed(server, output, e, self.take_seen(None))));
+        }
+    }
+
     /// The client's final line.
     pub fn client_done(&self, r: &ClientReport) {
         use crate::session::CsvReturned;
+        if self.json.is_some() {
+            self.take_seen(None);
+            return self.line(&receipt::line(&receipt::client_ok(r)));
+        }
         let o = &r.outcome;
         let csv = match (&o.csv, &r.csv) {
             (CsvReturned::Returned { rows, .. }, Some(path)) => {
@@ -204,6 +250,8 @@ impl<W: std::io::Write + Send> Text<W> {
     }
 }
 
+use crate::receipt::{self, Seen};
+use crate::session::Leg;
 use crate::units;
 
 fn write_line<W: std::io::Write>(out: &std::sync::Mutex<W>, line: &str) {
@@ -244,8 +292,14 @@ fn proof(
 impl<W: std::io::Write + Send> Reporter for Text<W> {
     fn server(&self, event: ServerEvent<'_>) {
         match event {
-            ServerEvent::DataLegDone { .. } => self.line("Done! - TX"),
-            ServerEvent::ReturnLegDone { .. } => self.line("Done! - RX"),
+            ServerEvent::DataLegDone { peer } if !self.seen(Some(peer), Leg::Data) => self.line("Done! - TX"),
+            ServerEvent::ReturnLegDone { peer } if !self.seen(Some(peer), Leg::Return) => self.line("Done! - RX"),
+            ServerEvent::DataLegDone { .. } | ServerEvent::ReturnLegDone { .. } => {}
+            ServerEvent::SessionEnded(r) if self.json.is_some() => {
+                if let Some(receipt) = receipt::server(r, self.take_seen(Some(r.peer))) {
+                    self.line(&receipt::line(&receipt));
+                }
+            }
             ServerEvent::SessionEnded(r) => match &r.result {
                 Ok(o) => {
                     use crate::session::CsvResult;
@@ -280,8 +334,9 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             }
         };
         match event {
-            ClientEvent::DataLegDone => self.line("Done! - RX"),
-            ClientEvent::ReturnLegDone => self.line("Done! - TX"),
+            ClientEvent::DataLegDone if !self.seen(None, Leg::Data) => self.line("Done! - RX"),
+            ClientEvent::ReturnLegDone if !self.seen(None, Leg::Return) => self.line("Done! - TX"),
+            ClientEvent::DataLegDone | ClientEvent::ReturnLegDone => {}
             ClientEvent::Queued(position) => note(format!(
                 "waiting for the server: all its client slots are taken; {} in line",
                 if position == 1 { "next".to_owned() } else { format!("number {position}") }

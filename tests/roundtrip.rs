@@ -301,3 +301,107 @@ fn shell_completions_and_the_manual_page() {
     let bad = client(dir.path(), &["completions", "tcsh"]);
     assert_eq!(bad.code(), Some(2), "{bad:?}");
 }
+
+/// Parses one line of `--json` output, checking the schema it claims.
+fn receipt(line: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["schema"], "machinaftp.receipt", "{line}");
+    assert_eq!(v["version"], 1, "{line}");
+    v
+}
+
+/// Starts a `--json` server and returns it with its data port, read from its `ready` object.
+fn json_server(dir: &std::path::Path, file: &std::path::Path) -> (Proc, String) {
+    let srv = Proc::spawn(dir, &["--server", "-f", file.to_str().unwrap(), "-p", "0", "--once", "--json"]);
+    let ready = receipt(&srv.wait_stdout(|l| l.contains(r#""event":"ready""#)));
+    let port = ready["tcp"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+    assert!(ready["zmq"].as_str().unwrap().starts_with("127.0.0.1:"), "{ready}");
+    (srv, port)
+}
+
+#[test]
+fn json_receipts_on_both_sides() {
+    require_shared!();
+    let (a, b) = (tempdir(), tempdir());
+    let mesh = shared("cad_mesh.stl");
+    let (srv, port) = json_server(a.path(), &mesh);
+    let out = client(b.path(), &["--client", "-f", "copy.stl", "-p", &port, "--json"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let srv = srv.finish();
+    assert_eq!(srv.code(), Some(0), "{srv:?}");
+    // Nothing but JSON on stdout: the client prints exactly one object, the server (after its
+    // ready object, read above) one per session.
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    assert_eq!(srv.stdout.lines().count(), 1, "{srv:?}");
+    let bytes = std::fs::read(&mesh).unwrap();
+    let blake3 = blake3::hash(&bytes).to_hex().to_string();
+    let crc = crc32fast::hash(&bytes);
+    let reference_csv = std::fs::metadata(shared("cad_mesh.csv")).unwrap().len();
+    for (role, line) in [("client", out.stdout.trim()), ("server", srv.stdout.trim())] {
+        let r = receipt(line);
+        assert_eq!(r["event"], "round_trip", "{r}");
+        assert_eq!(r["role"], role, "{r}");
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["exit_status"], 0, "{r}");
+        assert!(r["error"].is_null(), "{r}");
+        assert_eq!(r["file"]["name"], "cad_mesh.stl", "{r}");
+        assert_eq!(r["file"]["size"], bytes.len(), "{r}");
+        assert_eq!(r["file"]["crc32"], crc, "{r}");
+        assert_eq!(r["file"]["blake3"], blake3.as_str(), "{r}");
+        for leg in ["data_leg", "return_leg"] {
+            assert_eq!(r[leg]["verdict"], "verified", "{r}");
+            assert_eq!(r[leg]["bytes"], bytes.len(), "{r}");
+            assert_eq!(r[leg]["resumed_from"], 0, "{r}");
+            let secs = r[leg]["seconds"].as_f64().unwrap();
+            let rate = r[leg]["bytes_per_second"].as_f64().unwrap();
+            assert!((rate * secs - bytes.len() as f64).abs() < 1.0, "{r}");
+        }
+        assert_eq!(r["csv"]["verdict"], "verified", "{r}");
+        assert_eq!(r["csv"]["size"], reference_csv, "{r}");
+    }
+    let (c, s) = (receipt(out.stdout.trim()), receipt(srv.stdout.trim()));
+    assert_eq!(c["saved"]["file"], "copy.stl", "{c}");
+    assert_eq!(c["saved"]["csv"], "copy.csv", "{c}");
+    assert_eq!(c["csv"]["rows"], 42888, "{c}");
+    assert_eq!(c["peer"], format!("127.0.0.1:{port}"), "{c}");
+    assert_eq!(s["saved"]["file"], "output.stl", "{s}");
+    assert_eq!(s["saved"]["csv"], "output.csv", "{s}");
+    let csv = std::fs::read(shared("cad_mesh.csv")).unwrap();
+    assert_eq!(s["csv"]["blake3"], blake3::hash(&csv).to_hex().as_str(), "{s}");
+    assert!(same_contents(&mesh, &a.path().join("output.stl")) && same_contents(&mesh, &b.path().join("copy.stl")));
+}
+
+#[test]
+fn json_receipts_of_failed_round_trips() {
+    require_shared!();
+    // The file makes its round trip but its CSV fails: both legs verified, the CSV failed, and
+    // the exit status in the receipt is the process's.
+    let (a, b) = (tempdir(), tempdir());
+    let (srv, port) = json_server(a.path(), &shared("stl-corpus/openscad_toomanyvertices.stl"));
+    let out = client(b.path(), &["--client", "-f", "copy.stl", "-p", &port, "--json"]);
+    assert_eq!(out.code(), Some(5), "{out:?}");
+    let srv = srv.finish();
+    assert_eq!(srv.code(), Some(5), "{srv:?}");
+    for line in [out.stdout.trim(), srv.stdout.trim()] {
+        let r = receipt(line);
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["exit_status"], 5, "{r}");
+        assert_eq!(r["data_leg"]["verdict"], "verified", "{r}");
+        assert_eq!(r["return_leg"]["verdict"], "verified", "{r}");
+        assert_eq!(r["csv"]["verdict"], "failed", "{r}");
+        assert!(r["csv"]["reason"].as_str().unwrap().contains("more than 3 vertices"), "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("more than 3 vertices"), "{r}");
+    }
+    // No server at all: nothing got going, and the receipt still says so, as JSON.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap().port().to_string();
+    drop(listener);
+    let out = client(b.path(), &["--client", "-f", "other.stl", "-p", &closed, "--json", "--timeout", "2"]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    let r = receipt(out.stdout.trim());
+    assert_eq!((r["ok"].clone(), r["exit_status"].clone()), (false.into(), 3.into()), "{r}");
+    assert_eq!(r["data_leg"]["verdict"], "not_finished", "{r}");
+    assert!(r["data_leg"]["bytes"].is_null() && r["file"]["size"].is_null() && r["saved"]["file"].is_null(), "{r}");
+    assert!(r["error"]["hint"].as_str().unwrap().contains("start the server first"), "{r}");
+    assert!(!b.path().join("other.stl").exists());
+}

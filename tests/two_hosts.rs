@@ -80,7 +80,11 @@ fn seed_invocations_across_two_hosts_in_both_topologies() {
             srv_args.extend_from_slice(&["--remotehost", ADDR_B]);
         }
         let srv = spawn_in(&h.a, a.path(), &srv_args);
-        srv.wait_stdout(|l| l.starts_with("ready "));
+        let ready = srv.wait_stdout(|l| l.starts_with("ready "));
+        // The ready line names where the return channel will be: A's own port, or the one a
+        // client binds by default on REMOTEHOST.
+        let zmq = if remote { format!("zmq=connect:{ADDR_B}:8081") } else { format!("zmq={ADDR_A}:8081") };
+        assert!(ready.ends_with(&zmq), "remote={remote}: {ready}");
         let cli = spawn_in(&h.b, b.path(), &["--client", "-f", "output.stl", "-H", ADDR_A, "-p", "8080"]);
         let out = cli.finish();
         assert_eq!(out.code(), Some(0), "remote={remote}: {out:?}");

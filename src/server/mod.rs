@@ -128,15 +128,21 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// The line printed when A accepts: `ready tcp=HOST:PORT zmq=HOST:PORT` (or `zmq=connect:HOST`).
-    pub fn ready_line(&self) -> String {
-        let tcp = self.tcp_addr().map(|a| a.to_string()).unwrap_or_default();
+    /// Where A listens, as its `ready` line shows it: the data channel's `HOST:PORT`, and the
+    /// return channel's bound `HOST:PORT` or, under `--remotehost`, `connect:HOST:PORT` with the
+    /// port a client binds by default (its own `-p` + 1, or this side's `--zmq-port`); a client
+    /// that binds another port announces it, and A connects there.
+    pub fn ready_addrs(&self) -> (String, String) {
+        let tcp = self.tcp_addr().ok();
         let zmq = match (self.hub.local_port(), &self.cfg.remotehost) {
             (Some(p), _) => format!("{}:{p}", bracket(&self.cfg.host)),
-            (None, Some(h)) => format!("connect:{h}"),
+            (None, Some(h)) => {
+                let port = self.cfg.zmq_port.or_else(|| tcp.and_then(|a| a.port().checked_add(1)));
+                format!("connect:{}{}", bracket(h), port.map(|p| format!(":{p}")).unwrap_or_default())
+            }
             (None, None) => String::new(),
         };
-        format!("ready tcp={tcp} zmq={zmq}")
+        (tcp.map(|a| a.to_string()).unwrap_or_default(), zmq)
     }
 
     /// Serves until `shutdown` is set, or, with `once`, until the first round trip ends (whose

@@ -202,11 +202,11 @@ impl Server {
         args.extend_from_slice(extra);
         let proc = Proc::spawn(dir, &args);
         let ready = proc.wait_stdout(|l| l.starts_with("ready "));
-        let port_of = |key: &str| {
-            ready.split_whitespace().find_map(|w| w.strip_prefix(key)).map(|a| a.rsplit(':').next().unwrap().to_owned())
-        };
-        let tcp_port = port_of("tcp=").expect("tcp port in ready line");
-        let zmq_port = port_of("zmq=").filter(|p| p.parse::<u16>().is_ok());
+        let addr_of = |key: &str| ready.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_owned);
+        let port = |addr: String| addr.rsplit(':').next().unwrap().to_owned();
+        let tcp_port = addr_of("tcp=").map(port).expect("tcp port in ready line");
+        // `zmq=connect:HOST:PORT` under --remotehost names the client's port, not one A bound.
+        let zmq_port = addr_of("zmq=").filter(|a| !a.starts_with("connect:")).map(port);
         Server { proc, tcp_port, zmq_port }
     }
 

@@ -1,0 +1,300 @@
+//! `--json`: one JSON object per round trip on stdout, for scripts. The schema is documented in
+//! `docs/JSON.md`; [`VERSION`] changes when a field changes meaning or goes away (new fields may
+//! be added within a version, so readers should ignore fields they do not know).
+//!
+//! The receipts are built from the same values the text verdict lines show, plus which legs the
+//! reporter saw verified before the end, so a failed round trip still says which leg made it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, chain};
+use crate::integrity::Digest;
+use crate::report::{ClientReport, ServerSessionReport};
+use crate::session::{CsvResult, CsvReturned, Failure, Leg, Resumed};
+
+/// The `schema` field of every object this module prints.
+pub const SCHEMA: &str = "machinaftp.receipt";
+/// The `version` field: the schema's version.
+pub const VERSION: u32 = 1;
+
+/// Which legs were seen verified before the round trip ended.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Seen {
+    /// The data leg (`Done! - TX` on A, `Done! - RX` on B).
+    pub data: bool,
+    /// The return leg.
+    pub ret: bool,
+}
+
+/// A server's `ready` line as JSON: where it listens.
+#[derive(Debug, Serialize)]
+pub struct Ready<'a> {
+    schema: &'static str,
+    version: u32,
+    event: &'static str,
+    /// The data channel's bound `HOST:PORT`.
+    tcp: &'a str,
+    /// The return channel: the bound `HOST:PORT`, or `connect:HOST:PORT` under `--remotehost`.
+    zmq: &'a str,
+}
+
+impl<'a> Ready<'a> {
+    /// The object for these addresses.
+    pub fn new(tcp: &'a str, zmq: &'a str) -> Self {
+        Ready { schema: SCHEMA, version: VERSION, event: "ready", tcp, zmq }
+    }
+}
+
+/// One round trip, as either side saw it.
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    schema: &'static str,
+    version: u32,
+    event: &'static str,
+    role: &'static str,
+    ok: bool,
+    exit_status: i32,
+    peer: String,
+    file: FileFacts,
+    saved: Saved,
+    data_leg: LegFacts,
+    return_leg: LegFacts,
+    csv: CsvFacts,
+    error: Option<ErrorFacts>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct FileFacts {
+    name: Option<String>,
+    size: Option<u64>,
+    crc32: Option<u32>,
+    blake3: Option<String>,
+}
+
+impl FileFacts {
+    fn of(name: &str, d: &Digest) -> Self {
+        FileFacts {
+            name: Some(name.to_owned()),
+            size: Some(d.size),
+            crc32: Some(d.crc32),
+            blake3: Some(d.blake3_hex()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Saved {
+    file: Option<String>,
+    csv: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Verdict {
+    Verified,
+    Failed,
+    NotFinished,
+    NotMade,
+}
+
+#[derive(Debug, Serialize)]
+struct LegFacts {
+    verdict: Verdict,
+    reason: Option<String>,
+    bytes: Option<u64>,
+    seconds: Option<f64>,
+    bytes_per_second: Option<f64>,
+    resumed_from: u64,
+}
+
+impl LegFacts {
+    /// A verified leg that moved the file's bytes from `from` on in `took`.
+    fn verified(size: u64, from: u64, took: Duration) -> Self {
+        let bytes = size.saturating_sub(from);
+        let secs = took.as_secs_f64();
+        LegFacts {
+            verdict: Verdict::Verified,
+            reason: None,
+            bytes: Some(bytes),
+            seconds: Some(secs),
+            bytes_per_second: (secs > 0.0).then(|| bytes as f64 / secs),
+            resumed_from: from,
+        }
+    }
+
+    /// A leg of a failed round trip: verified if it was seen so, failed if the failure is a
+    /// mismatch on it, otherwise not finished because of the failure.
+    fn of_failure(leg: Leg, seen: bool, failure: Option<&Failure>, msg: &str) -> Self {
+        let mismatch = matches!(failure,
+            Some(Failure::Mismatch { leg: l, .. } | Failure::SizeMismatch { leg: l, .. } | Failure::PeerMismatch { leg: l, .. })
+                if *l == leg);
+        let (verdict, reason) = match (seen, mismatch) {
+            (true, _) => (Verdict::Verified, None),
+            (false, true) => (Verdict::Failed, Some(msg.to_owned())),
+            (false, false) => (Verdict::NotFinished, Some(msg.to_owned())),
+        };
+        LegFacts { verdict, reason, bytes: None, seconds: None, bytes_per_second: None, resumed_from: 0 }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CsvFacts {
+    verdict: Verdict,
+    reason: Option<String>,
+    size: Option<u64>,
+    rows: Option<u64>,
+    crc32: Option<u32>,
+    blake3: Option<String>,
+}
+
+impl CsvFacts {
+    fn without(verdict: Verdict, reason: String) -> Self {
+        CsvFacts { verdict, reason: Some(reason), size: None, rows: None, crc32: None, blake3: None }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorFacts {
+    message: String,
+    hint: Option<&'static str>,
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn failure_of(e: &Error) -> Option<&Failure> {
+    match e {
+        Error::Session { failure, .. } => Some(failure),
+        _ => None,
+    }
+}
+
+/// A round trip that failed, on either side, from the error and the legs seen verified.
+fn failed(role: &'static str, peer: String, saved: Saved, e: &Error, seen: Seen) -> Receipt {
+    let msg = chain(e);
+    let failure = failure_of(e);
+    let csv = match failure {
+        Some(Failure::Csv(f)) => CsvFacts::without(Verdict::Failed, chain(f)),
+        _ => CsvFacts::without(Verdict::NotFinished, "the round trip did not get that far".into()),
+    };
+    // A failed CSV stage follows a file that made its round trip.
+    let seen = if matches!(failure, Some(Failure::Csv(_))) { Seen { data: true, ret: true } } else { seen };
+    Receipt {
+        schema: SCHEMA,
+        version: VERSION,
+        event: "round_trip",
+        role,
+        ok: false,
+        exit_status: e.exit_code(),
+        peer,
+        file: FileFacts::default(),
+        saved,
+        data_leg: LegFacts::of_failure(Leg::Data, seen.data, failure, &msg),
+        return_leg: LegFacts::of_failure(Leg::Return, seen.ret, failure, &msg),
+        csv,
+        error: Some(ErrorFacts { message: msg, hint: e.hint() }),
+    }
+}
+
+fn legs(d: &Digest, data: Duration, ret: Duration, resumed: Resumed) -> (LegFacts, LegFacts) {
+    (LegFacts::verified(d.size, resumed.from, data), LegFacts::verified(d.size, resumed.ret_from, ret))
+}
+
+/// B's receipt for a verified round trip.
+pub fn client_ok(r: &ClientReport) -> Receipt {
+    let o = &r.outcome;
+    let (data_leg, return_leg) = legs(&o.digest, o.data_time, o.return_time, o.resumed);
+    let csv = match &o.csv {
+        CsvReturned::Returned { size, rows } => CsvFacts {
+            verdict: Verdict::Verified,
+            reason: None,
+            size: Some(*size),
+            rows: Some(*rows),
+            crc32: None,
+            blake3: None,
+        },
+        CsvReturned::NotMade(why) => CsvFacts::without(Verdict::NotMade, why.clone()),
+    };
+    Receipt {
+        schema: SCHEMA,
+        version: VERSION,
+        event: "round_trip",
+        role: "client",
+        ok: true,
+        exit_status: crate::error::exit::OK,
+        peer: r.server.clone(),
+        file: FileFacts::of(&o.name, &o.digest),
+        saved: Saved {
+            file: Some(path(&r.output)),
+            csv: matches!(o.csv, CsvReturned::Returned { .. }).then(|| r.csv.as_deref().map(path)).flatten(),
+        },
+        data_leg,
+        return_leg,
+        csv,
+        error: None,
+    }
+}
+
+/// B's receipt for a round trip that failed with `e`.
+pub fn client_failed(server: &str, output: &Path, e: &Error, seen: Seen) -> Receipt {
+    failed("client", server.to_owned(), Saved { file: seen.data.then(|| path(output)), csv: None }, e, seen)
+}
+
+/// A's receipt for one session; `None` for a connection that never greeted it as a client (a
+/// port probe is not a round trip).
+pub fn server(r: &ServerSessionReport, seen: Seen) -> Option<Receipt> {
+    if !r.greeted {
+        return None;
+    }
+    let peer = r.peer.to_string();
+    let o = match &r.result {
+        Ok(o) => o,
+        Err(e) => {
+            let saved = Saved { file: seen.ret.then(|| path(&r.output)), csv: None };
+            return Some(failed("server", peer, saved, e, seen));
+        }
+    };
+    let (data_leg, return_leg) = legs(&o.digest, o.data_time, o.return_time, o.resumed);
+    let (csv, csv_saved, csv_failed) = match &o.csv {
+        CsvResult::Saved(d) => (
+            CsvFacts {
+                verdict: Verdict::Verified,
+                reason: None,
+                size: Some(d.size),
+                rows: None,
+                crc32: Some(d.crc32),
+                blake3: Some(d.blake3_hex()),
+            },
+            Some(path(&r.csv_output)),
+            None,
+        ),
+        CsvResult::NotMade(why) => (CsvFacts::without(Verdict::NotMade, why.clone()), None, None),
+        CsvResult::Failed(f) => (CsvFacts::without(Verdict::Failed, chain(f)), None, Some(f)),
+    };
+    let error = csv_failed.map(|f| ErrorFacts { message: format!("vertex CSV: {}", chain(f)), hint: None });
+    Some(Receipt {
+        schema: SCHEMA,
+        version: VERSION,
+        event: "round_trip",
+        role: "server",
+        ok: csv_failed.is_none(),
+        exit_status: if csv_failed.is_some() { crate::error::exit::CSV } else { crate::error::exit::OK },
+        peer,
+        file: FileFacts::of(&o.name, &o.digest),
+        saved: Saved { file: Some(path(&r.output)), csv: csv_saved },
+        data_leg,
+        return_leg,
+        csv,
+        error,
+    })
+}
+
+/// One object as one line of JSON.
+pub fn line<T: Serialize>(value: &T) -> String {
+    // Serialising these types cannot fail: no maps with non-string keys, no failing `Serialize`.
+    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"schema\":\"{SCHEMA}\",\"error\":\"{e}\"}}"))
+}
