@@ -116,6 +116,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400), env = "MACHINAFTP_BUSY_WAIT")]
     pub busy_wait: u64,
 
+    /// Client: keep trying for up to SECS while no server listens at the address yet, or its
+    /// name does not resolve yet (containers or services started together)
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400), env = "MACHINAFTP_WAIT_FOR_SERVER")]
+    pub wait_for_server: u64,
+
     /// Server: cap the data channel's rate, in bytes per second (K, M, G are 1024-based: 10M = 10 MiB/s)
     #[arg(long, value_name = "RATE", value_parser = parse_rate, env = "MACHINAFTP_RATE_LIMIT")]
     pub rate_limit: Option<u64>,
@@ -138,6 +143,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write every vertex of an STL file (binary or ASCII) as `x,y,z` CSV lines with 4 decimals
     Stl2csv(Stl2csvArgs),
+    /// Write the built-in sample mesh (a torus, binary STL, the one `demo` sends) to a file
+    Sample {
+        /// Where to write it (through a temporary file, renamed when complete)
+        #[arg(value_name = "FILE", default_value = "sample.stl")]
+        output: PathBuf,
+    },
     /// Print a shell completion script (e.g. `machinaftp completions bash > /etc/bash_completion.d/machinaftp`)
     Completions {
         /// The shell
@@ -197,6 +208,8 @@ pub enum Invocation {
     Demo(DemoArgs),
     /// The STL to CSV converter.
     Stl2csv(Stl2csvArgs),
+    /// Write the sample mesh here.
+    Sample(PathBuf),
     /// A shell completion script.
     Completions(clap_complete::Shell),
     /// The manual page.
@@ -211,6 +224,7 @@ impl Cli {
             Some(Command::Stl2csv(args)) => return Ok(Invocation::Stl2csv(args)),
             Some(Command::Completions { shell }) => return Ok(Invocation::Completions(shell)),
             Some(Command::Man) => return Ok(Invocation::Man),
+            Some(Command::Sample { output }) => return Ok(Invocation::Sample(output)),
             None => {}
         }
         // These pairs are checked here, not by clap: a variable such as MACHINAFTP_SERVER=0 counts
@@ -261,6 +275,9 @@ impl Cli {
                 if set {
                     return Err(format!("{flag} is a client option; the server's is --csv-output"));
                 }
+            }
+            if self.wait_for_server > 0 {
+                return Err("--wait-for-server is a client option".into());
             }
             let output = self.output.unwrap_or_else(|| default_output(&filename));
             let csv_output = self.csv_output.unwrap_or_else(|| csv_beside(&output));
@@ -329,6 +346,7 @@ impl Cli {
                     zmq_mode: self.zmq_mode,
                     timeout,
                     busy_wait: Duration::from_secs(self.busy_wait),
+                    wait_for_server: Duration::from_secs(self.wait_for_server),
                     csv,
                 },
                 log,

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "machinaftp", out);
             Ok(())
         }),
+        Invocation::Sample(path) => write_sample(&path),
         Invocation::Man => write_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out)),
         Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out(&log))),
         Invocation::Client(cfg, log) => {
@@ -120,6 +121,22 @@ fn write_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Re
         .and_then(|()| out.flush())
         .map(|()| 0)
         .map_err(|source| Error::Output { path: "standard output".into(), source })
+}
+
+/// Writes the built-in sample mesh to `path`, whole or not at all.
+fn write_sample(path: &std::path::Path) -> Result<i32, Error> {
+    let mut staged = machinaftp::files::StagedFile::create(path).map_err(Error::output(path))?;
+    stl::sample::write_torus(std::io::BufWriter::new(staged.file()))
+        .and_then(|()| staged.commit().map(drop))
+        .map_err(Error::output(path))?;
+    let _ = writeln!(
+        std::io::stdout(),
+        "wrote {}: the sample torus, {} facets, {} bytes (binary STL)",
+        path.display(),
+        stl::sample::facet_count(),
+        stl::sample::file_size()
+    );
+    Ok(exit::OK)
 }
 
 fn run_stl2csv(args: &Stl2csvArgs) -> Result<i32, Error> {

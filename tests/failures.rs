@@ -34,6 +34,36 @@ fn no_server_listening() {
     assert_eq!(files_in(b.path()), ["client.log"]);
 }
 
+#[test]
+fn a_client_waits_for_a_server_that_starts_later() {
+    // The port is held by a socket bound (with SO_REUSEADDR, as the server binds) but not
+    // listening: the client's tries are refused until the server itself listens on that port.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    let port = sock.local_addr().unwrap().as_socket().unwrap().port().to_string();
+    let (a, b) = (tempdir(), tempdir());
+    let file = a.path().join("part.bin");
+    write_random(&file, 100_000, 11);
+    let cli = Proc::spawn(
+        b.path(),
+        &["--client", "-f", "part.bin", "-p", &port, "--zmq-port", "0", "--wait-for-server", "60", "-v"],
+    );
+    cli.wait_stderr(|l| l.contains("no server is listening") && l.contains("trying again"));
+    let srv =
+        Proc::spawn(a.path(), &["--server", "-f", file.to_str().unwrap(), "-p", &port, "--zmq-port", "0", "--once"]);
+    let out = cli.finish();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(srv.finish().code(), Some(0));
+    assert!(same_contents(&file, &b.path().join("part.bin")));
+    drop(sock);
+    // Without the option the same situation fails at once (`no_server_listening`), and the
+    // option is the client's only.
+    let out = client(a.path(), &["--server", "-f", "part.bin", "--wait-for-server", "5"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("--wait-for-server is a client option"), "{out:?}");
+}
+
 fn big_file(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("big.bin");
     write_random(&p, 20_000_000, 7);

@@ -56,6 +56,8 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How long to keep trying a server that is busy with a full line.
     pub busy_wait: Duration,
+    /// How long to keep trying while no server listens at the address yet (`--wait-for-server`).
+    pub wait_for_server: Duration,
     /// Where the vertex CSV goes when the file is STL; `None` with `--no-csv`.
     pub csv: Option<PathBuf>,
 }
@@ -65,36 +67,54 @@ const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(8);
 
 /// Runs one round trip against A. A server busy with a full line is tried again, with growing
-/// pauses, for up to `busy_wait`.
+/// pauses, for up to `busy_wait`; a server not listening yet (or whose name does not resolve
+/// yet), for up to `wait_for_server`, with pauses of at most [`SERVER_PAUSE`].
 pub fn run(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> Result<ClientReport> {
     // Find out now, not after the transfer, that the copy or its CSV could not be saved.
     for dest in std::iter::once(&cfg.out).chain(&cfg.csv) {
         check_destination(dest).map_err(Error::output(dest))?;
     }
-    let give_up = Instant::now() + cfg.busy_wait;
+    let started = Instant::now();
     let mut pause = FIRST_PAUSE;
     loop {
-        let busy = match attempt(cfg, shutdown, reporter) {
-            Err(Error::Session { failure, .. }) if matches!(*failure, Failure::Busy { .. }) => failure,
+        let (delay, last) = match attempt(cfg, shutdown, reporter) {
+            Err(Error::Session { failure, .. }) if matches!(*failure, Failure::Busy { .. }) => {
+                // Random spread, so clients turned away together do not all come back together.
+                let mut r = [0u8; 1];
+                let _ = getrandom::fill(&mut r);
+                let delay = pause.mul_f64(0.75 + f64::from(r[0]) / 510.0);
+                pause = (pause * 2).min(MAX_PAUSE);
+                let busy = Error::Session { peer: format!("server {}:{}", cfg.host, cfg.port), failure };
+                if Instant::now() + delay > started + cfg.busy_wait {
+                    return Err(busy);
+                }
+                info!(pause = %units::duration(delay), "{}; trying again", crate::error::chain(&busy));
+                reporter.client(ClientEvent::Retrying(delay));
+                (delay, busy)
+            }
+            Err(e @ (Error::NoServer { .. } | Error::Connect { .. })) if !cfg.wait_for_server.is_zero() => {
+                let delay = pause.min(SERVER_PAUSE);
+                pause = (pause * 2).min(MAX_PAUSE);
+                if Instant::now() + delay > started + cfg.wait_for_server {
+                    return Err(e);
+                }
+                info!(pause = %units::duration(delay), "{}; trying again", crate::error::chain(&e));
+                (delay, e)
+            }
             other => return other,
         };
-        // Random spread, so clients turned away together do not all come back together.
-        let mut r = [0u8; 1];
-        let _ = getrandom::fill(&mut r);
-        let delay = pause.mul_f64(0.75 + f64::from(r[0]) / 510.0);
-        if Instant::now() + delay > give_up {
-            return Err(Error::Session { peer: format!("server {}:{}", cfg.host, cfg.port), failure: busy });
-        }
-        info!(pause = %units::duration(delay), "{busy}; trying again");
-        reporter.client(ClientEvent::Retrying(delay));
         let mut w = [Watch::fd(shutdown.fd(), true, false)];
         let _ = wait(&mut w, Some(Instant::now() + delay));
         if shutdown.is_set() {
+            debug!("stopped while waiting to try again after: {}", crate::error::chain(&last));
             return Err(Error::Interrupted);
         }
-        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
+
+/// The longest pause between tries of a server that is not listening yet: it should be found
+/// soon after it starts.
+const SERVER_PAUSE: Duration = Duration::from_secs(1);
 
 /// One connection's round trip.
 fn attempt(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> Result<ClientReport> {
