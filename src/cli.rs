@@ -93,6 +93,15 @@ pub struct Cli {
     #[arg(short = 'q', long, env = "MACHINAFTP_QUIET", value_parser = FalseyValueParser::new())]
     pub quiet: bool,
 
+    /// Draw a live progress bar per leg on stderr even if it is not a terminal (they are drawn
+    /// by default when it is, unless -q)
+    #[arg(long, env = "MACHINAFTP_PROGRESS", value_parser = FalseyValueParser::new())]
+    pub progress: bool,
+
+    /// Never draw progress bars
+    #[arg(long, env = "MACHINAFTP_NO_PROGRESS", value_parser = FalseyValueParser::new())]
+    pub no_progress: bool,
+
     /// Results as JSON on stdout: one object per round trip (a server prints one per session,
     /// after a `ready` object); the schema is in docs/JSON.md
     #[arg(long, env = "MACHINAFTP_JSON", value_parser = FalseyValueParser::new())]
@@ -195,6 +204,9 @@ pub struct LogConfig {
     pub quiet: bool,
     /// `--json`: results as JSON receipts on stdout.
     pub json: bool,
+    /// Progress bars: `Some(true)` forced by `--progress`, `Some(false)` off (`--no-progress`,
+    /// or `-q`), `None`: drawn if stderr is a terminal.
+    pub progress: Option<bool>,
 }
 
 /// What the command line asks for, validated.
@@ -243,6 +255,9 @@ impl Cli {
         if self.csv.is_some() && self.no_csv {
             return Err("--csv and --no-csv exclude each other".into());
         }
+        if self.progress && self.no_progress {
+            return Err("--progress and --no-progress exclude each other".into());
+        }
         let Some(filename) = self.filename else {
             return Err(format!("--{role} needs -f/--filename"));
         };
@@ -259,6 +274,11 @@ impl Cli {
             verbose,
             quiet: self.quiet,
             json: self.json,
+            progress: match (self.progress, self.no_progress || self.quiet) {
+                (true, _) => Some(true),
+                (false, true) => Some(false),
+                (false, false) => None,
+            },
         };
         let timeout = Duration::from_secs(self.timeout);
         if self.server {

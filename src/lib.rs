@@ -48,6 +48,7 @@ pub mod error;
 pub mod files;
 pub mod integrity;
 pub mod logging;
+pub mod progress;
 pub mod protocol;
 pub mod receipt;
 pub mod report;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use clap::{CommandFactory, Parser};
 use machinaftp::cli::{Cli, Invocation, LogConfig, Stl2csvArgs};
 use machinaftp::error::{Error, chain, exit, is_broken_pipe};
+use machinaftp::progress::Bars;
 use machinaftp::report::Text;
 use machinaftp::shutdown::Shutdown;
 use machinaftp::stl::{self, CsvOptions};
@@ -29,8 +30,13 @@ fn main() -> ExitCode {
     if let Err(e) = shutdown.install_signal_handlers() {
         let _ = writeln!(std::io::stderr(), "machinaftp: warning: cannot install signal handlers: {e}");
     }
-    let out =
-        |log: &LogConfig| Arc::new(if log.json { Text::json(std::io::stdout()) } else { Text::new(std::io::stdout()) });
+    let out = |log: &LogConfig| {
+        let text = if log.json { Text::json(std::io::stdout()) } else { Text::new(std::io::stdout()) };
+        Arc::new(match log.progress {
+            Some(false) => text,
+            forced => text.with_progress(Bars::new(forced == Some(true))),
+        })
+    };
     let outcome = match invocation {
         Invocation::Demo(args) => demo::run(&args, &mut std::io::stdout()),
         Invocation::Stl2csv(args) => run_stl2csv(&args),

@@ -80,6 +80,17 @@ pub enum ClientEvent {
     KeptPartial(std::path::PathBuf),
 }
 
+/// How far a round trip's two legs are, in bytes of the file (both legs run at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// The file's size.
+    pub size: u64,
+    /// Bytes of the data leg so far (held from an earlier attempt included).
+    pub data: u64,
+    /// Bytes of the return leg so far, likewise.
+    pub ret: u64,
+}
+
 /// Where results go. Called from session threads; implementations must not fail loudly (a
 /// closed stdout is the reader's choice, not a reason to stop a transfer).
 pub trait Reporter: Send + Sync {
@@ -87,6 +98,9 @@ pub trait Reporter: Send + Sync {
     fn server(&self, _event: ServerEvent<'_>) {}
     /// The client's events.
     fn client(&self, _event: ClientEvent) {}
+    /// A round trip moved on: `peer` is the client's address on the server, `None` on the
+    /// client. Called often (each turn of a session's loop that moved bytes), so it must be cheap.
+    fn progress(&self, _peer: Option<SocketAddr>, _p: Progress) {}
 }
 
 /// A reporter that says nothing (for tests and embedding).
@@ -113,6 +127,8 @@ pub struct Text<W: std::io::Write + Send> {
     /// `--json`: results are JSON receipts, one line per round trip, instead of text; the legs
     /// seen verified so far, per server session (and under `None` for the client).
     json: Option<std::sync::Mutex<std::collections::HashMap<Option<SocketAddr>, Seen>>>,
+    /// Live progress bars on stderr, if they are on; lines are printed around them.
+    bars: Option<std::sync::Arc<Bars>>,
 }
 
 /// Lines a detached printer holds before it drops new ones.
@@ -134,7 +150,14 @@ impl<W: std::io::Write + Send> Text<W> {
             detached: std::sync::Mutex::new(None),
             notes: std::sync::atomic::AtomicBool::new(true),
             json: None,
+            bars: None,
         }
+    }
+
+    /// Draws progress bars with `bars` (before [`Text::detach`]).
+    pub fn with_progress(mut self, bars: Bars) -> Self {
+        self.bars = Some(std::sync::Arc::new(bars));
+        self
     }
 
     /// JSON receipts to `out` (`--json`; see [`crate::receipt`]).
@@ -142,8 +165,17 @@ impl<W: std::io::Write + Send> Text<W> {
         Text { json: Some(std::sync::Mutex::new(std::collections::HashMap::new())), ..Text::new(out) }
     }
 
+    fn end_bars(&self, peer: Option<SocketAddr>) {
+        if let Some(bars) = &self.bars {
+            bars.end(peer);
+        }
+    }
+
     /// Records that a leg was verified; `true` if results are JSON (so no text line is due).
     fn seen(&self, peer: Option<SocketAddr>, leg: Leg) -> bool {
+        if let Some(bars) = &self.bars {
+            bars.leg_done(peer, leg);
+        }
         let Some(json) = &self.json else { return false };
         let mut seen = json.lock().unwrap_or_else(|p| p.into_inner());
         let s = seen.entry(peer).or_default();
@@ -182,7 +214,7 @@ impl<W: std::io::Write + Send> Text<W> {
             return;
         }
         drop(detached);
-        write_line(&self.out, line);
+        write_line(&self.out, line, self.bars.as_deref());
     }
 
     /// From now on, lines are written by a thread of their own (see the type's documentation).
@@ -194,14 +226,16 @@ impl<W: std::io::Write + Send> Text<W> {
         let (done_tx, done) = std::sync::mpsc::channel::<()>();
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (out, lost) = (std::sync::Arc::clone(&self.out), std::sync::Arc::clone(&dropped));
+        let bars = self.bars.clone();
         let spawned = std::thread::Builder::new().name("printer".into()).spawn(move || {
             let _done = done_tx;
             for line in rx {
                 let n = lost.swap(0, std::sync::atomic::Ordering::Relaxed);
                 if n > 0 {
-                    write_line(&out, &format!("({n} lines dropped here: standard output was not being read)"));
+                    let note = format!("({n} lines dropped here: standard output was not being read)");
+                    write_line(&out, &note, bars.as_deref());
                 }
-                write_line(&out, &line);
+                write_line(&out, &line, bars.as_deref());
             }
         });
         if spawned.is_ok() {
@@ -221,6 +255,7 @@ impl<W: std::io::Write + Send> Text<W> {
     /// The client's final line when the round trip failed with `e`: a JSON receipt under
     /// `--json`; nothing in text, where the error goes to stderr.
     pub fn client_failed(&self, server: &str, output: &std::path::Path, e: &Error) {
+        self.end_bars(None);
         if self.json.is_some() {
             self.line(&receipt::line(&receipt::client_failed(server, output, e, self.take_seen(None))));
         }
@@ -229,6 +264,7 @@ impl<W: std::io::Write + Send> Text<W> {
     /// The client's final line.
     pub fn client_done(&self, r: &ClientReport) {
         use crate::session::CsvReturned;
+        self.end_bars(None);
         if self.json.is_some() {
             self.take_seen(None);
             return self.line(&receipt::line(&receipt::client_ok(r)));
@@ -250,13 +286,21 @@ impl<W: std::io::Write + Send> Text<W> {
     }
 }
 
+use crate::progress::Bars;
 use crate::receipt::{self, Seen};
 use crate::session::Leg;
 use crate::units;
 
-fn write_line<W: std::io::Write>(out: &std::sync::Mutex<W>, line: &str) {
-    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+fn write_line<W: std::io::Write>(out: &std::sync::Mutex<W>, line: &str, bars: Option<&Bars>) {
+    let write = || {
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    };
+    match bars {
+        // Bars on the terminal that stdout may share: the line goes above them.
+        Some(bars) => bars.suspend(write),
+        None => write(),
+    }
 }
 
 /// The checksums and each leg's time and rate (of what travelled: after a resume, the rest), as
@@ -290,7 +334,16 @@ fn proof(
 }
 
 impl<W: std::io::Write + Send> Reporter for Text<W> {
+    fn progress(&self, peer: Option<SocketAddr>, p: Progress) {
+        if let Some(bars) = &self.bars {
+            bars.update(peer, p);
+        }
+    }
+
     fn server(&self, event: ServerEvent<'_>) {
+        if let ServerEvent::SessionEnded(r) = &event {
+            self.end_bars(Some(r.peer));
+        }
         match event {
             ServerEvent::DataLegDone { peer } if !self.seen(Some(peer), Leg::Data) => self.line("Done! - TX"),
             ServerEvent::ReturnLegDone { peer } if !self.seen(Some(peer), Leg::Return) => self.line("Done! - RX"),
@@ -330,7 +383,11 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
         let notes = self.notes.load(std::sync::atomic::Ordering::Relaxed);
         let note = |line: String| {
             if notes {
-                let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+                let write = || std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+                let _ = match &self.bars {
+                    Some(bars) => bars.suspend(write),
+                    None => write(),
+                };
             }
         };
         match event {

@@ -405,3 +405,47 @@ fn json_receipts_of_failed_round_trips() {
     assert!(r["error"]["hint"].as_str().unwrap().contains("start the server first"), "{r}");
     assert!(!b.path().join("other.stl").exists());
 }
+
+/// Runs a client in `dir` with `args` under `script(1)`, so that its stderr is a terminal, and
+/// returns everything the terminal showed.
+fn client_on_a_terminal(dir: &std::path::Path, args: &[&str]) -> Finished {
+    let cmd = std::iter::once(bin()).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+    Proc::spawn_program("script", dir, &["-qfec", &cmd, "/dev/null"]).finish()
+}
+
+#[test]
+fn progress_bars_on_a_terminal_only_unless_asked() {
+    let (a, b) = (tempdir(), tempdir());
+    let file = a.path().join("part.bin");
+    write_random(&file, 3_000_000, 5);
+    let bar = |s: &str| s.contains("receiving") && s.contains("sending back") && s.contains(" left");
+    // stderr a pipe: no bars.
+    let srv = Server::start(a.path(), &file, &[]);
+    let out = client(b.path(), &srv.client_args("plain.bin"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(!bar(&out.stderr) && !out.stderr.contains('\x1b'), "{out:?}");
+    // --progress draws them on a pipe too, and stdout keeps only its lines.
+    let mut args = srv.client_args("forced.bin");
+    args.push("--progress");
+    let out = client(b.path(), &args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(bar(&out.stderr), "{out:?}");
+    assert!(!bar(&out.stdout) && out.stdout.contains("verified: forced.bin"), "{out:?}");
+    // A terminal gets them by default; -q and --no-progress turn them off.
+    let mut args = srv.client_args("tty.bin");
+    let out = client_on_a_terminal(b.path(), &args);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(bar(&out.stdout) && out.stdout.contains("verified: tty.bin"), "{out:?}");
+    for off in ["-q", "--no-progress"] {
+        args = srv.client_args("quiet.bin");
+        args.push(off);
+        let out = client_on_a_terminal(b.path(), &args);
+        assert_eq!(out.code(), Some(0), "{off}: {out:?}");
+        assert!(!bar(&out.stdout) && out.stdout.contains("verified: quiet.bin"), "{off}: {out:?}");
+    }
+    for f in ["plain.bin", "forced.bin", "tty.bin", "quiet.bin"] {
+        assert!(same_contents(&file, &b.path().join(f)), "{f}");
+    }
+    let out = client(b.path(), &["--client", "-f", "x.bin", "--progress", "--no-progress"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+}

@@ -20,7 +20,7 @@ use crate::files::{
 use crate::protocol::data::DataMsg;
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{Token, VERSION, hex};
-use crate::report::{ClientEvent, ClientReport, Reporter};
+use crate::report::{ClientEvent, ClientReport, Progress, Reporter};
 use crate::session::{
     ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvFailure, CsvReturned, Failure,
     LocalFailure, Milestone, PENDING_FRAMES,
@@ -153,6 +153,7 @@ fn attempt(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> 
         csv_ready: None,
         csv_wanted: false,
         csv_file: None,
+        progress: Progress::default(),
         done: None,
     };
     let result = driver.run();
@@ -199,6 +200,8 @@ struct Driver<'a> {
     csv_wanted: bool,
     /// The landed CSV, read from to send it.
     csv_file: Option<File>,
+    /// How far the round trip was last reported.
+    progress: Progress,
     done: Option<std::result::Result<ClientOutcome, Failure>>,
 }
 
@@ -238,6 +241,10 @@ impl Driver<'_> {
             if self.machine.poll_timeout().is_some_and(|t| now >= t) {
                 self.machine.handle_timeout(now);
                 self.act();
+            }
+            if let Some(p) = self.machine.progress().filter(|p| *p != self.progress) {
+                self.progress = p;
+                self.reporter.progress(None, p);
             }
         }
         // The session's last frames (a verdict, an Abort, Bye) still go out, briefly.

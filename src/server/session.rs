@@ -15,7 +15,7 @@ use crate::files::{PrefixRead, StagedFile, first_difference, prune_partials, rea
 use crate::protocol::data::DataMsg;
 use crate::protocol::hex;
 use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream, frame_size};
-use crate::report::{ServerEvent, ServerSessionReport};
+use crate::report::{Progress, ServerEvent, ServerSessionReport};
 use crate::session::{
     ByteRange, Failure, LocalFailure, Milestone, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession,
     WINDOW_V2,
@@ -76,6 +76,8 @@ pub(super) fn serve(
                 partial: None,
                 waker,
                 greeted,
+                peer,
+                progress: Progress::default(),
                 done: None,
             };
             d.run(hello)
@@ -151,6 +153,9 @@ struct Driver<'a> {
     partial: Option<StagedFile>,
     waker: Waker,
     greeted: &'a AtomicBool,
+    /// The client's address, and how far its round trip was last reported.
+    peer: SocketAddr,
+    progress: Progress,
     done: Option<Result<ServerOutcome, Failure>>,
 }
 
@@ -192,6 +197,10 @@ impl Driver<'_> {
             if self.machine.poll_timeout().is_some_and(|t| now >= t) {
                 self.machine.handle_timeout(now);
                 self.act(None);
+            }
+            if let Some(p) = self.machine.progress().filter(|p| *p != self.progress) {
+                self.progress = p;
+                self.shared.reporter.progress(Some(self.peer), p);
             }
         }
         // The session's last frames (a verdict, an Abort) still go out, briefly, even when the

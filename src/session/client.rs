@@ -311,6 +311,17 @@ impl ClientSession {
         super::streams::frame_len(frame_size(VERSION), size, offset)
     }
 
+    /// How far the file's two legs are, while it travels.
+    pub fn progress(&self) -> Option<crate::report::Progress> {
+        match &self.state {
+            // Until A's verdict: a small file may arrive and go back within one turn of the loop.
+            State::Transfer(t) | State::FileResult(t) => {
+                Some(crate::report::Progress { size: t.out.size, data: t.hasher.size(), ret: t.out.sent })
+            }
+            _ => None,
+        }
+    }
+
     /// Where the session is, for messages.
     pub fn phase(&self) -> Phase {
         match &self.state {

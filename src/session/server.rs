@@ -357,6 +357,18 @@ impl ServerSession {
         self.data_open && !self.is_done()
     }
 
+    /// How far the file's two legs are, while it travels.
+    pub fn progress(&self) -> Option<crate::report::Progress> {
+        match &self.state {
+            State::Transfer(t) => Some(crate::report::Progress {
+                size: t.size,
+                data: t.sent,
+                ret: t.ret.as_ref().map_or(0, Incoming::received),
+            }),
+            _ => None,
+        }
+    }
+
     /// Where the session is, for messages.
     pub fn phase(&self) -> Phase {
         match &self.state {
