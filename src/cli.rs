@@ -102,6 +102,11 @@ pub struct Cli {
     #[arg(long, env = "MACHINAFTP_NO_PROGRESS", value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
 
+    /// The wire protocol: machinaftp's own, or the Python version's (to work with its server or
+    /// client; its return channel port is 8091 unless --zmq-port says otherwise)
+    #[arg(long, value_enum, default_value_t = WireProtocol::Machinaftp, value_name = "PROTOCOL", env = "MACHINAFTP_PROTOCOL")]
+    pub protocol: WireProtocol,
+
     /// Results as JSON on stdout: one object per round trip (a server prints one per session,
     /// after a `ready` object); the schema is in docs/JSON.md
     #[arg(long, env = "MACHINAFTP_JSON", value_parser = FalseyValueParser::new())]
@@ -143,6 +148,15 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         0 => Err("the rate must be more than 0".into()),
         n => Ok(n),
     }
+}
+
+/// Which wire protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireProtocol {
+    /// machinaftp's own (docs/PROTOCOL.md): framed, verified both ways, resumable.
+    Machinaftp,
+    /// The Python version's: a JSON preamble and raw bytes over TCP, frames over ZeroMQ.
+    Python,
 }
 
 /// Subcommands besides the server and client roles.
@@ -216,6 +230,10 @@ pub enum Invocation {
     Server(ServerConfig, LogConfig),
     /// Process B.
     Client(ClientConfig, LogConfig),
+    /// Process A speaking the Python version's protocol.
+    PythonServer(ServerConfig, LogConfig),
+    /// Process B speaking the Python version's protocol.
+    PythonClient(ClientConfig, LogConfig),
     /// The loopback demo.
     Demo(DemoArgs),
     /// The STL to CSV converter.
@@ -281,6 +299,20 @@ impl Cli {
             },
         };
         let timeout = Duration::from_secs(self.timeout);
+        let python = self.protocol == WireProtocol::Python;
+        if python {
+            for (set, flag, why) in [
+                (self.json, "--json", "its receipts describe machinaftp's own round trip"),
+                (self.zmq_mode != ZmqMode::Auto, "--zmq-mode", "the Python version's client always binds"),
+                (self.csv_output.is_some(), "--csv-output", "no CSV comes back in that protocol"),
+                (self.rate_limit.is_some(), "--rate-limit", "it is not implemented for that protocol"),
+                (self.wait_for_server > 0, "--wait-for-server", "it is not implemented for that protocol"),
+            ] {
+                if set {
+                    return Err(format!("{flag} does not go with --protocol python: {why}"));
+                }
+            }
+        }
         if self.server {
             if self.once && self.serve {
                 return Err("--once and --serve exclude each other".into());
@@ -304,7 +336,8 @@ impl Cli {
             if csv_output == output {
                 return Err("--csv-output must differ from --output".into());
             }
-            Ok(Invocation::Server(
+            let server = if python { Invocation::PythonServer } else { Invocation::Server };
+            Ok(server(
                 ServerConfig {
                     file: filename,
                     host: self.host,
@@ -344,6 +377,7 @@ impl Cli {
             }
             let zmq_port = match self.zmq_port {
                 Some(p) => p,
+                None if python => crate::python::ZMQ_PORT,
                 None => self
                     .port
                     .checked_add(1)
@@ -357,7 +391,8 @@ impl Cli {
             if csv.as_ref() == Some(&filename) {
                 return Err("--csv must differ from -f/--filename".into());
             }
-            Ok(Invocation::Client(
+            let client = if python { Invocation::PythonClient } else { Invocation::Client };
+            Ok(client(
                 ClientConfig {
                     out: filename,
                     host: self.host,

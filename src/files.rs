@@ -194,7 +194,8 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-fn file_name(path: &Path) -> String {
+/// The last component of `path`, or nothing.
+pub fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 

@@ -50,6 +50,7 @@ pub mod integrity;
 pub mod logging;
 pub mod progress;
 pub mod protocol;
+pub mod python;
 pub mod receipt;
 pub mod report;
 pub mod server;

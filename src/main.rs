@@ -11,9 +11,10 @@ use machinaftp::cli::{Cli, Invocation, LogConfig, Stl2csvArgs};
 use machinaftp::error::{Error, chain, exit, is_broken_pipe};
 use machinaftp::progress::Bars;
 use machinaftp::report::Text;
+use machinaftp::report::{ClientReport, Reporter};
 use machinaftp::shutdown::Shutdown;
 use machinaftp::stl::{self, CsvOptions};
-use machinaftp::{client, demo, logging, server};
+use machinaftp::{client, demo, logging, python, server};
 
 type Stdout = Text<std::io::Stdout>;
 
@@ -50,7 +51,13 @@ fn main() -> ExitCode {
         Invocation::Client(cfg, log) => {
             let out = out(&log);
             out.set_notes(!log.quiet);
-            with_logging(&log, || run_client(&cfg, &shutdown, &out))
+            with_logging(&log, || run_client(&cfg, &shutdown, &out, client::run))
+        }
+        Invocation::PythonServer(cfg, log) => with_logging(&log, || run_python_server(&cfg, &shutdown, out(&log))),
+        Invocation::PythonClient(cfg, log) => {
+            let out = out(&log);
+            out.set_notes(!log.quiet);
+            with_logging(&log, || run_client(&cfg, &shutdown, &out, python::fetch))
         }
     };
     match outcome {
@@ -107,8 +114,25 @@ fn run_server(cfg: server::ServerConfig, shutdown: &Shutdown, out: Arc<Stdout>) 
     Ok(exit::OK)
 }
 
-fn run_client(cfg: &client::ClientConfig, shutdown: &Shutdown, out: &Arc<Stdout>) -> Result<i32, Error> {
-    match client::run(cfg, shutdown, out.as_ref()) {
+/// A server speaking the Python version's protocol: one client at a time.
+fn run_python_server(cfg: &server::ServerConfig, shutdown: &Shutdown, out: Arc<Stdout>) -> Result<i32, Error> {
+    let result = python::serve(cfg, shutdown, Arc::clone(&out) as _, |tcp, zmq| {
+        out.ready(tcp, zmq);
+        out.detach();
+    });
+    out.finish(std::time::Duration::from_secs(2));
+    result.map(|()| exit::OK)
+}
+
+type RoundTrip = fn(&client::ClientConfig, &Shutdown, &dyn Reporter) -> Result<ClientReport, Error>;
+
+fn run_client(
+    cfg: &client::ClientConfig,
+    shutdown: &Shutdown,
+    out: &Arc<Stdout>,
+    run: RoundTrip,
+) -> Result<i32, Error> {
+    match run(cfg, shutdown, out.as_ref()) {
         Ok(report) => {
             out.client_done(&report);
             Ok(exit::OK)

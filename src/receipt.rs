@@ -98,6 +98,10 @@ enum Verdict {
     Failed,
     NotFinished,
     NotMade,
+    /// `--protocol python`: the return leg went, and the Python server says nothing back.
+    SentUnconfirmed,
+    /// `--protocol python`: the CSV was made but stays with B.
+    WrittenLocally,
 }
 
 #[derive(Debug, Serialize)]
@@ -218,7 +222,20 @@ pub fn client_ok(r: &ClientReport) -> Receipt {
             blake3: None,
         },
         CsvReturned::NotMade(why) => CsvFacts::without(Verdict::NotMade, why.clone()),
+        CsvReturned::Local { size, rows } => CsvFacts {
+            verdict: Verdict::WrittenLocally,
+            reason: Some("the Python version's protocol does not carry the CSV back".into()),
+            size: Some(*size),
+            rows: Some(*rows),
+            crc32: None,
+            blake3: None,
+        },
     };
+    let mut return_leg = return_leg;
+    if !r.return_confirmed {
+        return_leg.verdict = Verdict::SentUnconfirmed;
+        return_leg.reason = Some("the Python version's server confirms nothing".into());
+    }
     Receipt {
         schema: SCHEMA,
         version: VERSION,
@@ -230,7 +247,9 @@ pub fn client_ok(r: &ClientReport) -> Receipt {
         file: FileFacts::of(&o.name, &o.digest),
         saved: Saved {
             file: Some(path(&r.output)),
-            csv: matches!(o.csv, CsvReturned::Returned { .. }).then(|| r.csv.as_deref().map(path)).flatten(),
+            csv: matches!(o.csv, CsvReturned::Returned { .. } | CsvReturned::Local { .. })
+                .then(|| r.csv.as_deref().map(path))
+                .flatten(),
         },
         data_leg,
         return_leg,

@@ -36,6 +36,9 @@ pub struct ClientReport {
     pub csv: Option<PathBuf>,
     /// What was proved.
     pub outcome: ClientOutcome,
+    /// Whether the server confirmed the returned copy (its protocol has a verdict); the Python
+    /// version's server confirms nothing.
+    pub return_confirmed: bool,
 }
 
 /// Something the server has to say while it runs.
@@ -276,10 +279,19 @@ impl<W: std::io::Write + Send> Text<W> {
             }
             (CsvReturned::Returned { rows, .. }, None) => format!("CSV ({rows} vertices) returned and verified"),
             (CsvReturned::NotMade(why), _) => format!("no CSV ({why})"),
+            (CsvReturned::Local { rows, .. }, path) => format!(
+                "CSV {}({rows} vertices) written here (the Python version's protocol does not carry it back)",
+                path.as_deref().map(|p| format!("{} ", p.display())).unwrap_or_default()
+            ),
         };
         let proof = proof(&o.digest, o.data_time, o.return_time, o.resumed);
+        let back = if r.return_confirmed {
+            "returned intact to the server"
+        } else {
+            "sent back (the Python version's server confirms nothing: its own Done! - RX says whether it matched)"
+        };
         self.line(&format!(
-            "verified: {} ({}) received intact and returned intact to the server, {proof}; {csv}",
+            "verified: {} ({}) received intact and {back}, {proof}; {csv}",
             r.output.display(),
             units::bytes(o.digest.size),
         ));

@@ -164,7 +164,7 @@ fn attempt(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> 
     match result {
         Ok(outcome) => {
             let csv = matches!(outcome.csv, CsvReturned::Returned { .. }).then(|| cfg.csv.clone()).flatten();
-            Ok(ClientReport { server: addr, output: cfg.out.clone(), csv, outcome })
+            Ok(ClientReport { server: addr, output: cfg.out.clone(), csv, outcome, return_confirmed: true })
         }
         Err(failure) => Err(Error::Session { peer: format!("server {addr}"), failure: Box::new(failure) }),
     }

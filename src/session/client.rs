@@ -164,6 +164,13 @@ pub enum CsvReturned {
     },
     /// Not made, and not expected: the file is not STL, or CSVs are off.
     NotMade(String),
+    /// Made and kept here, not returned: the Python version's protocol carries no CSV.
+    Local {
+        /// Its size.
+        size: u64,
+        /// Vertex lines.
+        rows: u64,
+    },
 }
 
 #[derive(Debug)]

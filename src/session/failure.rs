@@ -358,6 +358,14 @@ pub enum Failure {
         /// What it did.
         violation: Violation,
     },
+    /// The peer broke the Python version's protocol (`--protocol python`).
+    #[error("{during}: the peer does not follow the Python version's protocol: {what}")]
+    Python {
+        /// When.
+        during: Phase,
+        /// What it did.
+        what: String,
+    },
     /// What answered on the data port is not a machinaftp server.
     #[error(
         "this is not a machinaftp server ({}); check -p (the data port, not --zmq-port)",

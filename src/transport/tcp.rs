@@ -285,11 +285,16 @@ pub enum ConnectError {
 /// Connects to `addr` (`host:port`), trying each address it resolves to within `timeout`, and
 /// giving up at once when `stop` is set.
 pub fn connect(addr: &str, timeout: Duration, stop: &Shutdown) -> Result<DataConn, ConnectError> {
+    Ok(DataConn::new(connect_stream(addr, timeout, stop)?)?)
+}
+
+/// [`connect`], for a plain (nonblocking) stream.
+pub fn connect_stream(addr: &str, timeout: Duration, stop: &Shutdown) -> Result<TcpStream, ConnectError> {
     let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
     let mut last = ConnectError::Io(io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address"));
     for a in addrs {
         match connect_one(a, timeout, stop) {
-            Ok(stream) => return Ok(DataConn::new(stream)?),
+            Ok(stream) => return Ok(stream),
             Err(ConnectError::Interrupted) => return Err(ConnectError::Interrupted),
             Err(e) => last = e,
         }
