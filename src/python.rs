@@ -96,8 +96,8 @@ impl Preamble {
     }
 }
 
-fn violation(during: Phase, what: impl Into<String>) -> Failure {
-    Failure::Python { during, what: what.into() }
+fn violation(during: Phase, what: impl std::fmt::Display) -> Failure {
+    Failure::Python { during, what: format!("the peer does not follow the Python version's protocol: {what}") }
 }
 
 /// A nonblocking TCP stream whose every wait is bounded by the idle timeout and ends early when
@@ -171,7 +171,7 @@ fn is_reset(e: &io::Error) -> bool {
 
 /// A socket error other than the peer closing: the network's or the system's.
 fn local_io(during: Phase, source: io::Error) -> Failure {
-    violation(during, format!("socket error: {source}"))
+    Failure::Python { during, what: format!("socket error: {source}") }
 }
 
 /// A ZeroMQ socket's waits, bounded like [`Conn`]'s.

@@ -358,8 +358,8 @@ pub enum Failure {
         /// What it did.
         violation: Violation,
     },
-    /// The peer broke the Python version's protocol (`--protocol python`).
-    #[error("{during}: the peer does not follow the Python version's protocol: {what}")]
+    /// `--protocol python`: the peer broke that protocol, or the connection failed.
+    #[error("{during}: {what}")]
     Python {
         /// When.
         during: Phase,
