@@ -68,7 +68,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(8);
 
 /// Runs one round trip against A. A server busy with a full line is tried again, with growing
 /// pauses, for up to `busy_wait`; a server not listening yet (or whose name does not resolve
-/// yet), for up to `wait_for_server`, with pauses of at most [`SERVER_PAUSE`].
+/// yet), for up to `wait_for_server`, with pauses of at most a second.
 pub fn run(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> Result<ClientReport> {
     // Find out now, not after the transfer, that the copy or its CSV could not be saved.
     for dest in std::iter::once(&cfg.out).chain(&cfg.csv) {
