@@ -33,9 +33,10 @@ fn main() -> ExitCode {
     }
     let out = |log: &LogConfig| {
         let text = if log.json { Text::json(std::io::stdout()) } else { Text::new(std::io::stdout()) };
-        Arc::new(match log.progress {
-            Some(false) => text,
-            forced => text.with_progress(Bars::new(forced == Some(true))),
+        let bars = log.progress.unwrap_or(true).then(|| Bars::new(log.progress == Some(true))).flatten();
+        Arc::new(match bars {
+            Some(bars) => text.with_progress(bars),
+            None => text,
         })
     };
     let outcome = match invocation {

@@ -22,6 +22,9 @@ pub struct Bars {
     multi: MultiProgress,
     style: ProgressStyle,
     rounds: Mutex<HashMap<Option<SocketAddr>, [ProgressBar; 2]>>,
+    /// Whether stdout is a terminal (so, likely the one the bars are on): only then do lines
+    /// printed there need the bars out of the way.
+    stdout_terminal: bool,
 }
 
 impl std::fmt::Debug for Bars {
@@ -31,19 +34,24 @@ impl std::fmt::Debug for Bars {
 }
 
 impl Bars {
-    /// Bars on stderr: only if it is a terminal, unless `forced` (`--progress`), in which case
-    /// they are drawn whatever stderr is.
-    pub fn new(forced: bool) -> Bars {
-        let target = if forced {
-            ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::buffered_stderr()), REDRAWS)
-        } else {
-            ProgressDrawTarget::stderr_with_hz(REDRAWS)
-        };
+    /// Bars on stderr: `None` if it is not a terminal, unless `forced` (`--progress`), in which
+    /// case they are drawn whatever stderr is.
+    pub fn new(forced: bool) -> Option<Bars> {
+        use std::io::IsTerminal;
+        if !forced && !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let target = ProgressDrawTarget::term_like_with_hz(Box::new(console::Term::buffered_stderr()), REDRAWS);
         // The template is a constant: it parses, as the unit test shows.
         let style = ProgressStyle::with_template(TEMPLATE)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
-        Bars { multi: MultiProgress::with_draw_target(target), style, rounds: Mutex::new(HashMap::new()) }
+        Some(Bars {
+            multi: MultiProgress::with_draw_target(target),
+            style,
+            rounds: Mutex::new(HashMap::new()),
+            stdout_terminal: std::io::stdout().is_terminal(),
+        })
     }
 
     /// Moves the bars of `peer`'s round trip (the client's own: `None`), making them first.
@@ -85,7 +93,15 @@ impl Bars {
         }
     }
 
-    /// Runs `f` (which prints) with the bars out of the way, then draws them again.
+    /// Runs `f` (which prints on stdout) with the bars out of the way, then draws them again.
+    /// Only when stdout is a terminal: the bars' lock is held meanwhile, and a pipe that nobody
+    /// reads must not stall the sessions that move the bars (a server's printer thread may block
+    /// on it for ever).
+    pub fn around_stdout<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.stdout_terminal { self.multi.suspend(f) } else { f() }
+    }
+
+    /// Runs `f` (which prints on stderr, beside the bars) with the bars out of the way.
     pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
         self.multi.suspend(f)
     }

@@ -310,7 +310,7 @@ fn write_line<W: std::io::Write>(out: &std::sync::Mutex<W>, line: &str, bars: Op
     };
     match bars {
         // Bars on the terminal that stdout may share: the line goes above them.
-        Some(bars) => bars.suspend(write),
+        Some(bars) => bars.around_stdout(write),
         None => write(),
     }
 }
