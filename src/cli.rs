@@ -166,7 +166,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write every vertex of an STL file (binary or ASCII) as `x,y,z` CSV lines with 4 decimals
     Stl2csv(Stl2csvArgs),
-    /// Write the built-in sample mesh (a torus, binary STL, the one `demo` sends) to a file
+    /// Write the built-in sample mesh (a torus, binary STL, the one `demo` sends) to a new file
     Sample {
         /// Where to write it (through a temporary file, renamed when complete)
         #[arg(value_name = "FILE", default_value = "sample.stl")]

@@ -50,7 +50,8 @@ impl StagedFile {
             .prefix(&format!(".{}.", file_name(dest)))
             .suffix(".part")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(dir)?
+            .tempfile_in(dir)
+            .map_err(without_temp_path)?
             .keep()
             .map_err(|e| e.error)?;
         Ok(StagedFile { file, path, dest: dest.to_path_buf(), fate: Fate::Remove })
@@ -191,6 +192,18 @@ fn same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), std::fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
+    }
+}
+
+/// tempfile's errors name the temporary file (`... at path "/dir/.x.stl.AbC123.part"`), which
+/// the user never asked for and which does not exist: the error itself, without it.
+fn without_temp_path(e: io::Error) -> io::Error {
+    // Its wrapper hides the OS error's code (its `source` is the OS error's, none), so the words
+    // are all there is: tempfile writes them as "{error} at path {path:?}".
+    let text = e.to_string();
+    match text.rsplit_once(" at path \"") {
+        Some((error, _)) => io::Error::new(e.kind(), error.to_owned()),
+        None => e,
     }
 }
 

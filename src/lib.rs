@@ -53,6 +53,7 @@ pub mod protocol;
 pub mod python;
 pub mod receipt;
 pub mod report;
+pub mod secure;
 pub mod server;
 pub mod session;
 pub mod shutdown;

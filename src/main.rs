@@ -156,6 +156,10 @@ fn write_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Re
 
 /// Writes the built-in sample mesh to `path`, whole or not at all.
 fn write_sample(path: &std::path::Path) -> Result<i32, Error> {
+    // A sample is never worth a file someone already has under that name.
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(Error::Usage(format!("{} already exists; remove it or name another file", path.display())));
+    }
     let mut staged = machinaftp::files::StagedFile::create(path).map_err(Error::output(path))?;
     stl::sample::write_torus(std::io::BufWriter::new(staged.file()))
         .and_then(|()| staged.commit().map(drop))

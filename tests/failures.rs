@@ -64,6 +64,26 @@ fn a_client_waits_for_a_server_that_starts_later() {
     assert!(out.stderr.contains("--wait-for-server is a client option"), "{out:?}");
 }
 
+#[test]
+fn a_return_port_in_use_is_named_as_the_cause() {
+    // A --remotehost server connects to the client's return port; the client cannot bind it
+    // because something else listens there. The client names that, not the server's refusal.
+    let a = tempdir();
+    let file = a.path().join("part.bin");
+    write_random(&file, 10_000, 12);
+    let srv = Server::start(a.path(), &file, &["--once", "--remotehost", "127.0.0.1"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let b = tempdir();
+    let out = client(b.path(), &["--client", "-f", "part.bin", "-p", &srv.tcp_port, "--zmq-port", &port]);
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains(&format!("cannot bind tcp://*:{port}")), "{out:?}");
+    assert!(out.stderr.contains("Address already in use") && out.stderr.contains("--zmq-port"), "{out:?}");
+    // Said once on the console, not again as a log warning.
+    assert_eq!(out.stderr.matches("cannot bind").count(), 1, "{out:?}");
+    drop(srv);
+}
+
 fn big_file(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("big.bin");
     write_random(&p, 20_000_000, 7);

@@ -39,6 +39,8 @@ fn reserved_port() -> (socket2::Socket, String) {
 fn sample(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (stl, csv) = (dir.join("sample.stl"), dir.join("sample.csv"));
     assert_eq!(client(dir, &["sample", stl.to_str().unwrap()]).code(), Some(0));
+    let again = client(dir, &["sample", stl.to_str().unwrap()]);
+    assert!(again.code() == Some(2) && again.stderr.contains("already exists"), "{again:?}");
     assert_eq!(client(dir, &["stl2csv", stl.to_str().unwrap(), "-o", csv.to_str().unwrap()]).code(), Some(0));
     (stl, csv)
 }

@@ -11,7 +11,7 @@ use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, info, info_span};
 
 use crate::error::{Error, Result};
 use crate::files::{
@@ -23,7 +23,7 @@ use crate::protocol::{Token, VERSION, hex};
 use crate::report::{ClientEvent, ClientReport, Progress, Reporter};
 use crate::session::{
     ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvFailure, CsvReturned, Failure,
-    LocalFailure, Milestone, PENDING_FRAMES,
+    LocalFailure, Milestone, PENDING_FRAMES, Phase,
 };
 use crate::shutdown::Shutdown;
 use crate::transport::poll::{Watch, wait};
@@ -533,6 +533,20 @@ impl Driver<'_> {
                     self.conn.close();
                 }
                 ClientAction::Finish(result) => {
+                    // A --remotehost server refuses a client that bound no return port; why it
+                    // bound none is known only here, and is the cause worth telling.
+                    let result = match (result, self.ret.bind_error()) {
+                        (Err(Failure::Refused { during: Phase::Handshake, reason }), Some(why))
+                            if reason.contains("bound none") =>
+                        {
+                            Err(Failure::Local(LocalFailure::ReturnChannel {
+                                wiring: "the server runs with --remotehost and connects to this client's return port"
+                                    .into(),
+                                source: io::Error::other(format!("{why}; free it, or choose another with --zmq-port")),
+                            }))
+                        }
+                        (result, _) => result,
+                    };
                     if let Err(f) = &result
                         && f.resumable()
                         && let Some(staged) = &mut self.staged
@@ -548,7 +562,8 @@ impl Driver<'_> {
                         ),
                         // A busy server is tried again: the retry's log line says so, once.
                         Err(f @ Failure::Busy { .. }) => info!("{}", f.chain()),
-                        Err(f) => warn!("session failed: {}", f.chain()),
+                        // On the console the error is shown once, by main; the log keeps it here.
+                        Err(f) => info!("session failed: {}", f.chain()),
                     }
                     self.done = Some(result);
                 }

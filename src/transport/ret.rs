@@ -283,6 +283,11 @@ impl ReturnChannel {
         Ok(chan)
     }
 
+    /// Why binding the return port failed, if it was tried and failed.
+    pub fn bind_error(&self) -> Option<&str> {
+        self.bind_error.as_deref()
+    }
+
     /// The port our DEALER is bound to, if it is bound.
     pub fn bound_port(&self) -> Option<u16> {
         self.bound.as_deref().and_then(port_of_endpoint)
