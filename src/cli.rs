@@ -9,6 +9,7 @@ use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::ClientConfig;
+use crate::secure::Secret;
 use crate::server::ServerConfig;
 use crate::transport::ret::ZmqMode;
 use crate::units::parse_size;
@@ -102,6 +103,16 @@ pub struct Cli {
     #[arg(long, env = "MACHINAFTP_NO_PROGRESS", value_parser = FalseyValueParser::new())]
     pub no_progress: bool,
 
+    /// A shared secret: the server serves only clients that prove the same one, and both channels
+    /// are encrypted. Visible to other users in the process list: prefer --secret-file or the
+    /// environment variable
+    #[arg(long, value_name = "TEXT", env = "MACHINAFTP_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Read the shared secret from this file (its first line ending is dropped)
+    #[arg(long, value_name = "PATH", env = "MACHINAFTP_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
     /// The wire protocol: machinaftp's own, or the Python version's (to work with its server or
     /// client; its return channel port is 8091 unless --zmq-port says otherwise)
     #[arg(long, value_enum, default_value_t = WireProtocol::Machinaftp, value_name = "PROTOCOL", env = "MACHINAFTP_PROTOCOL")]
@@ -178,6 +189,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print a strong random secret for --secret / --secret-file (130 bits, typable)
+    Keygen,
     /// Print the manual page, in roff (e.g. `machinaftp man > machinaftp.1; man ./machinaftp.1`)
     Man,
 }
@@ -244,6 +257,8 @@ pub enum Invocation {
     Completions(clap_complete::Shell),
     /// The manual page.
     Man,
+    /// A new random secret.
+    Keygen,
 }
 
 impl Cli {
@@ -254,6 +269,7 @@ impl Cli {
             Some(Command::Stl2csv(args)) => return Ok(Invocation::Stl2csv(args)),
             Some(Command::Completions { shell }) => return Ok(Invocation::Completions(shell)),
             Some(Command::Man) => return Ok(Invocation::Man),
+            Some(Command::Keygen) => return Ok(Invocation::Keygen),
             Some(Command::Sample { output }) => return Ok(Invocation::Sample(output)),
             None => {}
         }
@@ -299,7 +315,16 @@ impl Cli {
             },
         };
         let timeout = Duration::from_secs(self.timeout);
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(_), Some(_)) => return Err("--secret and --secret-file exclude each other: give one".into()),
+            (Some(text), None) => Some(Secret::new(text).map_err(|e| format!("--secret: {e}"))?),
+            (None, Some(path)) => Some(Secret::from_file(path).map_err(|e| format!("--secret-file: {e}"))?),
+            (None, None) => None,
+        };
         let python = self.protocol == WireProtocol::Python;
+        if python && secret.is_some() {
+            return Err("--secret does not go with --protocol python: that protocol has no authentication".into());
+        }
         if python {
             for (set, flag, why) in [
                 (self.json, "--json", "its receipts describe machinaftp's own round trip"),
@@ -351,6 +376,7 @@ impl Cli {
                     queue: self.queue as usize,
                     timeout,
                     rate_limit: self.rate_limit,
+                    secret,
                 },
                 log,
             ))
@@ -403,6 +429,7 @@ impl Cli {
                     busy_wait: Duration::from_secs(self.busy_wait),
                     wait_for_server: Duration::from_secs(self.wait_for_server),
                     csv,
+                    secret,
                 },
                 log,
             ))

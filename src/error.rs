@@ -26,6 +26,8 @@ pub mod exit {
     /// The round trip verified, but the STL could not be converted to CSV (or `stl2csv` failed on
     /// its input).
     pub const CSV: i32 = 5;
+    /// The peers do not share the secret: nothing of the file moved.
+    pub const AUTH: i32 = 6;
     /// Interrupted by SIGINT or SIGTERM (128 + 2, the shell's convention for SIGINT).
     pub const INTERRUPTED: i32 = 130;
 }
@@ -194,6 +196,7 @@ fn failure_exit(f: &Failure) -> i32 {
         Failure::Local(LocalFailure::Input { .. } | LocalFailure::SourceChanged { .. }) => exit::USAGE,
         Failure::Local(LocalFailure::Output { .. } | LocalFailure::NoRoom { .. }) => exit::LOCAL_IO,
         Failure::Csv(_) => exit::CSV,
+        Failure::Auth { .. } => exit::AUTH,
         Failure::Interrupted => exit::INTERRUPTED,
         _ => exit::NETWORK,
     }
@@ -207,6 +210,10 @@ fn failure_hint(f: &Failure) -> Option<&'static str> {
         }
         Failure::Timeout { .. } => "the peer stopped responding; check that it is still running, or raise --timeout",
         Failure::Closed { .. } => "the peer went away mid-session; see its log for why",
+        Failure::Auth { .. } => {
+            "give both sides the same secret (--secret, --secret-file or MACHINAFTP_SECRET); `machinaftp keygen` makes \
+             a strong one"
+        }
         Failure::Mismatch { .. } | Failure::PeerMismatch { .. } | Failure::SizeMismatch { .. } => {
             "the bytes were corrupted in transit or on disk; run the transfer again"
         }

@@ -47,6 +47,10 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Invocation::Sample(path) => write_sample(&path),
+        Invocation::Keygen => match machinaftp::secure::Secret::generate() {
+            Ok(s) => write_stdout(|out| writeln!(out, "{s}")),
+            Err(e) => Err(Error::Usage(format!("no randomness for a secret: {e}"))),
+        },
         Invocation::Man => write_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out)),
         Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out(&log))),
         Invocation::Client(cfg, log) => {

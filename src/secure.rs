@@ -205,9 +205,31 @@ pub struct ServerReply {
     pub msg: [u8; PAKE_MSG_LEN],
     /// A's confirmation, for `Welcome`.
     pub confirm: [u8; CONFIRM_LEN],
-    keys: SessionKeys,
+    /// The session's keys. The return channel may use them at once (only the holder of the
+    /// secret can open what they seal); the data channel only once [`ConfirmCheck::verify`]
+    /// passed, since B's `Confirm` comes on it in the clear.
+    pub keys: SessionKeys,
+    /// Checks B's confirmation.
+    pub check: ConfirmCheck,
+}
+
+/// What A expects in B's `Confirm`.
+pub struct ConfirmCheck {
     expected: hmac::Key,
     transcript: Vec<u8>,
+}
+
+impl fmt::Debug for ConfirmCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfirmCheck(..)")
+    }
+}
+
+impl ConfirmCheck {
+    /// Whether B's tag proves the same secret (compared in constant time).
+    pub fn verify(&self, client_confirm: &[u8]) -> Result<(), AuthError> {
+        hmac::verify(&self.expected, &self.transcript, client_confirm).map_err(|_| AuthError::WrongSecret)
+    }
 }
 
 impl fmt::Debug for ServerReply {
@@ -238,15 +260,8 @@ impl ServerReply {
                 ret_out: Sealer::new(&s.ret_a2b),
                 ret_in: Opener::new(&s.ret_b2a),
             },
-            expected: s.confirm_client,
-            transcript,
+            check: ConfirmCheck { expected: s.confirm_client, transcript },
         })
-    }
-
-    /// Checks B's confirmation (from `Confirm`); the keys only if it holds the same secret.
-    pub fn confirm(self, client_confirm: &[u8]) -> Result<SessionKeys, AuthError> {
-        hmac::verify(&self.expected, &self.transcript, client_confirm).map_err(|_| AuthError::WrongSecret)?;
-        Ok(self.keys)
     }
 }
 
@@ -392,7 +407,8 @@ mod tests {
         let client = ClientHandshake::start(&Secret::new(b).unwrap());
         let reply = ServerReply::respond(&Secret::new(a).unwrap(), &TOKEN, &client.message())?;
         let (ck, confirm) = client.finish(&TOKEN, &reply.msg, &reply.confirm)?;
-        Ok((reply.confirm(&confirm)?, ck))
+        reply.check.verify(&confirm)?;
+        Ok((reply.keys, ck))
     }
 
     #[test]
@@ -424,7 +440,7 @@ mod tests {
         let reply = ServerReply::respond(&Secret::new("castle-7-drun").unwrap(), &TOKEN, &client.message()).unwrap();
         assert_eq!(client.finish(&TOKEN, &reply.msg, &reply.confirm).err(), Some(AuthError::WrongSecret));
         // And a client that lies about its confirmation is refused by the server.
-        assert_eq!(reply.confirm(&[0u8; CONFIRM_LEN]).err(), Some(AuthError::WrongSecret));
+        assert_eq!(reply.check.verify(&[0u8; CONFIRM_LEN]).err(), Some(AuthError::WrongSecret));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use machinaftp::protocol::ret::ReturnMsg;
 fn hold_a_slot(tcp: &str, version: u16) -> TcpStream {
     let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&DataMsg::Hello { version, token: [0x5a; 16], return_port: 0 }.to_bytes()).unwrap();
+    s.write_all(&DataMsg::Hello { version, token: [0x5a; 16], return_port: 0, auth: None }.to_bytes()).unwrap();
     assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { .. }), "the holder is served");
     s
 }
@@ -32,7 +32,9 @@ fn regression_unidentified_connections_hold_no_client_slot() {
         (0..20).map(|_| TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap()).collect();
     // One more that trickles a Hello a byte at a time, never finishing it.
     let mut trickle = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
-    trickle.write_all(&DataMsg::Hello { version: 3, token: [1; 16], return_port: 0 }.to_bytes()[..3]).unwrap();
+    trickle
+        .write_all(&DataMsg::Hello { version: 3, token: [1; 16], return_port: 0, auth: None }.to_bytes()[..3])
+        .unwrap();
     let mut args = srv.client_args("output.stl");
     args.extend_from_slice(&["--busy-wait", "0"]);
     let out = client(b.path(), &args);
@@ -130,7 +132,7 @@ fn an_older_client_beyond_the_limit_is_told_the_server_is_busy() {
     let holder = hold_a_slot(&srv.tcp_port, 3);
     let mut s = TcpStream::connect(format!("127.0.0.1:{}", srv.tcp_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&DataMsg::Hello { version: 2, token: [2; 16], return_port: 0 }.to_bytes()).unwrap();
+    s.write_all(&DataMsg::Hello { version: 2, token: [2; 16], return_port: 0, auth: None }.to_bytes()).unwrap();
     match recv_frame(&mut s) {
         DataMsg::Error { code: ErrorCode::Busy, reason } => assert!(reason.contains("server busy"), "{reason}"),
         other => panic!("expected Busy, got {other:?}"),

@@ -21,6 +21,7 @@ use crate::protocol::data::DataMsg;
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
 use crate::protocol::{Token, VERSION, hex};
 use crate::report::{ClientEvent, ClientReport, Progress, Reporter};
+use crate::secure::{AuthError, ClientHandshake, SessionKeys};
 use crate::session::{
     ClientAction, ClientInput, ClientOutcome, ClientParams, ClientSession, CsvFailure, CsvReturned, Failure,
     LocalFailure, Milestone, PENDING_FRAMES, Phase,
@@ -60,6 +61,8 @@ pub struct ClientConfig {
     pub wait_for_server: Duration,
     /// Where the vertex CSV goes when the file is STL; `None` with `--no-csv`.
     pub csv: Option<PathBuf>,
+    /// The shared secret to prove, and to require of the server.
+    pub secret: Option<crate::secure::Secret>,
 }
 
 /// The first pause before trying a busy server again; it doubles up to [`MAX_PAUSE`].
@@ -132,12 +135,21 @@ fn attempt(cfg: &ClientConfig, shutdown: &Shutdown, reporter: &dyn Reporter) -> 
     })?;
     info!(server = %conn.peer(), "connected to the data channel");
     let now = Instant::now();
-    let params = ClientParams { idle: cfg.timeout, token, return_port: ret.bound_port().unwrap_or(0) };
+    let handshake = cfg.secret.as_ref().map(ClientHandshake::start);
+    let params = ClientParams {
+        idle: cfg.timeout,
+        token,
+        return_port: ret.bound_port().unwrap_or(0),
+        auth: handshake.as_ref().map(ClientHandshake::message),
+    };
     let mut driver = Driver {
         cfg,
         shutdown,
         reporter,
         machine: ClientSession::new(params, now),
+        token,
+        handshake,
+        keys: None,
         conn,
         ret,
         pool: ChunkPool::new(frame_size(VERSION)),
@@ -202,6 +214,11 @@ struct Driver<'a> {
     csv_file: Option<File>,
     /// How far the round trip was last reported.
     progress: Progress,
+    token: Token,
+    /// The secured handshake, until A's half arrives; then the keys, until both channels take
+    /// them.
+    handshake: Option<ClientHandshake>,
+    keys: Option<SessionKeys>,
     done: Option<std::result::Result<ClientOutcome, Failure>>,
 }
 
@@ -267,6 +284,9 @@ impl Driver<'_> {
                     Ok(Some(msg)) => self.feed(now, ClientInput::Data(msg)),
                     Ok(None) => return,
                     Err(TcpError::Decode(e)) => return self.feed(now, ClientInput::DataUndecodable(e)),
+                    Err(TcpError::Forged(e)) => {
+                        return self.feed(now, ClientInput::Forged(format!("data channel: {e}")));
+                    }
                     Err(TcpError::Closed | TcpError::Io(_)) => return self.feed(now, ClientInput::DataClosed),
                 }
                 continue;
@@ -283,6 +303,7 @@ impl Driver<'_> {
             let n = match self.conn.read_raw(&mut space[..want]) {
                 Ok(0) => return,
                 Ok(n) => n,
+                Err(TcpError::Forged(e)) => return self.feed(now, ClientInput::Forged(format!("data channel: {e}"))),
                 Err(_) => return self.feed(now, ClientInput::DataClosed),
             };
             let before = chunk.filled().len();
@@ -329,6 +350,9 @@ impl Driver<'_> {
                     }
                     Err(e) => self.feed(now, ClientInput::RetUndecodable(e)),
                 },
+                Ok(Some(Inbound::Forged(why))) => {
+                    return self.feed(now, ClientInput::Forged(format!("return channel: {why}")));
+                }
                 // Only A's end hears of Hellos and floods.
                 Ok(Some(_)) => {}
                 Ok(None) => return,
@@ -344,7 +368,7 @@ impl Driver<'_> {
         if let Err(e) = self.conn.flush() {
             match e {
                 TcpError::Closed | TcpError::Io(_) => self.feed(now, ClientInput::DataClosed),
-                TcpError::Decode(_) => {}
+                TcpError::Decode(_) | TcpError::Forged(_) => {}
             }
         }
         if let Err(e) = self.ret.flush() {
@@ -411,6 +435,26 @@ impl Driver<'_> {
                 ClientAction::SendRet(msg) => {
                     self.ret.send(&msg);
                     let _ = self.ret.flush();
+                }
+                ClientAction::Authenticate(theirs) => {
+                    let input = match self.handshake.take() {
+                        Some(hs) => match hs.finish(&self.token, &theirs.msg, &theirs.confirm) {
+                            Ok((keys, tag)) => {
+                                self.keys = Some(keys);
+                                ClientInput::Authenticated { tag }
+                            }
+                            Err(e) => ClientInput::AuthRefused(e),
+                        },
+                        None => ClientInput::AuthRefused(AuthError::BadMessage),
+                    };
+                    self.machine.handle(now, input);
+                }
+                ClientAction::Secure => {
+                    if let Some(k) = self.keys.take() {
+                        self.conn.secure(k.data_out, k.data_in);
+                        self.ret.secure(k.ret_out, k.ret_in);
+                        info!("the server proved the secret; both channels are sealed from here on");
+                    }
                 }
                 ClientAction::Wire(topology) => {
                     if let Err(e) = self.ret.use_topology(topology, &self.cfg.host) {

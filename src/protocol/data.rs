@@ -7,6 +7,10 @@
 use super::wire::{DecodeError, Reader, put_str16};
 use super::{MAGIC, Token};
 use crate::integrity::{Digest, MAX_CHUNKS};
+use crate::secure::{CONFIRM_LEN, PAKE_MSG_LEN};
+
+/// The one authentication method (version 5): SPAKE2 over Ed25519, then AES-256-GCM.
+const AUTH_SPAKE2: u8 = 1;
 
 /// Length of a frame header: type byte plus u32 payload length.
 pub const FRAME_HEADER_LEN: usize = 5;
@@ -36,6 +40,15 @@ impl std::fmt::Display for Topology {
     }
 }
 
+/// A's half of the secured handshake, in `Welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WelcomeAuth {
+    /// A's SPAKE2 message.
+    pub msg: [u8; PAKE_MSG_LEN],
+    /// A's key confirmation: proof that it derived the same key.
+    pub confirm: [u8; CONFIRM_LEN],
+}
+
 /// Why one side ended the session early; carried in `Error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -49,6 +62,8 @@ pub enum ErrorCode {
     ReturnChannel = 4,
     /// A local failure (file unreadable, disk full, shutting down...).
     Internal = 5,
+    /// (Version 5) The peer did not prove the shared secret, or a secret is required or refused.
+    Auth = 6,
 }
 
 impl ErrorCode {
@@ -59,6 +74,7 @@ impl ErrorCode {
             3 => ErrorCode::Protocol,
             4 => ErrorCode::ReturnChannel,
             5 => ErrorCode::Internal,
+            6 => ErrorCode::Auth,
             _ => {
                 return Err(DecodeError::BadValue { field: "error code", value: u64::from(v) });
             }
@@ -69,10 +85,15 @@ impl ErrorCode {
 /// One control message of the data channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataMsg {
-    /// B -> A, first frame: who B is and where its return socket is bound (0 if it is not).
-    Hello { version: u16, token: Token, return_port: u16 },
-    /// A -> B: the version A will speak and how the return channel is wired.
-    Welcome { version: u16, topology: Topology },
+    /// B -> A, first frame: who B is and where its return socket is bound (0 if it is not), and
+    /// (version 5, with a secret) its SPAKE2 message.
+    Hello { version: u16, token: Token, return_port: u16, auth: Option<[u8; PAKE_MSG_LEN]> },
+    /// A -> B: the version A will speak and how the return channel is wired, and (version 5,
+    /// with a secret) A's SPAKE2 message and key confirmation.
+    Welcome { version: u16, topology: Topology, auth: Option<Box<WelcomeAuth>> },
+    /// B -> A (version 5, with a secret): B's key confirmation. Everything after it, both ways
+    /// on both channels, is sealed.
+    Confirm { tag: [u8; CONFIRM_LEN] },
     /// B -> A: the return channel is established; A may offer the file.
     Ready,
     /// A -> B: the file on offer. `name` is informational only and never used as a path.
@@ -121,6 +142,15 @@ const T_VERDICT: u8 = 0x08;
 const T_ERROR: u8 = 0x09;
 const T_QUEUED: u8 = 0x0a;
 const T_RESUME: u8 = 0x0b;
+const T_CONFIRM: u8 = 0x0c;
+
+/// Reads the authentication method byte; only SPAKE2 is known.
+fn auth_method(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+    match r.u8("authentication method")? {
+        AUTH_SPAKE2 => Ok(()),
+        v => Err(DecodeError::BadValue { field: "authentication method", value: u64::from(v) }),
+    }
+}
 
 impl DataMsg {
     /// A short name for logs and error messages.
@@ -128,6 +158,7 @@ impl DataMsg {
         match self {
             DataMsg::Hello { .. } => "Hello",
             DataMsg::Welcome { .. } => "Welcome",
+            DataMsg::Confirm { .. } => "Confirm",
             DataMsg::Ready => "Ready",
             DataMsg::Header { .. } => "Header",
             DataMsg::Accept | DataMsg::AcceptFrom { .. } => "Accept",
@@ -145,14 +176,23 @@ impl DataMsg {
         let start = out.len();
         out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
         let ty = match self {
-            DataMsg::Hello { version, token, return_port } => {
+            DataMsg::Hello { version, token, return_port, auth } => {
                 out.extend_from_slice(&MAGIC);
                 out.extend_from_slice(&version.to_be_bytes());
                 out.extend_from_slice(token);
                 out.extend_from_slice(&return_port.to_be_bytes());
+                // Versions 1 to 4, and version 5 without a secret, end here.
+                if let Some(msg) = auth {
+                    out.push(AUTH_SPAKE2);
+                    out.extend_from_slice(msg);
+                }
                 T_HELLO
             }
-            DataMsg::Welcome { version, topology } => {
+            DataMsg::Confirm { tag } => {
+                out.extend_from_slice(tag);
+                T_CONFIRM
+            }
+            DataMsg::Welcome { version, topology, auth } => {
                 out.extend_from_slice(&MAGIC);
                 out.extend_from_slice(&version.to_be_bytes());
                 match topology {
@@ -164,6 +204,11 @@ impl DataMsg {
                         out.push(1);
                         out.extend_from_slice(&0u16.to_be_bytes());
                     }
+                }
+                if let Some(a) = auth {
+                    out.push(AUTH_SPAKE2);
+                    out.extend_from_slice(&a.msg);
+                    out.extend_from_slice(&a.confirm);
                 }
                 T_WELCOME
             }
@@ -237,14 +282,28 @@ impl DataMsg {
                 let version = r.u16("version")?;
                 let token = r.array("token")?;
                 let return_port = r.u16("return port")?;
+                let auth = if r.rest_is_empty() {
+                    None
+                } else {
+                    auth_method(&mut r)?;
+                    Some(r.array("SPAKE2 message")?)
+                };
                 r.finish("Hello")?;
-                DataMsg::Hello { version, token, return_port }
+                DataMsg::Hello { version, token, return_port, auth }
             }
             T_WELCOME => {
                 r.magic()?;
                 let version = r.u16("version")?;
                 let mode = r.u8("topology")?;
                 let zmq_port = r.u16("zmq port")?;
+                let auth = if r.rest_is_empty() {
+                    None
+                } else {
+                    auth_method(&mut r)?;
+                    let msg = r.array("SPAKE2 message")?;
+                    let confirm = r.array("key confirmation")?;
+                    Some(Box::new(WelcomeAuth { msg, confirm }))
+                };
                 r.finish("Welcome")?;
                 let topology = match mode {
                     0 => Topology::Listen { zmq_port },
@@ -253,7 +312,12 @@ impl DataMsg {
                         return Err(DecodeError::BadValue { field: "topology", value: u64::from(v) });
                     }
                 };
-                DataMsg::Welcome { version, topology }
+                DataMsg::Welcome { version, topology, auth }
+            }
+            T_CONFIRM => {
+                let tag = r.array("key confirmation")?;
+                r.finish("Confirm")?;
+                DataMsg::Confirm { tag }
             }
             T_READY => {
                 r.finish("Ready")?;
@@ -366,9 +430,16 @@ mod tests {
 
     fn all_messages() -> Vec<DataMsg> {
         vec![
-            DataMsg::Hello { version: 1, token: [7; 16], return_port: 8081 },
-            DataMsg::Welcome { version: 1, topology: Topology::Listen { zmq_port: 9 } },
-            DataMsg::Welcome { version: 1, topology: Topology::Remote },
+            DataMsg::Hello { version: 1, token: [7; 16], return_port: 8081, auth: None },
+            DataMsg::Hello { version: 5, token: [7; 16], return_port: 0, auth: Some([0x41; PAKE_MSG_LEN]) },
+            DataMsg::Welcome { version: 1, topology: Topology::Listen { zmq_port: 9 }, auth: None },
+            DataMsg::Welcome { version: 1, topology: Topology::Remote, auth: None },
+            DataMsg::Welcome {
+                version: 5,
+                topology: Topology::Remote,
+                auth: Some(Box::new(WelcomeAuth { msg: [0x42; PAKE_MSG_LEN], confirm: [9; CONFIRM_LEN] })),
+            },
+            DataMsg::Confirm { tag: [3; CONFIRM_LEN] },
             DataMsg::Ready,
             DataMsg::Header { size: 714_884, name: "cad_mesh.stl".into() },
             DataMsg::Header { size: 0, name: String::new() },
@@ -412,6 +483,9 @@ mod tests {
                 let older = match &msg {
                     DataMsg::Trailer { chunks, .. } => !chunks.is_empty() && short.len() == FRAME_HEADER_LEN + 36,
                     DataMsg::AcceptFrom { .. } => short.len() == FRAME_HEADER_LEN,
+                    // A Hello or Welcome cut right before its secured handshake is a plain one.
+                    DataMsg::Hello { auth: Some(_), .. } => short.len() == FRAME_HEADER_LEN + 24,
+                    DataMsg::Welcome { auth: Some(_), .. } => short.len() == FRAME_HEADER_LEN + 9,
                     _ => false,
                 };
                 if short.len() < bytes.len() && !older {
@@ -442,7 +516,7 @@ mod tests {
 
     #[test]
     fn bad_magic_and_unknown_type() {
-        let mut hello = DataMsg::Hello { version: 1, token: [1; 16], return_port: 0 }.to_bytes();
+        let mut hello = DataMsg::Hello { version: 1, token: [1; 16], return_port: 0, auth: None }.to_bytes();
         hello[5] = b'X';
         assert!(matches!(parse_frame(&hello), Err(DecodeError::BadMagic(_))));
         assert_eq!(parse_frame(&[0x7f, 0, 0, 0, 0]), Err(DecodeError::UnknownType(0x7f)));
@@ -484,14 +558,14 @@ mod tests {
     #[test]
     fn test_vectors_in_protocol_md() {
         let token: Token = core::array::from_fn(|i| i as u8);
-        let hello = DataMsg::Hello { version: 1, token, return_port: 8081 }.to_bytes();
+        let hello = DataMsg::Hello { version: 1, token, return_port: 8081, auth: None }.to_bytes();
         let mut expected = vec![0x01, 0, 0, 0, 0x18, b'M', b'F', b'T', b'P', 0, 1];
         expected.extend_from_slice(&token);
         expected.extend_from_slice(&[0x1f, 0x91]);
         assert_eq!(hello, expected);
-        let w0 = DataMsg::Welcome { version: 1, topology: Topology::Listen { zmq_port: 8081 } }.to_bytes();
+        let w0 = DataMsg::Welcome { version: 1, topology: Topology::Listen { zmq_port: 8081 }, auth: None }.to_bytes();
         assert_eq!(w0, [0x02, 0, 0, 0, 9, b'M', b'F', b'T', b'P', 0, 1, 0, 0x1f, 0x91]);
-        let w1 = DataMsg::Welcome { version: 1, topology: Topology::Remote }.to_bytes();
+        let w1 = DataMsg::Welcome { version: 1, topology: Topology::Remote, auth: None }.to_bytes();
         assert_eq!(w1, [0x02, 0, 0, 0, 9, b'M', b'F', b'T', b'P', 0, 1, 1, 0, 0]);
         assert_eq!(DataMsg::Ready.to_bytes(), [3, 0, 0, 0, 0]);
         assert_eq!(DataMsg::Accept.to_bytes(), [5, 0, 0, 0, 0]);

@@ -92,6 +92,11 @@ const T_BYE: u8 = 0x18;
 const T_ABORT: u8 = 0x19;
 const T_SKIP: u8 = 0x1a;
 const T_KEEPALIVE: u8 = 0x1b;
+/// (Version 5, with a secret) A sealed message: this byte, then the AES-256-GCM ciphertext and
+/// tag of one message of the types above. Every message but B's `Hello` is sealed.
+pub const T_SEALED: u8 = 0x1c;
+/// What sealing adds to a message: the type byte and the tag.
+pub const SEAL_OVERHEAD: usize = 1 + crate::secure::TAG_LEN;
 
 impl<'a> ReturnMsg<'a> {
     /// A short name for logs and error messages.

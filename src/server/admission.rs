@@ -101,6 +101,11 @@ impl Admission {
                     self.tally.note("not_machinaftp");
                     say_and_close(g.conn, ErrorCode::Protocol, format!("not a machinaftp Hello: {e}"));
                 }
+                // Nothing is sealed before the Hello.
+                Err(TcpError::Forged(e)) => {
+                    self.tally.note("not_machinaftp");
+                    say_and_close(g.conn, ErrorCode::Protocol, format!("not a machinaftp Hello: {e}"));
+                }
                 Err(TcpError::Closed | TcpError::Io(_)) => self.tally.note("closed_without_hello"),
                 Ok(None) if now >= g.deadline => self.tally.note("no_hello_in_time"),
                 Ok(None) => kept.push_back(g),

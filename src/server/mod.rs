@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::files::check_destination;
@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub timeout: Duration,
     /// Cap on the data channel's sending rate, bytes per second.
     pub rate_limit: Option<u64>,
+    /// The shared secret clients must prove (version 5); `None`: anyone may fetch the file.
+    pub secret: Option<crate::secure::Secret>,
 }
 
 /// What every session shares.
@@ -75,7 +77,13 @@ struct Shared {
     /// The sessions' stop: set when the process is asked to stop, or a `--once` server is done.
     stop: Shutdown,
     reporter: Arc<dyn Reporter>,
+    /// Clients that did not prove the secret: anyone who reaches the port can be one, so they
+    /// are counted and summarised, never a line (or a result) each.
+    refusals: std::sync::Mutex<crate::logging::Tally>,
 }
+
+/// How often refused clients are summarised in the log.
+const REFUSALS_SUMMARY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A bound server, ready to run.
 pub struct Server {
@@ -156,8 +164,23 @@ impl Server {
             file = %cfg.file.display(), tcp = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             topology = %hub.topology(), "serving"
         );
-        let shared =
-            Arc::new(Shared { cfg, hub, cache: Arc::new(SourceCache::default()), stop: Shutdown::new(), reporter });
+        if cfg.secret.is_none() && !is_loopback(&cfg.host) {
+            warn!(
+                "serving {} on {} without a secret: anyone who can reach this address can fetch the file, and the \
+                 transfer is not encrypted (give --secret-file, or run `machinaftp keygen`)",
+                cfg.file.display(),
+                cfg.host
+            );
+        }
+        let refusals = crate::logging::Tally::new("clients refused for not proving the secret", REFUSALS_SUMMARY);
+        let shared = Arc::new(Shared {
+            cfg,
+            hub,
+            cache: Arc::new(SourceCache::default()),
+            stop: Shutdown::new(),
+            reporter,
+            refusals: std::sync::Mutex::new(refusals),
+        });
         let cfg = &shared.cfg;
         shared.cache.warm(&cfg.file);
         let active = Arc::new(AtomicUsize::new(0));
@@ -238,6 +261,8 @@ impl Server {
             let _ = w.handle.join();
         }
         shared.cache.shutdown();
+        // What was counted since the last summary is said before the server goes.
+        shared.refusals.lock().unwrap_or_else(|p| p.into_inner()).flush();
         if let Ok(shared) = Arc::try_unwrap(shared) {
             shared.hub.stop();
         }
@@ -349,6 +374,13 @@ fn give_memory_back() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Whether `host` names this machine's loopback only (not all interfaces, not a name we would
+/// have to resolve).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
 }
 
 fn bracket(host: &str) -> String {

@@ -13,9 +13,11 @@ use tracing::{debug, error, info, info_span, warn};
 use crate::error::Error;
 use crate::files::{PrefixRead, StagedFile, first_difference, prune_partials, read_full_at, read_prefix};
 use crate::protocol::data::DataMsg;
+use crate::protocol::data::WelcomeAuth;
 use crate::protocol::hex;
 use crate::protocol::ret::{DATA_HEADER_LEN, ReturnMsg, Stream, frame_size};
 use crate::report::{Progress, ServerEvent, ServerSessionReport};
+use crate::secure::{AuthError, ConfirmCheck, Opener, Sealer, ServerReply};
 use crate::session::{
     ByteRange, Failure, LocalFailure, Milestone, ServerAction, ServerInput, ServerOutcome, ServerParams, ServerSession,
     WINDOW_V2,
@@ -60,7 +62,12 @@ pub(super) fn serve(
     let Identified { conn, hello } = client;
     let result = match Waker::new() {
         Ok(waker) => {
-            let params = ServerParams { idle: cfg.timeout, topology: shared.hub.topology(), window: WINDOW_V2 };
+            let params = ServerParams {
+                idle: cfg.timeout,
+                topology: shared.hub.topology(),
+                window: WINDOW_V2,
+                secured: cfg.secret.is_some(),
+            };
             let mut d = Driver {
                 shared,
                 machine: ServerSession::new(params, Instant::now()),
@@ -78,12 +85,37 @@ pub(super) fn serve(
                 greeted,
                 peer,
                 progress: Progress::default(),
+                check: None,
+                data_keys: None,
+                ret_keys: None,
                 done: None,
             };
             d.run(hello)
         }
         Err(e) => Err(Failure::Local(LocalFailure::Input { path: cfg.file.clone(), source: e })),
     };
+    if let Err(Failure::Auth { reason }) = &result {
+        // One line for the first refusal of a period, a count for the rest; no result line:
+        // whoever reaches the port can make these, as many as they like.
+        let mut tally = shared.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if tally.due().is_none() {
+            warn!("refused: {reason} (further refusals are counted and summarised each minute)");
+        }
+        tally.note(if reason.contains("requires a secret") { "no_secret" } else { "wrong_secret" });
+        tally.tick(Instant::now());
+        greeted.store(false, Ordering::SeqCst);
+        return ServerSessionReport {
+            peer,
+            greeted: false,
+            file: cfg.file.clone(),
+            output: cfg.output.clone(),
+            csv_output: cfg.csv_output.clone(),
+            result: Err(Error::Session {
+                peer: format!("client {peer}"),
+                failure: Box::new(Failure::Auth { reason: reason.clone() }),
+            }),
+        };
+    }
     let result =
         result.map_err(|failure| Error::Session { peer: format!("client {peer}"), failure: Box::new(failure) });
     match &result {
@@ -156,6 +188,11 @@ struct Driver<'a> {
     /// The client's address, and how far its round trip was last reported.
     peer: SocketAddr,
     progress: Progress,
+    /// The secured handshake: what B's `Confirm` must prove, and the keys each channel takes
+    /// (the return channel's when its link exists, the data channel's once B proved the secret).
+    check: Option<ConfirmCheck>,
+    data_keys: Option<(Sealer, Opener)>,
+    ret_keys: Option<(Sealer, Opener)>,
     done: Option<Result<ServerOutcome, Failure>>,
 }
 
@@ -223,6 +260,7 @@ impl Driver<'_> {
                 Ok(Some(msg)) => self.feed(now, ServerInput::Data(msg)),
                 Ok(None) => return,
                 Err(TcpError::Decode(e)) => return self.feed(now, ServerInput::DataUndecodable(e)),
+                Err(TcpError::Forged(e)) => return self.feed(now, ServerInput::Forged(format!("data channel: {e}"))),
                 Err(TcpError::Closed | TcpError::Io(_)) => return self.feed(now, ServerInput::DataClosed),
             }
         }
@@ -250,6 +288,7 @@ impl Driver<'_> {
                     Err(e) => self.feed(now, ServerInput::RetUndecodable(e)),
                 },
                 Ok(Some(Inbound::Flooded)) => self.feed(now, ServerInput::RetFlooded),
+                Ok(Some(Inbound::Forged(why))) => self.feed(now, ServerInput::Forged(format!("return channel: {why}"))),
                 Ok(None) => return,
                 Err(source) => {
                     let f = LocalFailure::ReturnChannel { wiring: "hub".into(), source };
@@ -300,7 +339,10 @@ impl Driver<'_> {
                     return self.feed(now, ServerInput::Local(f));
                 }
                 Ok(FileSent::Unsupported) => {
-                    debug!("this file system cannot sendfile: the file goes through a buffer");
+                    debug!(
+                        sealed = self.conn.is_sealed(),
+                        "no sendfile (a sealed session, or the file system): the file goes through a buffer"
+                    );
                     src.plain = true;
                     continue;
                 }
@@ -441,13 +483,43 @@ impl Driver<'_> {
                         let _ = link.flush();
                     }
                 }
+                ServerAction::Authenticate { token, client_msg } => {
+                    let input = match cfg.secret.as_ref().map(|s| ServerReply::respond(s, &token, &client_msg)) {
+                        Some(Ok(reply)) => {
+                            let k = reply.keys;
+                            self.data_keys = Some((k.data_out, k.data_in));
+                            self.ret_keys = Some((k.ret_out, k.ret_in));
+                            self.check = Some(reply.check);
+                            ServerInput::AuthReply(Box::new(WelcomeAuth { msg: reply.msg, confirm: reply.confirm }))
+                        }
+                        Some(Err(e)) => ServerInput::AuthRefused(e),
+                        None => ServerInput::AuthRefused(AuthError::WrongSecret),
+                    };
+                    self.machine.handle(now, input);
+                }
+                ServerAction::CheckConfirm { tag } => {
+                    let verified = self.check.take().map(|c| c.verify(&tag));
+                    let input = match (verified, self.data_keys.take()) {
+                        (Some(Ok(())), Some((seal, open))) => {
+                            self.conn.secure(seal, open);
+                            info!("the client proved the secret; both channels are sealed from here on");
+                            ServerInput::Authenticated
+                        }
+                        (Some(Err(e)), _) => ServerInput::AuthRefused(e),
+                        _ => ServerInput::AuthRefused(AuthError::WrongSecret),
+                    };
+                    self.machine.handle(now, input);
+                }
                 ServerAction::Register { token, return_port } => {
                     self.greeted.store(true, Ordering::SeqCst);
                     debug!(session = %hex(&token[..4]), return_port, version = self.machine.version(), "client hello");
                     let input = match self.shared.hub.register(token, return_port, &self.shared.stop) {
-                        Ok(link) => {
+                        Ok(mut link) => {
                             if let Some(ep) = link.remote() {
                                 debug!("return channel: connecting to the client at {ep}");
+                            }
+                            if let Some((seal, open)) = self.ret_keys.take() {
+                                link.secure(seal, open);
                             }
                             self.link = Some(link);
                             ServerInput::Registered

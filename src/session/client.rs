@@ -7,9 +7,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::integrity::{Digest, Hasher, chunk_size, first_differing_chunk};
-use crate::protocol::data::{DataMsg, ErrorCode, Topology};
+use crate::protocol::data::{DataMsg, ErrorCode, Topology, WelcomeAuth};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
-use crate::protocol::{DecodeError, RESUME_VERSION, Token, VERSION};
+use crate::protocol::{AUTH_VERSION, DecodeError, RESUME_VERSION, Token, VERSION};
+use crate::secure::{AuthError, CONFIRM_LEN, PAKE_MSG_LEN};
 
 /// The oldest server version this client steps down to: version 2 has the full-duplex round trip
 /// this machine runs; version 1's sequence is another one.
@@ -29,6 +30,8 @@ pub struct ClientParams {
     pub token: Token,
     /// The port B's return socket is bound to (0: not bound).
     pub return_port: u16,
+    /// B's SPAKE2 message, when B holds a secret (version 5): the driver holds the handshake.
+    pub auth: Option<[u8; PAKE_MSG_LEN]>,
 }
 
 /// Everything that can happen to B's session.
@@ -42,6 +45,16 @@ pub enum ClientInput<'a> {
     DataClosed,
     /// A frame from A on the return channel.
     Ret(ReturnMsg<'a>),
+    /// A sealed record (data channel) or message (return channel) that does not open.
+    Forged(String),
+    /// A proved the secret (after [`ClientAction::Authenticate`]); this is B's confirmation,
+    /// for `Confirm`.
+    Authenticated {
+        /// B's key-confirmation tag.
+        tag: [u8; CONFIRM_LEN],
+    },
+    /// A did not prove the secret (after [`ClientAction::Authenticate`]).
+    AuthRefused(AuthError),
     /// A return-channel frame that does not decode.
     RetUndecodable(DecodeError),
     /// Bytes of the partial copy kept from an interrupted attempt, in order from its start
@@ -91,6 +104,12 @@ pub enum ClientAction {
     },
     /// Send a control frame on the return channel.
     SendRet(ReturnMsg<'static>),
+    /// Finish the secured handshake with A's half from `Welcome`; report
+    /// [`ClientInput::Authenticated`] or [`ClientInput::AuthRefused`].
+    Authenticate(Box<WelcomeAuth>),
+    /// From here on, seal and open both channels with the session's keys (after `Confirm`, in
+    /// the clear, is queued; the return channel's `Hello` stays clear: A's hub routes by it).
+    Secure,
     /// Keep only the return-channel wiring A announced.
     Wire(Topology),
     /// Check for room and open the output's partial copy (the one an interrupted attempt left, or
@@ -213,6 +232,12 @@ enum CsvState {
 #[derive(Debug)]
 enum State {
     Welcome,
+    /// A's half of the secured handshake is being checked (the version and wiring it announced
+    /// wait for the outcome).
+    Authenticating {
+        version: u16,
+        topology: Topology,
+    },
     HelloAck,
     Header,
     Preparing {
@@ -267,7 +292,12 @@ impl ClientSession {
             file: None,
             pending: None,
         };
-        let hello = DataMsg::Hello { version: VERSION, token: s.params.token, return_port: s.params.return_port };
+        let hello = DataMsg::Hello {
+            version: VERSION,
+            token: s.params.token,
+            return_port: s.params.return_port,
+            auth: s.params.auth,
+        };
         s.send_data(hello);
         s
     }
@@ -332,7 +362,7 @@ impl ClientSession {
     /// Where the session is, for messages.
     pub fn phase(&self) -> Phase {
         match &self.state {
-            State::Welcome => Phase::Handshake,
+            State::Welcome | State::Authenticating { .. } => Phase::Handshake,
             State::HelloAck => Phase::ReturnHandshake,
             State::Header | State::Preparing { .. } => Phase::Offer,
             State::Transfer(t) => match t.data {
@@ -373,6 +403,19 @@ impl ClientSession {
                 self.on_ret(now, msg);
             }
             ClientInput::RetUndecodable(e) => self.protocol(Violation::Undecodable(e)),
+            ClientInput::Forged(why) => self.protocol(Violation::Forged(why)),
+            ClientInput::Authenticated { tag } => {
+                if let State::Authenticating { version, topology } = self.state {
+                    self.send_data(DataMsg::Confirm { tag });
+                    self.actions.push_back(ClientAction::Secure);
+                    self.welcomed(version, topology);
+                }
+            }
+            ClientInput::AuthRefused(e) => {
+                let reason = format!("the server did not prove the secret: {e}");
+                self.send_data(DataMsg::Error { code: ErrorCode::Auth, reason: reason.clone() });
+                self.end(Failure::Auth { reason }, false);
+            }
             ClientInput::PrefixBytes(bytes) => {
                 if let State::Preparing { prefix, .. } = &mut self.state {
                     prefix.update(bytes);
@@ -478,6 +521,14 @@ impl ClientSession {
             (State::Welcome, DataMsg::Error { code: ErrorCode::Busy, reason }) => {
                 self.end(Failure::Busy { reason }, false);
             }
+            (_, DataMsg::Error { code: ErrorCode::Auth, reason }) => self.end(Failure::Auth { reason }, false),
+            // A server too old for the secured handshake does not take its Hello.
+            (State::Welcome, DataMsg::Error { code: ErrorCode::Protocol | ErrorCode::Version, reason })
+                if self.params.auth.is_some() =>
+            {
+                let reason = format!("the server cannot check a secret (it runs an older machinaftp): {reason}");
+                self.end(Failure::Auth { reason }, false);
+            }
             (_, DataMsg::Error { reason, .. }) => {
                 let during = self.phase();
                 self.end(Failure::Refused { during, reason }, false);
@@ -487,7 +538,7 @@ impl ClientSession {
                 self.timers.progress(now);
                 self.actions.push_back(ClientAction::Queued { position });
             }
-            (State::Welcome, DataMsg::Welcome { version, topology }) => {
+            (State::Welcome, DataMsg::Welcome { version, topology, auth }) => {
                 if !(OLDEST_SERVER..=VERSION).contains(&version) {
                     let ours = format!("{OLDEST_SERVER} to {VERSION}");
                     let reason = format!("server speaks protocol version {version}; this client speaks {ours}");
@@ -495,11 +546,23 @@ impl ClientSession {
                     self.end(Failure::Version { ours, theirs: version }, false);
                     return;
                 }
-                // An older server's version is spoken from here on (V2-negotiation).
-                self.version = version;
-                self.actions.push_back(ClientAction::Wire(topology));
-                self.send_ret(ReturnMsg::Hello { version, token: self.params.token });
-                self.state = State::HelloAck;
+                match (self.params.auth.is_some(), auth) {
+                    (true, Some(a)) if version >= AUTH_VERSION => {
+                        self.actions.push_back(ClientAction::Authenticate(a));
+                        self.state = State::Authenticating { version, topology };
+                    }
+                    (true, _) => {
+                        let reason = "this client holds a secret, and the server asked for none: it is not the server \
+                                      you meant, or it runs without --secret"
+                            .to_owned();
+                        self.send_data(DataMsg::Error { code: ErrorCode::Auth, reason: reason.clone() });
+                        self.end(Failure::Auth { reason }, false);
+                    }
+                    (false, Some(_)) => {
+                        self.protocol(Violation::Unexpected { expected: "Welcome", got: "Welcome+auth" })
+                    }
+                    (false, None) => self.welcomed(version, topology),
+                }
             }
             (State::Header, DataMsg::Header { size, name }) => {
                 // The name is shown, never used as a path: B writes where its operator said.
@@ -718,6 +781,7 @@ impl ClientSession {
     fn unexpected(&mut self, got: &'static str) {
         let expected = match &self.state {
             State::Welcome => "Welcome",
+            State::Authenticating { .. } => "nothing yet",
             State::HelloAck => "HelloAck",
             State::Header => "Header",
             State::Preparing { .. } => "nothing yet",
@@ -748,6 +812,15 @@ impl ClientSession {
     fn fail(&mut self, f: Failure) {
         let tell = !f.peer_knows();
         self.end(f, tell);
+    }
+
+    /// A's `Welcome` is accepted (and, with a secret, A proved it): wire the return channel.
+    fn welcomed(&mut self, version: u16, topology: Topology) {
+        // An older server's version is spoken from here on (V2-negotiation).
+        self.version = version;
+        self.actions.push_back(ClientAction::Wire(topology));
+        self.send_ret(ReturnMsg::Hello { version, token: self.params.token });
+        self.state = State::HelloAck;
     }
 
     fn end(&mut self, f: Failure, tell: bool) {

@@ -215,6 +215,9 @@ pub enum Violation {
     ReadyTooEarly,
     /// The token is already in use by another session.
     DuplicateToken,
+    /// (Version 5, with a secret) A sealed record or message did not open: altered, dropped,
+    /// replayed or reordered on the way, or not from the peer.
+    Forged(String),
     /// A resume that does not fit the file: a prefix longer than the file or not a whole number
     /// of frames (from B), or a `Resume` outside the prefix offered (from A).
     BadResume {
@@ -245,6 +248,7 @@ impl fmt::Display for Violation {
                 write!(f, "a resume at byte {at} does not fit (limit {limit}, whole frames only)")
             }
             Violation::DuplicateToken => f.write_str("session token is already in use"),
+            Violation::Forged(why) => f.write_str(why),
         }
     }
 }
@@ -440,6 +444,12 @@ pub enum Failure {
     /// SIGINT/SIGTERM, or the server stopping.
     #[error("interrupted by a signal")]
     Interrupted,
+    /// The peers do not share the secret (or only one has one); nothing of the file moved.
+    #[error("authentication failed: {reason}")]
+    Auth {
+        /// Why, in this side's or the peer's words.
+        reason: String,
+    },
 }
 
 impl Failure {
@@ -456,6 +466,7 @@ impl Failure {
                 | Failure::SizeMismatch { .. }
                 | Failure::Mismatch { .. }
                 | Failure::NotAServer(_)
+                | Failure::Auth { .. }
         )
     }
 

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use crate::integrity::{Digest, FileDigest, Hasher, chunk_size};
-use crate::protocol::data::{DataMsg, ErrorCode, Topology};
+use crate::protocol::data::{DataMsg, ErrorCode, Topology, WelcomeAuth};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
-use crate::protocol::{CHUNKS_VERSION, DecodeError, MIN_VERSION, RESUME_VERSION, Token, VERSION};
+use crate::protocol::{AUTH_VERSION, CHUNKS_VERSION, DecodeError, MIN_VERSION, RESUME_VERSION, Token, VERSION};
+use crate::secure::{AuthError, CONFIRM_LEN, PAKE_MSG_LEN};
 
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Incoming;
@@ -25,6 +26,8 @@ pub struct ServerParams {
     pub topology: Topology,
     /// The return window granted in version 2.
     pub window: u64,
+    /// A holds a secret: clients must prove it (version 5) before anything else happens.
+    pub secured: bool,
 }
 
 /// Everything that can happen to A's session.
@@ -49,8 +52,19 @@ pub enum ServerInput<'a> {
     Ret(ReturnMsg<'a>),
     /// A return-channel frame that does not decode.
     RetUndecodable(DecodeError),
+    /// A sealed record (data channel) or message (return channel) that does not open.
+    Forged(String),
     /// The client sent faster than its frames could be taken (the hub's queue overflowed).
     RetFlooded,
+    /// A's answer to the client's SPAKE2 message (after [`ServerAction::Authenticate`]), for
+    /// `Welcome`; the driver holds the session's keys.
+    AuthReply(Box<WelcomeAuth>),
+    /// The client's key-exchange message or confirmation does not hold (after
+    /// [`ServerAction::Authenticate`] or [`ServerAction::CheckConfirm`]).
+    AuthRefused(AuthError),
+    /// The client's confirmation holds (after [`ServerAction::CheckConfirm`]): the driver now
+    /// seals and opens the data channel.
+    Authenticated,
     /// The served file is open.
     SourceOpened {
         /// Its size.
@@ -100,6 +114,20 @@ pub enum ServerAction {
     SendData(DataMsg),
     /// Send a control frame on the return channel.
     SendRet(ReturnMsg<'static>),
+    /// Answer the client's SPAKE2 message with the secret; report [`ServerInput::AuthReply`] or
+    /// [`ServerInput::AuthRefused`]. Before [`ServerAction::Register`], whose link is sealed.
+    Authenticate {
+        /// The session's token (the key schedule's salt).
+        token: Token,
+        /// The client's SPAKE2 message.
+        client_msg: [u8; PAKE_MSG_LEN],
+    },
+    /// Check the client's key confirmation; report [`ServerInput::Authenticated`] (and seal the
+    /// data channel from here on) or [`ServerInput::AuthRefused`].
+    CheckConfirm {
+        /// The client's tag.
+        tag: [u8; CONFIRM_LEN],
+    },
     /// Register the token with the hub (and, with `--remotehost`, connect to the client's port).
     Register {
         /// The client's token.
@@ -290,6 +318,44 @@ pub struct ServerSession {
     file: Option<FileDone>,
     /// A failure waiting out the grace period: an `Abort` may still explain it.
     pending: Option<Failure>,
+    /// Where the secured handshake is (version 5 with a secret).
+    auth: Auth,
+}
+
+/// The secured handshake, on A's side.
+#[derive(Debug, Default)]
+enum Auth {
+    /// No secret, or not yet started.
+    #[default]
+    Off,
+    /// A's reply is ready for `Welcome`.
+    Replied(Box<WelcomeAuth>),
+    /// `Welcome` is out; B's `Confirm` is due before anything else.
+    AwaitingConfirm,
+    /// B's confirmation is being checked.
+    Checking,
+    /// Both proved the secret.
+    Done,
+}
+
+impl Auth {
+    fn take_reply(&mut self) -> Option<Box<WelcomeAuth>> {
+        match std::mem::take(self) {
+            Auth::Replied(r) => {
+                *self = Auth::AwaitingConfirm;
+                Some(r)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// Whether the client may go on to `Ready`: no secret, or proved.
+    fn settled(&self) -> bool {
+        matches!(self, Auth::Off | Auth::Done)
+    }
 }
 
 impl ServerSession {
@@ -309,6 +375,7 @@ impl ServerSession {
             expected: None,
             file: None,
             pending: None,
+            auth: Auth::Off,
         }
     }
 
@@ -403,11 +470,18 @@ impl ServerSession {
             ServerInput::Registered => {
                 if matches!(self.state, State::Registering) {
                     let topology = self.params.topology;
-                    self.send_data(DataMsg::Welcome { version: self.version, topology });
+                    let auth = self.auth.take_reply();
+                    self.send_data(DataMsg::Welcome { version: self.version, topology, auth });
                     self.state = State::Ready;
                 }
             }
             ServerInput::TokenInUse => self.protocol(Violation::DuplicateToken),
+            ServerInput::AuthReply(reply) => self.auth = Auth::Replied(reply),
+            ServerInput::AuthRefused(e) => self.refuse_auth(&format!("authentication failed: {e}")),
+            ServerInput::Authenticated => {
+                self.timers.progress(now);
+                self.auth = Auth::Done;
+            }
             ServerInput::ReturnHello { version } => {
                 self.timers.progress(now);
                 self.on_return_hello(version);
@@ -417,6 +491,7 @@ impl ServerSession {
                 self.on_ret(now, msg);
             }
             ServerInput::RetUndecodable(e) => self.protocol(Violation::Undecodable(e)),
+            ServerInput::Forged(why) => self.protocol(Violation::Forged(why)),
             ServerInput::RetFlooded => self.protocol(Violation::Flooded),
             ServerInput::SourceOpened { size, name, digest } => {
                 if !matches!(self.state, State::Opening) {
@@ -552,12 +627,16 @@ impl ServerSession {
     fn on_data(&mut self, now: Instant, msg: DataMsg) {
         let got = msg.kind();
         match (&mut self.state, msg) {
+            // The client found that A does not hold its secret.
+            (_, DataMsg::Error { code: ErrorCode::Auth, reason }) => {
+                self.fail(Failure::Auth { reason: format!("the client refused this server: {reason}") });
+            }
             // Whatever the state: the client gives up and says why.
             (_, DataMsg::Error { reason, .. }) => {
                 let during = self.phase();
                 self.fail(Failure::Refused { during, reason });
             }
-            (State::Hello, DataMsg::Hello { version, token, return_port }) => {
+            (State::Hello, DataMsg::Hello { version, token, return_port, auth }) => {
                 if version < MIN_VERSION {
                     let theirs = version;
                     let ours = format!("{MIN_VERSION} to {VERSION}");
@@ -569,12 +648,37 @@ impl ServerSession {
                 // The highest version both speak; a newer client may step down to it.
                 self.version = version.min(VERSION);
                 self.greeted = true;
+                match (self.params.secured, auth) {
+                    (true, Some(client_msg)) if version >= AUTH_VERSION => {
+                        self.actions.push_back(ServerAction::Authenticate { token, client_msg });
+                    }
+                    (true, _) => {
+                        return self.refuse_auth(
+                            "this server requires a secret: give the client the server's --secret (or --secret-file, \
+                             MACHINAFTP_SECRET)",
+                        );
+                    }
+                    (false, Some(_)) => {
+                        return self.refuse_auth(
+                            "this server has no secret, and will not pretend to check the client's: run it with the same \
+                             --secret, or the client without one",
+                        );
+                    }
+                    (false, None) => {}
+                }
                 if matches!(self.params.topology, Topology::Remote) && return_port == 0 {
                     self.fail(Failure::NoReturnPort);
                     return;
                 }
                 self.actions.push_back(ServerAction::Register { token, return_port });
                 self.state = State::Registering;
+            }
+            (State::Ready, DataMsg::Confirm { tag }) if matches!(self.auth, Auth::AwaitingConfirm) => {
+                self.auth = Auth::Checking;
+                self.actions.push_back(ServerAction::CheckConfirm { tag });
+            }
+            (State::Ready, DataMsg::Ready) if !self.auth.settled() => {
+                self.protocol(Violation::Unexpected { expected: "Confirm", got: "Ready" });
             }
             (State::Ready, DataMsg::Ready) if self.ret_up => {
                 self.actions.push_back(ServerAction::OpenSource);
@@ -988,6 +1092,13 @@ impl ServerSession {
 
     /// Ends the session: tells the client why on every channel it still reads (unless it
     /// caused or knows it), closes the data channel and finishes.
+    /// Ends a session whose client did not (or could not) prove the secret: `Error` code 6, in
+    /// the clear (nothing is sealed yet on the data channel), and no other word.
+    fn refuse_auth(&mut self, reason: &str) {
+        self.send_data(DataMsg::Error { code: ErrorCode::Auth, reason: reason.to_owned() });
+        self.fail(Failure::Auth { reason: reason.to_owned() });
+    }
+
     fn fail(&mut self, f: Failure) {
         if self.is_done() {
             return;

@@ -28,7 +28,7 @@ fn bytes(n: usize, seed: u8) -> Vec<u8> {
 }
 
 fn params(window: u64) -> ServerParams {
-    ServerParams { idle: IDLE, topology: Topology::Listen { zmq_port: 9 }, window }
+    ServerParams { idle: IDLE, topology: Topology::Listen { zmq_port: 9 }, window, secured: false }
 }
 
 fn drain_a(m: &mut ServerSession) -> Vec<ServerAction> {
@@ -104,7 +104,7 @@ fn a_at_header_knowing(
 ) -> (ServerSession, Instant) {
     let t = Instant::now();
     let mut a = ServerSession::new(params(window), t);
-    a.handle(t, ServerInput::Data(DataMsg::Hello { version, token: TOKEN, return_port: 0 }));
+    a.handle(t, ServerInput::Data(DataMsg::Hello { version, token: TOKEN, return_port: 0, auth: None }));
     let acts = drain_a(&mut a);
     assert!(matches!(acts[..], [ServerAction::Register { token: TOKEN, .. }]), "{acts:?}");
     a.handle(t, ServerInput::Registered);
@@ -220,7 +220,7 @@ impl Sim {
         let mut a = ServerSession::new(params(window), now);
         // A's own conversion of its original (here: a stand-in CSV both sides agree on).
         a.handle(now, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv))));
-        let b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
+        let b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, now);
         Sim {
             now,
             a,
@@ -376,6 +376,9 @@ impl Sim {
                 ServerAction::SendData(m) => self.a_to_b.push_back(Tcp::Frame(m)),
                 ServerAction::SendRet(m) => self.ret_to_b.push_back(m),
                 ServerAction::Register { .. } => self.a.handle(now, ServerInput::Registered),
+                ServerAction::Authenticate { .. } | ServerAction::CheckConfirm { .. } => {
+                    unreachable!("these sessions hold no secret")
+                }
                 ServerAction::OpenSource => {
                     let size = self.file.len() as u64;
                     self.a.handle(now, ServerInput::SourceOpened { size, name: "f.bin".into(), digest: None });
@@ -440,6 +443,7 @@ impl Sim {
                 ClientAction::SendData(m) => self.b_to_a.push_back(m),
                 ClientAction::SendRet(m) => self.ret_to_a.push_back((m, None)),
                 ClientAction::Wire(_) | ClientAction::Queued { .. } => {}
+                ClientAction::Authenticate(_) | ClientAction::Secure => unreachable!("these sessions hold no secret"),
                 ClientAction::PrepareOutput { size, .. } => {
                     let held = self.b_partial.len() as u64;
                     let have = if held == size { size } else { held.min(size) / FRAME_V2 as u64 * FRAME_V2 as u64 };
@@ -730,8 +734,15 @@ fn v4_resume_offers_that_do_not_fit_are_violations() {
 
 /// A client that offered `held` of a file of `size` bytes and waits for the `Resume`.
 fn b_offering(now: Instant, size: u64, held: &[u8]) -> ClientSession {
-    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
-    b.handle(now, ClientInput::Data(DataMsg::Welcome { version: VERSION, topology: Topology::Listen { zmq_port: 9 } }));
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, now);
+    b.handle(
+        now,
+        ClientInput::Data(DataMsg::Welcome {
+            version: VERSION,
+            topology: Topology::Listen { zmq_port: 9 },
+            auth: None,
+        }),
+    );
     b.handle(now, ClientInput::Ret(ReturnMsg::HelloAck { version: VERSION }));
     b.handle(now, ClientInput::Data(DataMsg::Header { size, name: "f".into() }));
     b.handle(now, ClientInput::PrefixBytes(held));
@@ -866,7 +877,7 @@ fn v1_data_rule_2_an_error_frame_ends_the_session_with_its_reason() {
     assert!(sent_ret_a(&acts).is_empty(), "the client caused it: nothing to tell");
 
     let now = Instant::now();
-    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, now);
     drain_b(&mut b);
     b.handle(now, ClientInput::Data(DataMsg::Error { code: ErrorCode::Busy, reason: "server busy: full".into() }));
     let acts = drain_b(&mut b);
@@ -879,7 +890,7 @@ fn v1_data_rule_2_an_error_frame_ends_the_session_with_its_reason() {
 #[test]
 fn v3_queued_waiting_in_line_is_progress_until_welcome() {
     let now = Instant::now();
-    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, now);
     drain_b(&mut b);
     // Notices keep coming for longer than the idle timeout: no timeout while they do.
     let mut t = now;
@@ -993,7 +1004,7 @@ fn v1_handshake_a_repeated_hello_is_answered_again() {
 fn v1_handshake_ready_before_the_return_channels_hello_is_a_violation() {
     let t = Instant::now();
     let mut a = ServerSession::new(params(WINDOW_V2), t);
-    a.handle(t, ServerInput::Data(DataMsg::Hello { version: 2, token: TOKEN, return_port: 0 }));
+    a.handle(t, ServerInput::Data(DataMsg::Hello { version: 2, token: TOKEN, return_port: 0, auth: None }));
     a.handle(t, ServerInput::Registered);
     drain_a(&mut a);
     a.handle(t, ServerInput::Data(DataMsg::Ready));
@@ -1005,7 +1016,7 @@ fn v1_handshake_ready_before_the_return_channels_hello_is_a_violation() {
 fn v1_handshake_a_token_in_use_is_refused() {
     let t = Instant::now();
     let mut a = ServerSession::new(params(WINDOW_V2), t);
-    a.handle(t, ServerInput::Data(DataMsg::Hello { version: 2, token: TOKEN, return_port: 0 }));
+    a.handle(t, ServerInput::Data(DataMsg::Hello { version: 2, token: TOKEN, return_port: 0, auth: None }));
     a.handle(t, ServerInput::TokenInUse);
     let acts = drain_a(&mut a);
     assert!(matches!(sent_data_a(&acts)[..], [DataMsg::Error { code: ErrorCode::Protocol, .. }]));
@@ -1262,9 +1273,11 @@ fn v1_after_a_negative_result_or_an_abort_the_session_is_over() {
 #[test]
 fn v2_negotiation_answers_each_client_in_its_version() {
     let t = Instant::now();
-    for (asked, answered) in [(1u16, Some(1u16)), (2, Some(2)), (3, Some(3)), (4, Some(4)), (5, Some(4)), (0, None)] {
+    for (asked, answered) in
+        [(1u16, Some(1u16)), (2, Some(2)), (3, Some(3)), (4, Some(4)), (5, Some(5)), (6, Some(5)), (0, None)]
+    {
         let mut a = ServerSession::new(params(WINDOW_V2), t);
-        a.handle(t, ServerInput::Data(DataMsg::Hello { version: asked, token: TOKEN, return_port: 0 }));
+        a.handle(t, ServerInput::Data(DataMsg::Hello { version: asked, token: TOKEN, return_port: 0, auth: None }));
         let acts = drain_a(&mut a);
         match answered {
             Some(v) => {
@@ -1280,9 +1293,9 @@ fn v2_negotiation_answers_each_client_in_its_version() {
         }
     }
     // B refuses a Welcome in a version it does not speak.
-    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, t);
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, t);
     drain_b(&mut b);
-    b.handle(t, ClientInput::Data(DataMsg::Welcome { version: 1, topology: Topology::Remote }));
+    b.handle(t, ClientInput::Data(DataMsg::Welcome { version: 1, topology: Topology::Remote, auth: None }));
     let acts = drain_b(&mut b);
     assert!(matches!(sent_data_b(&acts)[..], [DataMsg::Error { code: ErrorCode::Version, .. }]));
     assert!(matches!(failure_b(&acts), Failure::Version { theirs: 1, .. }));
@@ -1291,9 +1304,12 @@ fn v2_negotiation_answers_each_client_in_its_version() {
 #[test]
 fn v4_step_down_a_client_speaks_an_older_servers_version_and_offers_nothing() {
     let t = Instant::now();
-    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, t);
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, t);
     drain_b(&mut b);
-    b.handle(t, ClientInput::Data(DataMsg::Welcome { version: 3, topology: Topology::Listen { zmq_port: 9 } }));
+    b.handle(
+        t,
+        ClientInput::Data(DataMsg::Welcome { version: 3, topology: Topology::Listen { zmq_port: 9 }, auth: None }),
+    );
     let acts = drain_b(&mut b);
     assert!(matches!(sent_ret_b(&acts)[..], [ReturnMsg::Hello { version: 3, .. }]), "{acts:?}");
     b.handle(t, ClientInput::Ret(ReturnMsg::HelloAck { version: 3 }));
@@ -1315,7 +1331,7 @@ fn v4_step_down_a_client_speaks_an_older_servers_version_and_offers_nothing() {
 fn v2_return_hello_must_carry_the_negotiated_version() {
     let t = Instant::now();
     let mut a = ServerSession::new(params(WINDOW_V2), t);
-    a.handle(t, ServerInput::Data(DataMsg::Hello { version: 2, token: TOKEN, return_port: 0 }));
+    a.handle(t, ServerInput::Data(DataMsg::Hello { version: 2, token: TOKEN, return_port: 0, auth: None }));
     a.handle(t, ServerInput::Registered);
     drain_a(&mut a);
     a.handle(t, ServerInput::ReturnHello { version: 1 });
@@ -1515,9 +1531,16 @@ fn a_send_csv_v1(a: &mut ServerSession, t: Instant, csv: &[u8]) -> Vec<ServerAct
 
 /// A client machine through the handshake and its `Accept` of a file of `size` bytes.
 fn client_in_transfer(now: Instant, size: u64) -> ClientSession {
-    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0 }, now);
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, now);
     assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::Hello { version: VERSION, .. }]));
-    b.handle(now, ClientInput::Data(DataMsg::Welcome { version: VERSION, topology: Topology::Listen { zmq_port: 9 } }));
+    b.handle(
+        now,
+        ClientInput::Data(DataMsg::Welcome {
+            version: VERSION,
+            topology: Topology::Listen { zmq_port: 9 },
+            auth: None,
+        }),
+    );
     let acts = drain_b(&mut b);
     assert!(matches!(
         acts[..],

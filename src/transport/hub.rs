@@ -22,7 +22,11 @@ use crate::protocol::{Token, hex};
 use crate::shutdown::Shutdown;
 
 use super::poll::{Watch, wait};
-use super::ret::{DATA_HWM, Frame, Inbound, LINGER_MS, Outbox, ReturnEnd, endpoint, port_of_endpoint, zmq_err};
+use super::ret::{
+    DATA_HWM, Frame, Inbound, LINGER_MS, Outbox, ReturnCrypt, ReturnEnd, SEALED_EXTRA, endpoint, port_of_endpoint,
+    zmq_err,
+};
+use crate::secure::{Opener, Sealer};
 
 /// High-water mark of each end of a session's inproc pair. For inproc, libzmq adds the sender's
 /// and the receiver's (24), and the sender learns of the reader's progress only every half of
@@ -161,16 +165,27 @@ impl HubEvent {
 }
 
 /// What a session tells the hub: a frame for its peer, or that it is over. Encoded as one part:
-/// every return-channel message has at least one byte, so an empty part means `Close`.
+/// empty for `Close`; else a byte saying whether the frame ends the session (the hub cannot see
+/// that in a sealed frame), then the frame.
 #[derive(Debug)]
 enum LinkCommand {
-    Send(zmq::Message),
+    Send { frame: Vec<u8>, ending: bool },
     Close,
 }
 
 impl LinkCommand {
     fn from_message(m: zmq::Message) -> LinkCommand {
-        if m.is_empty() { LinkCommand::Close } else { LinkCommand::Send(m) }
+        match m.split_first() {
+            None => LinkCommand::Close,
+            Some((flag, frame)) => LinkCommand::Send { frame: frame.to_vec(), ending: *flag == 1 },
+        }
+    }
+
+    fn send(plain: &[u8], wire: &[u8]) -> zmq::Message {
+        let mut m = Vec::with_capacity(1 + wire.len());
+        m.push(u8::from(ends_session(plain)));
+        m.extend_from_slice(wire);
+        zmq::Message::from(m)
     }
 }
 
@@ -197,7 +212,7 @@ impl Hub {
         router.set_rcvhwm(DATA_HWM).map_err(setup)?;
         router.set_sndhwm(1000).map_err(setup)?; // outbound frames are small credits and verdicts
         router.set_linger(LINGER_MS).map_err(setup)?;
-        router.set_maxmsgsize((DATA_HEADER_LEN + MAX_CHUNK) as i64).map_err(setup)?;
+        router.set_maxmsgsize((DATA_HEADER_LEN + MAX_CHUNK + SEALED_EXTRA) as i64).map_err(setup)?;
         router.set_ipv6(true).map_err(setup)?;
         router.set_reconnect_ivl(100).map_err(setup)?;
         router.set_reconnect_ivl_max(1000).map_err(setup)?;
@@ -265,7 +280,7 @@ impl Hub {
         push.send_multipart(Control::Register { token, link, remote: remote.clone() }.encode(), 0).map_err(io)?;
         drop(push);
         let deadline = Instant::now() + REGISTER_WAIT;
-        let mut link = SessionLink { pair, outbox: Outbox::default(), remote, routed: true };
+        let mut link = SessionLink { pair, outbox: Outbox::default(), crypt: None, remote, routed: true };
         loop {
             let mut w = [Watch::zmq(&link.pair, true, false), Watch::fd(stop.fd(), true, false)];
             wait(&mut w, Some(deadline)).map_err(RegisterError::Io)?;
@@ -468,10 +483,10 @@ impl HubLoop {
                 Err(_) => return,
             };
             match LinkCommand::from_message(m) {
-                LinkCommand::Send(frame) => match &route.peer {
+                LinkCommand::Send { frame, ending } => match &route.peer {
                     // Never block the hub on one peer: one that does not read its credits times out.
                     Some(peer) => {
-                        if ends_session(&frame) {
+                        if ending {
                             self.last_ending = Some(Instant::now());
                         }
                         if let Err(e) = self.router.send_multipart([peer.as_slice(), &frame[..]], zmq::DONTWAIT) {
@@ -578,6 +593,7 @@ fn recv_routed(router: &zmq::Socket) -> Result<Option<(Vec<u8>, zmq::Message)>, 
 pub struct SessionLink {
     pair: zmq::Socket,
     outbox: Outbox,
+    crypt: Option<ReturnCrypt>,
     remote: Option<String>,
     /// Whether the hub holds a route for this link (to be closed when it goes).
     routed: bool,
@@ -592,7 +608,16 @@ impl SessionLink {
 
 impl ReturnEnd for SessionLink {
     fn send(&mut self, msg: &ReturnMsg<'_>) {
-        self.outbox.push_msg(zmq::Message::from(msg.to_bytes()));
+        let plain = msg.to_bytes();
+        let m = match &mut self.crypt {
+            Some(crypt) => LinkCommand::send(&plain, &crypt.seal(&plain)),
+            None => LinkCommand::send(&plain, &plain),
+        };
+        self.outbox.push_msg(m);
+    }
+
+    fn secure(&mut self, seal: Sealer, open: Opener) {
+        self.crypt = Some(ReturnCrypt::new(seal, open));
     }
 
     fn flush(&mut self) -> io::Result<bool> {
@@ -601,7 +626,10 @@ impl ReturnEnd for SessionLink {
 
     fn recv(&mut self) -> io::Result<Option<Inbound>> {
         match HubEvent::recv(&self.pair).map_err(zmq_err)? {
-            Some(HubEvent::Frame(m)) => Ok(Some(Inbound::Frame(Frame::new(m)))),
+            Some(HubEvent::Frame(m)) => Ok(Some(match &mut self.crypt {
+                Some(crypt) => crypt.open(m).map_or_else(Inbound::Forged, Inbound::Frame),
+                None => Inbound::Frame(Frame::new(m)),
+            })),
             Some(HubEvent::Hello(version)) => Ok(Some(Inbound::Hello { version })),
             Some(HubEvent::Flooded) => Ok(Some(Inbound::Flooded)),
             Some(HubEvent::Registered | HubEvent::TokenInUse) | None => Ok(None),
@@ -660,7 +688,7 @@ mod tests {
             match link.recv().unwrap() {
                 Some(Inbound::Frame(_)) => frames += 1,
                 Some(Inbound::Flooded) => flooded = true,
-                Some(Inbound::Hello { .. }) => {}
+                Some(Inbound::Hello { .. } | Inbound::Forged(_)) => {}
                 None => {
                     let mut w = [link.watch()];
                     wait(&mut w, Some(Instant::now() + Duration::from_millis(200))).unwrap();

@@ -97,6 +97,15 @@ impl Chunk {
         self.len == 0
     }
 
+    /// Passes the whole `Data` message for `stream` at `offset` (header and payload) to `f`, then
+    /// gives the buffer back to the pool.
+    pub(crate) fn with_frame<R>(mut self, stream: Stream, offset: u64, f: impl FnOnce(&[u8]) -> R) -> R {
+        let filled = self.filled;
+        let buf = self.buf.as_mut().expect("present until sent");
+        buf[..DATA_HEADER_LEN].copy_from_slice(&data_header(stream, offset));
+        f(&buf[..DATA_HEADER_LEN + filled])
+    }
+
     /// Turns the chunk into the `Data` message for `stream` at `offset`, without copying.
     pub(crate) fn into_message(mut self, stream: Stream, offset: u64) -> io::Result<ZmqChunk> {
         let mut buf = self.buf.take().expect("present until sent");

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::Token;
 use crate::protocol::data::Topology;
-use crate::protocol::ret::{MAX_CONTROL_LEN, ReturnMsg, Stream, keepalive_every};
+use crate::protocol::ret::{MAX_CONTROL_LEN, ReturnMsg, SEAL_OVERHEAD, Stream, T_SEALED, keepalive_every};
+use crate::secure::{Opener, Sealer};
 
 use super::poll::{Watch, wait};
 use super::pool::{Chunk, ZmqChunk};
@@ -42,27 +43,67 @@ pub(crate) fn zmq_err(e: zmq::Error) -> io::Error {
     if (1..4096).contains(&code) { io::Error::from_raw_os_error(code) } else { io::Error::other(e) }
 }
 
-/// One frame received on the return channel.
-pub struct Frame(zmq::Message);
+/// One frame received on the return channel (opened, if the session is sealed: then the
+/// message's plaintext lies within it).
+pub struct Frame {
+    msg: zmq::Message,
+    start: usize,
+    end: usize,
+}
 
 impl std::ops::Deref for Frame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.0
+        &self.msg[self.start..self.end]
     }
 }
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Frame({} bytes)", self.0.len())
+        write!(f, "Frame({} bytes)", self.end - self.start)
     }
 }
 
 impl Frame {
-    pub(crate) fn new(m: zmq::Message) -> Frame {
-        Frame(m)
+    pub(crate) fn new(msg: zmq::Message) -> Frame {
+        let end = msg.len();
+        Frame { msg, start: 0, end }
     }
 }
+
+/// A session's keys for the return channel (version 5, with a secret).
+pub(crate) struct ReturnCrypt {
+    seal: Sealer,
+    open: Opener,
+}
+
+impl ReturnCrypt {
+    pub(crate) fn new(seal: Sealer, open: Opener) -> ReturnCrypt {
+        ReturnCrypt { seal, open }
+    }
+
+    /// `plain` as a sealed message.
+    pub(crate) fn seal(&mut self, plain: &[u8]) -> zmq::Message {
+        let sealed = self.seal.seal_message(plain);
+        let mut out = Vec::with_capacity(1 + sealed.len());
+        out.push(T_SEALED);
+        out.extend_from_slice(&sealed);
+        zmq::Message::from(out)
+    }
+
+    /// Opens a received message in place; what arrives unsealed, altered, out of order or from
+    /// someone without the keys is refused, with the reason.
+    pub(crate) fn open(&mut self, mut msg: zmq::Message) -> Result<Frame, String> {
+        if msg.first() != Some(&T_SEALED) {
+            return Err("a return-channel message arrived unsealed in a sealed session".into());
+        }
+        let len = self.open.open_message(&mut msg[1..]).map_err(|e| e.to_string())?.len();
+        Ok(Frame { msg, start: 1, end: 1 + len })
+    }
+}
+
+/// How much larger a sealed message may be than its plaintext.
+pub(crate) const SEALED_EXTRA: usize = SEAL_OVERHEAD;
 
 /// What arrives at an end of the return channel.
 #[derive(Debug)]
@@ -76,6 +117,9 @@ pub enum Inbound {
     },
     /// (A only) The client sent faster than the session could take its frames; the rest was dropped.
     Flooded,
+    /// A message that did not open in a sealed session (altered, replayed, reordered, dropped
+    /// before it, or not from the peer); the session ends.
+    Forged(String),
 }
 
 enum Out {
@@ -159,6 +203,8 @@ pub trait ReturnEnd {
     fn recv(&mut self) -> io::Result<Option<Inbound>>;
     /// What to wait for: always incoming frames, and room to send while frames are queued.
     fn watch(&self) -> Watch<'_>;
+    /// From now on, seals what is sent (but a client's `Hello`) and opens what arrives.
+    fn secure(&mut self, seal: Sealer, open: Opener);
 
     /// Best effort, for a session's last words: flushes, waiting at most `limit`.
     fn flush_within(&mut self, limit: Duration) {
@@ -249,6 +295,7 @@ pub struct ReturnChannel {
     bind_error: Option<String>,
     connected: Option<String>,
     outbox: Outbox,
+    crypt: Option<ReturnCrypt>,
     ctx: zmq::Context,
 }
 
@@ -267,6 +314,7 @@ impl ReturnChannel {
             bind_error: None,
             connected: None,
             outbox: Outbox::default(),
+            crypt: None,
             ctx,
         };
         if matches!(mode, ZmqMode::Auto | ZmqMode::Bind) {
@@ -337,6 +385,12 @@ impl ReturnChannel {
 
     /// Queues a `Data` frame made of `chunk` itself, without copying its bytes.
     pub fn send_chunk(&mut self, stream: Stream, offset: u64, chunk: Chunk) -> io::Result<()> {
+        if let Some(crypt) = &mut self.crypt {
+            // Sealed: the ciphertext is a new buffer, and the chunk goes back to its pool now.
+            let m = chunk.with_frame(stream, offset, |frame| crypt.seal(frame));
+            self.outbox.push_msg(m);
+            return Ok(());
+        }
         let m = chunk.into_message(stream, offset)?;
         self.outbox.push_chunk(m);
         Ok(())
@@ -345,7 +399,19 @@ impl ReturnChannel {
 
 impl ReturnEnd for ReturnChannel {
     fn send(&mut self, msg: &ReturnMsg<'_>) {
-        self.outbox.push_msg(zmq::Message::from(msg.to_bytes()));
+        let plain = msg.to_bytes();
+        // The Hello stays clear: A's hub routes by its token.
+        let m = match &mut self.crypt {
+            Some(crypt) if !matches!(msg, ReturnMsg::Hello { .. }) => crypt.seal(&plain),
+            _ => zmq::Message::from(plain),
+        };
+        self.outbox.push_msg(m);
+    }
+
+    fn secure(&mut self, seal: Sealer, open: Opener) {
+        self.crypt = Some(ReturnCrypt::new(seal, open));
+        // A's control messages grow by the seal.
+        let _ = self.sock.set_maxmsgsize((MAX_CONTROL_LEN + SEALED_EXTRA) as i64);
     }
 
     fn flush(&mut self) -> io::Result<bool> {
@@ -354,7 +420,10 @@ impl ReturnEnd for ReturnChannel {
 
     fn recv(&mut self) -> io::Result<Option<Inbound>> {
         match self.sock.recv_msg(zmq::DONTWAIT) {
-            Ok(m) => Ok(Some(Inbound::Frame(Frame(m)))),
+            Ok(m) => Ok(Some(match &mut self.crypt {
+                Some(crypt) => crypt.open(m).map_or_else(Inbound::Forged, Inbound::Frame),
+                None => Inbound::Frame(Frame::new(m)),
+            })),
             Err(zmq::Error::EAGAIN | zmq::Error::EINTR) => Ok(None),
             Err(e) => Err(zmq_err(e)),
         }

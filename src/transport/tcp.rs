@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::DecodeError;
 use crate::protocol::data::{DataMsg, FRAME_HEADER_LEN, parse_frame_header};
+use crate::secure::{MAX_RECORD, OpenError, Opener, RECORD_HEADER, Sealer, TAG_LEN};
 use crate::shutdown::Shutdown;
 
 use super::poll::{Watch, wait};
@@ -24,22 +25,102 @@ pub enum TcpError {
     /// Bytes that are not a frame.
     #[error("malformed frame")]
     Decode(#[from] DecodeError),
+    /// (A sealed session) A record that does not open.
+    #[error(transparent)]
+    Forged(#[from] OpenError),
     /// Another socket error.
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
+/// Where a data channel's bytes come from: the socket, through the record layer once the session
+/// is sealed.
+#[derive(Debug)]
+struct Source {
+    stream: TcpStream,
+    sealed: Option<Box<RecordsIn>>,
+}
+
+/// Incoming records: one is read whole into `buf` (header, then body), opened in place, and its
+/// plaintext handed out from `buf[plain..end]` before the next is read.
+struct RecordsIn {
+    open: Opener,
+    buf: Box<[u8]>,
+    /// Bytes of the record being read.
+    have: usize,
+    plain: usize,
+    end: usize,
+}
+
+impl std::fmt::Debug for RecordsIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordsIn({:?})", self.open)
+    }
+}
+
+impl Source {
+    /// Reads bytes of the stream (plaintext, if sealed); `Ok(0)`: none for now.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
+        let Some(r) = self.sealed.as_deref_mut() else { return read_some(&mut self.stream, buf) };
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if r.plain < r.end {
+                let n = buf.len().min(r.end - r.plain);
+                buf[..n].copy_from_slice(&r.buf[r.plain..r.plain + n]);
+                r.plain += n;
+                if r.plain == r.end {
+                    r.have = 0;
+                }
+                return Ok(n);
+            }
+            // The header, then as much of the body as it announces, and no more.
+            let want = if r.have < RECORD_HEADER {
+                RECORD_HEADER
+            } else {
+                RECORD_HEADER + Opener::record_len(header(&r.buf))?
+            };
+            if r.have < want {
+                match read_some(&mut self.stream, &mut r.buf[r.have..want])? {
+                    0 => return Ok(0),
+                    n => r.have += n,
+                }
+                continue;
+            }
+            if want == RECORD_HEADER {
+                continue;
+            }
+            let head = header(&r.buf);
+            let len = r.open.open_record(head, &mut r.buf[RECORD_HEADER..want])?.len();
+            (r.plain, r.end) = (RECORD_HEADER, RECORD_HEADER + len);
+            if len == 0 {
+                r.have = 0;
+            }
+        }
+    }
+}
+
+fn header(buf: &[u8]) -> [u8; RECORD_HEADER] {
+    let mut h = [0u8; RECORD_HEADER];
+    h.copy_from_slice(&buf[..RECORD_HEADER]);
+    h
+}
+
 /// A connected data-channel socket.
 #[derive(Debug)]
 pub struct DataConn {
-    stream: TcpStream,
+    src: Source,
     peer: SocketAddr,
     head: [u8; FRAME_HEADER_LEN],
     head_len: usize,
     /// The payload of the frame being read, once its header is in.
     payload: Option<(u8, Vec<u8>, usize)>,
+    /// Bytes for the socket, sealed already if the session is.
     out: Vec<u8>,
     out_pos: usize,
+    /// Seals what is queued or written from now on (version 5, with a secret).
+    seal: Option<Sealer>,
     /// The connection is gone (closed by either side, or broken): nothing more is tried.
     gone: bool,
 }
@@ -51,15 +132,29 @@ impl DataConn {
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
         Ok(DataConn {
-            stream,
+            src: Source { stream, sealed: None },
             peer,
             head: [0; FRAME_HEADER_LEN],
             head_len: 0,
             payload: None,
             out: Vec::new(),
             out_pos: 0,
+            seal: None,
             gone: false,
         })
+    }
+
+    /// From now on, seals everything written and opens everything read. Frames queued before
+    /// this (a `Confirm`) go in the clear; the next byte read must begin a record.
+    pub fn secure(&mut self, seal: Sealer, open: Opener) {
+        self.seal = Some(seal);
+        let buf = vec![0u8; RECORD_HEADER + MAX_RECORD + TAG_LEN].into_boxed_slice();
+        self.src.sealed = Some(Box::new(RecordsIn { open, buf, have: 0, plain: 0, end: 0 }));
+    }
+
+    /// Whether the session is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
     }
 
     /// The remote address.
@@ -72,12 +167,12 @@ impl DataConn {
     /// report that hang-up at once, every time, and spin the loop.
     pub fn watch(&self, read: bool, write: bool) -> Option<Watch<'static>> {
         let write = write || self.pending();
-        (!self.gone && (read || write)).then(|| Watch::fd(self.stream.as_raw_fd(), read, write))
+        (!self.gone && (read || write)).then(|| Watch::fd(self.src.stream.as_raw_fd(), read, write))
     }
 
     /// The descriptor, for a wait.
     pub fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+        self.src.stream.as_raw_fd()
     }
 
     /// Reads toward the next control frame: `Ok(Some)` when one is complete, `Ok(None)` when the
@@ -95,7 +190,7 @@ impl DataConn {
         loop {
             if let Some((_, payload, filled)) = &mut self.payload {
                 while *filled < payload.len() {
-                    match read_some(&mut self.stream, &mut payload[*filled..])? {
+                    match self.src.read(&mut payload[*filled..])? {
                         0 => return Ok(None),
                         n => *filled += n,
                     }
@@ -104,7 +199,7 @@ impl DataConn {
                 return Ok(Some(DataMsg::decode(ty, &payload)?));
             }
             while self.head_len < FRAME_HEADER_LEN {
-                match read_some(&mut self.stream, &mut self.head[self.head_len..])? {
+                match self.src.read(&mut self.head[self.head_len..])? {
                     0 => return Ok(None),
                     n => self.head_len += n,
                 }
@@ -120,7 +215,7 @@ impl DataConn {
         if self.gone {
             return Err(TcpError::Closed);
         }
-        let r = read_some(&mut self.stream, buf);
+        let r = self.src.read(buf);
         self.note(r)
     }
 
@@ -134,7 +229,10 @@ impl DataConn {
 
     /// Queues a control frame behind those already queued.
     pub fn queue(&mut self, msg: &DataMsg) {
-        msg.encode(&mut self.out);
+        match &mut self.seal {
+            Some(seal) => seal.seal_record(&msg.to_bytes(), &mut self.out),
+            None => msg.encode(&mut self.out),
+        }
     }
 
     /// Whether queued frames wait to be written.
@@ -148,7 +246,7 @@ impl DataConn {
             return if self.pending() { Err(TcpError::Closed) } else { Ok(true) };
         }
         while self.pending() {
-            let r = write_some(&mut self.stream, &self.out[self.out_pos..]);
+            let r = write_some(&mut self.src.stream, &self.out[self.out_pos..]);
             match self.note(r)? {
                 0 => return Ok(false),
                 n => self.out_pos += n,
@@ -159,22 +257,34 @@ impl DataConn {
         Ok(true)
     }
 
-    /// Writes raw bytes; `Ok(0)`: the socket takes none for now. Queued frames go first.
+    /// Writes raw bytes; `Ok(0)`: the socket takes none for now. Queued frames go first. A
+    /// sealed session takes at most a record's worth at a time, and the socket may not have all
+    /// of its record yet: [`DataConn::pending`] says so, and [`DataConn::flush`] goes on.
     pub fn write_raw(&mut self, buf: &[u8]) -> Result<usize, TcpError> {
         if !self.flush()? {
             return Ok(0);
         }
-        let r = write_some(&mut self.stream, buf);
+        if let Some(seal) = &mut self.seal {
+            let n = buf.len().min(MAX_RECORD);
+            seal.seal_record(&buf[..n], &mut self.out);
+            self.flush()?;
+            return Ok(n);
+        }
+        let r = write_some(&mut self.src.stream, buf);
         self.note(r)
     }
 
     /// Sends up to `len` bytes of `file` from `offset`, after the queued frames: the kernel moves
     /// them from the page cache to the socket without a copy through this process.
     pub fn send_file(&mut self, file: &File, offset: u64, len: usize) -> Result<FileSent, TcpError> {
+        // Sealed bytes pass through this process: the caller writes them from a buffer.
+        if self.seal.is_some() {
+            return Ok(FileSent::Unsupported);
+        }
         if !self.flush()? {
             return Ok(FileSent::Full);
         }
-        let r = send_file_some(&self.stream, file, offset, len);
+        let r = send_file_some(&self.src.stream, file, offset, len);
         self.note(r)
     }
 
@@ -192,7 +302,7 @@ impl DataConn {
 
     /// Closes both directions.
     pub fn close(&mut self) {
-        let _ = self.stream.shutdown(Both::Both);
+        let _ = self.src.stream.shutdown(Both::Both);
         self.gone = true;
     }
 }

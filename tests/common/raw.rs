@@ -46,7 +46,7 @@ impl RawClient {
     pub fn handshake(&self, tcp: &str, token: [u8; 16], version: u16) -> (TcpStream, u64) {
         let mut s = TcpStream::connect(format!("127.0.0.1:{tcp}")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        s.write_all(&DataMsg::Hello { version, token, return_port: 0 }.to_bytes()).unwrap();
+        s.write_all(&DataMsg::Hello { version, token, return_port: 0, auth: None }.to_bytes()).unwrap();
         assert!(matches!(recv_frame(&mut s), DataMsg::Welcome { version: v, .. } if v == version));
         self.send(&ReturnMsg::Hello { version, token });
         assert!(matches!(self.recv(), ReturnMsg::HelloAck { version: v } if v == version));
