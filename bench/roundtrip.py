@@ -6,6 +6,8 @@
   roundtrip.py link [SIZE_MIB] [RUNS]       two network namespaces, veth shaped to 1 Gbit/s each way
   roundtrip.py rss SIZE_MIB...              peak RSS of A and B (sparse files; BENCH_DIR on a disk)
   roundtrip.py all                          the four, as the session-core issue's table asks
+  roundtrip.py secure [SIZE_MIB] [RUNS]     machinaftp with --secret against without, on loopback
+                                            (1 GiB) and on the 1 Gbit/s link (256 MiB)
 
 machinaftp: A serves the file over TCP, B verifies (size, CRC-32, BLAKE3) and saves it while it
 sends it back over ZeroMQ under credit; A verifies the returned copy and saves it.
@@ -113,7 +115,8 @@ def run_socat(src, work, a_host="127.0.0.1", b_host="127.0.0.1", ns_a=None, ns_b
     return t, cpu1 + cpu2, max(a1, a2), max(b1, b2)
 
 
-def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port="0", rss=True, bin=None):
+def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port="0", rss=True, bin=None,
+             extra_b=()):
     bin = bin or BIN
     a_dir, b_dir = f"{work}/ma", f"{work}/mb"
     fresh(a_dir, b_dir)
@@ -123,7 +126,8 @@ def run_ours(src, work, host="127.0.0.1", ns_a=None, ns_b=None, extra_a=(), port
     tcp = ready[1].rsplit(":", 1)[1]
     zmq = ready[2].rsplit(":", 1)[1]
     t0 = time.perf_counter()
-    cli = Timed([bin, "-c", "-f", f"{b_dir}/copy.bin", "-H", host, "-p", tcp, "--zmq-port", zmq, "-q"], work, "b",
+    cli = Timed([bin, "-c", "-f", f"{b_dir}/copy.bin", "-H", host, "-p", tcp, "--zmq-port", zmq, "-q", *extra_b],
+                work, "b",
                 ns=ns_b, rss=rss, stdout=subprocess.DEVNULL, cwd=b_dir)
     rc_b, cpu_b, rss_b = cli.wait()
     srv.p.stdout.read()
@@ -260,6 +264,52 @@ def bench_link(size_mib=256, runs=5):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def bench_secure(size_mib=1024, runs=5, link_mib=256):
+    """With a secret against without, alternating, on loopback and on the shaped link."""
+    secret = ("--secret", "castle-7-drum")
+    rows = []
+    work = workdir(6 * size_mib)
+    try:
+        src = f"{work}/src.bin"
+        make_file(src, size_mib)
+        plain = lambda: run_ours(src, work)
+        sealed = lambda: run_ours(src, work, extra_a=secret, extra_b=secret)
+        rows.append((f"{size_mib} MiB on 127.0.0.1", alternate(runs, plain, sealed), 1.3))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if os.geteuid() == 0:
+        work = workdir(6 * link_mib)
+        link = Link()
+        try:
+            src = f"{work}/src.bin"
+            make_file(src, link_mib)
+            ports = iter(range(20000, 30000))
+            on_link = lambda extra: run_ours(src, work, host="10.78.0.1", ns_a=link.a, ns_b=link.b,
+                                             port=str(next(ports)), extra_a=extra, extra_b=extra)
+            rows.append((f"{link_mib} MiB, 1 Gbit/s link", alternate(runs, lambda: on_link(()),
+                                                                      lambda: on_link(secret)), 1.05))
+        finally:
+            link.close()
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"
+machinaftp with --secret against without ({runs} runs each, alternating; medians)")
+    print(f"{'round trip':<28}{'plain s':>9}{'sealed s':>10}{'ratio':>8}{'target':>8}{'plain CPU':>11}"
+          f"{'sealed CPU':>12}{'ratio':>8}{'sealed RSS A/B':>18}")
+    for title, (p, s), target in rows:
+        print(f"{title:<28}{p[0]:>9.3f}{s[0]:>10.3f}{s[0] / p[0]:>7.2f}x{target:>7}x{p[1]:>11.2f}{s[1]:>12.2f}"
+              f"{s[1] / p[1]:>7.2f}x{s[2]:>9.1f}/{s[3]:.1f} MiB")
+
+
+def alternate(runs, first, second):
+    """Runs the two in turn; the medians of each (wall, CPU, RSS A, RSS B)."""
+    res = ([], [])
+    for i in range(runs):
+        res[0].append(first())
+        res[1].append(second())
+        print(f"  run {i + 1}/{runs}: {res[0][-1][0]:.3f} s, {res[1][-1][0]:.3f} s", file=sys.stderr)
+    return tuple([med(r, j) for j in range(4)] for r in res)
+
+
 def bench_rss(sizes):
     print("\nPeak RSS (files sparse: the bytes are zeros, the work is the same)")
     print(f"{'size':>8}{'A peak RSS':>14}{'B peak RSS':>14}{'wall s':>9}   (target <= 32 MiB each)")
@@ -289,6 +339,8 @@ def main():
         bench_latency(*args)
     elif what == "link":
         bench_link(*args)
+    elif what == "secure":
+        bench_secure(*args)
     elif what == "rss":
         bench_rss(args or [1024, 8192])
     elif what == "all":

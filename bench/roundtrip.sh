@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Round-trip benchmarks against socat, side by side. Usage: bench/roundtrip.sh [loopback|latency|link|rss|all] [ARGS]
+# Round-trip benchmarks against socat, side by side. Usage: bench/roundtrip.sh [loopback|latency|link|rss|all|secure] [ARGS]
 # (see bench/roundtrip.py). The namespace benchmark needs root, iproute2 and tc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
