@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::integrity::{Digest, Hasher};
 use crate::protocol::VERSION;
-use crate::protocol::data::{DataMsg, ErrorCode, Topology};
+use crate::protocol::data::{DataMsg, ErrorCode, Topology, WelcomeAuth};
 use crate::protocol::ret::{FRAME_V1, FRAME_V2, ReturnMsg, Stream};
+use crate::secure::{CONFIRM_LEN, PAKE_MSG_LEN};
 
 use super::*;
 
@@ -1581,4 +1582,103 @@ fn client_making_csv() -> (ClientSession, Instant) {
     b.handle(t, ClientInput::Ret(ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() }));
     drain_b(&mut b);
     (b, t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version 5.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn v5_who_a_secured_server_refuses_a_hello_without_the_handshake_and_proves_nothing() {
+    let t = Instant::now();
+    for (version, auth) in [(VERSION, None), (4, Some([0x41; PAKE_MSG_LEN]))] {
+        let mut a = ServerSession::new(ServerParams { secured: true, ..params(WINDOW_V2) }, t);
+        a.handle(t, ServerInput::Data(DataMsg::Hello { version, token: TOKEN, return_port: 0, auth }));
+        let acts = drain_a(&mut a);
+        assert!(matches!(sent_data_a(&acts)[..], [DataMsg::Error { code: ErrorCode::Auth, .. }]), "{acts:?}");
+        assert!(matches!(failure_a(&acts), Failure::Auth { .. }), "{acts:?}");
+        assert!(!acts.iter().any(|x| matches!(x, ServerAction::Register { .. })), "no return channel: {acts:?}");
+    }
+    // And a server without a secret does not pretend to check one.
+    let mut a = ServerSession::new(params(WINDOW_V2), t);
+    let auth = Some([0x41; PAKE_MSG_LEN]);
+    a.handle(t, ServerInput::Data(DataMsg::Hello { version: VERSION, token: TOKEN, return_port: 0, auth }));
+    assert!(matches!(failure_a(&drain_a(&mut a)), Failure::Auth { .. }));
+}
+
+#[test]
+fn v5_confirm_comes_before_ready_and_a_wrong_one_ends_the_session() {
+    let t = Instant::now();
+    let start = |a: &mut ServerSession| {
+        let auth = Some([0x41; PAKE_MSG_LEN]);
+        a.handle(t, ServerInput::Data(DataMsg::Hello { version: VERSION, token: TOKEN, return_port: 0, auth }));
+        let acts = drain_a(a);
+        assert!(matches!(acts[..], [ServerAction::Authenticate { .. }, ServerAction::Register { .. }]), "{acts:?}");
+        let reply = WelcomeAuth { msg: [0x42; PAKE_MSG_LEN], confirm: [1; CONFIRM_LEN] };
+        a.handle(t, ServerInput::AuthReply(Box::new(reply.clone())));
+        a.handle(t, ServerInput::Registered);
+        let acts = drain_a(a);
+        assert!(matches!(sent_data_a(&acts)[..], [DataMsg::Welcome { auth: Some(r), .. }] if **r == reply), "{acts:?}");
+    };
+    // Ready before Confirm is a protocol violation.
+    let mut a = ServerSession::new(ServerParams { secured: true, ..params(WINDOW_V2) }, t);
+    start(&mut a);
+    a.handle(t, ServerInput::Data(DataMsg::Ready));
+    assert!(matches!(failure_a(&drain_a(&mut a)), Failure::Protocol { .. }));
+    // A Confirm that does not hold: Error code 6.
+    let mut a = ServerSession::new(ServerParams { secured: true, ..params(WINDOW_V2) }, t);
+    start(&mut a);
+    a.handle(t, ServerInput::Data(DataMsg::Confirm { tag: [2; CONFIRM_LEN] }));
+    assert!(matches!(drain_a(&mut a)[..], [ServerAction::CheckConfirm { .. }]));
+    a.handle(t, ServerInput::AuthRefused(crate::secure::AuthError::WrongSecret));
+    let acts = drain_a(&mut a);
+    assert!(matches!(sent_data_a(&acts)[..], [DataMsg::Error { code: ErrorCode::Auth, .. }]), "{acts:?}");
+    assert!(matches!(failure_a(&acts), Failure::Auth { .. }));
+}
+
+#[test]
+fn v5_who_a_client_with_a_secret_refuses_a_server_that_asks_for_none() {
+    let t = Instant::now();
+    let auth = Some([0x41; PAKE_MSG_LEN]);
+    let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth }, t);
+    assert!(matches!(sent_data_b(&drain_b(&mut b))[..], [DataMsg::Hello { version: VERSION, auth: Some(_), .. }]));
+    b.handle(t, ClientInput::Data(DataMsg::Welcome { version: VERSION, topology: Topology::Remote, auth: None }));
+    let acts = drain_b(&mut b);
+    assert!(matches!(sent_data_b(&acts)[..], [DataMsg::Error { code: ErrorCode::Auth, .. }]), "{acts:?}");
+    assert!(matches!(failure_b(&acts), Failure::Auth { .. }));
+    // A server's proof that does not hold ends it the same way; one that holds sends Confirm
+    // in the clear, then seals, then wires the return channel.
+    for proved in [false, true] {
+        let mut b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth }, t);
+        drain_b(&mut b);
+        let reply = WelcomeAuth { msg: [0x42; PAKE_MSG_LEN], confirm: [1; CONFIRM_LEN] };
+        b.handle(
+            t,
+            ClientInput::Data(DataMsg::Welcome {
+                version: VERSION,
+                topology: Topology::Remote,
+                auth: Some(Box::new(reply)),
+            }),
+        );
+        assert!(matches!(drain_b(&mut b)[..], [ClientAction::Authenticate(_)]));
+        if proved {
+            b.handle(t, ClientInput::Authenticated { tag: [7; CONFIRM_LEN] });
+            let acts = drain_b(&mut b);
+            assert!(
+                matches!(
+                    acts[..],
+                    [
+                        ClientAction::SendData(DataMsg::Confirm { .. }),
+                        ClientAction::Secure,
+                        ClientAction::Wire(_),
+                        ClientAction::SendRet(_)
+                    ]
+                ),
+                "{acts:?}"
+            );
+        } else {
+            b.handle(t, ClientInput::AuthRefused(crate::secure::AuthError::WrongSecret));
+            assert!(matches!(failure_b(&drain_b(&mut b)), Failure::Auth { .. }));
+        }
+    }
 }
