@@ -291,8 +291,7 @@ def bench_secure(size_mib=1024, runs=5, link_mib=256):
         finally:
             link.close()
             shutil.rmtree(work, ignore_errors=True)
-    print(f"
-machinaftp with --secret against without ({runs} runs each, alternating; medians)")
+    print(f"\nmachinaftp with --secret against without ({runs} runs each, alternating; medians)")
     print(f"{'round trip':<28}{'plain s':>9}{'sealed s':>10}{'ratio':>8}{'target':>8}{'plain CPU':>11}"
           f"{'sealed CPU':>12}{'ratio':>8}{'sealed RSS A/B':>18}")
     for title, (p, s), target in rows:
