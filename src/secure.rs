@@ -90,6 +90,10 @@ pub struct SessionKeys {
     pub ret_out: Sealer,
     /// Opens the peer's return-channel messages.
     pub ret_in: Opener,
+    /// What B's return-channel `Hello` carries instead of the session token, which crossed the
+    /// data channel in the clear: only the holders of the secret know it, so no one else can
+    /// claim the session's return channel.
+    pub ret_token: [u8; 16],
 }
 
 impl fmt::Debug for SessionKeys {
@@ -106,6 +110,7 @@ struct Schedule {
     data_b2a: [u8; 32],
     ret_a2b: [u8; 32],
     ret_b2a: [u8; 32],
+    ret_token: [u8; 16],
 }
 
 /// A length for `ring::hkdf` output.
@@ -137,6 +142,11 @@ impl Schedule {
             data_b2a: expand("machinaftp v5 data client to server"),
             ret_a2b: expand("machinaftp v5 return server to client"),
             ret_b2a: expand("machinaftp v5 return client to server"),
+            ret_token: {
+                let mut t = [0u8; 16];
+                t.copy_from_slice(&expand("machinaftp v5 return token")[..16]);
+                t
+            },
         }
     }
 
@@ -194,6 +204,7 @@ impl ClientHandshake {
             data_in: Opener::new(&s.data_a2b),
             ret_out: Sealer::new(&s.ret_b2a),
             ret_in: Opener::new(&s.ret_a2b),
+            ret_token: s.ret_token,
         };
         Ok((keys, mine))
     }
@@ -259,6 +270,7 @@ impl ServerReply {
                 data_in: Opener::new(&s.data_b2a),
                 ret_out: Sealer::new(&s.ret_a2b),
                 ret_in: Opener::new(&s.ret_b2a),
+                ret_token: s.ret_token,
             },
             check: ConfirmCheck { expected: s.confirm_client, transcript },
         })
@@ -432,6 +444,8 @@ mod tests {
         assert_eq!(client.ret_in.open_message(&mut m).unwrap(), b"hello B");
         let mut m = client.data_out.seal_message(b"up");
         assert_eq!(server.data_in.open_message(&mut m).unwrap(), b"up");
+        assert_eq!(server.ret_token, client.ret_token);
+        assert_ne!(server.ret_token, TOKEN);
     }
 
     #[test]

@@ -440,8 +440,9 @@ impl Driver<'_> {
                     let input = match self.handshake.take() {
                         Some(hs) => match hs.finish(&self.token, &theirs.msg, &theirs.confirm) {
                             Ok((keys, tag)) => {
+                                let ret_token = keys.ret_token;
                                 self.keys = Some(keys);
-                                ClientInput::Authenticated { tag }
+                                ClientInput::Authenticated { tag, ret_token }
                             }
                             Err(e) => ClientInput::AuthRefused(e),
                         },

@@ -88,6 +88,7 @@ pub(super) fn serve(
                 check: None,
                 data_keys: None,
                 ret_keys: None,
+                ret_token: None,
                 done: None,
             };
             d.run(hello)
@@ -193,6 +194,7 @@ struct Driver<'a> {
     check: Option<ConfirmCheck>,
     data_keys: Option<(Sealer, Opener)>,
     ret_keys: Option<(Sealer, Opener)>,
+    ret_token: Option<crate::protocol::Token>,
     done: Option<Result<ServerOutcome, Failure>>,
 }
 
@@ -489,6 +491,7 @@ impl Driver<'_> {
                             let k = reply.keys;
                             self.data_keys = Some((k.data_out, k.data_in));
                             self.ret_keys = Some((k.ret_out, k.ret_in));
+                            self.ret_token = Some(k.ret_token);
                             self.check = Some(reply.check);
                             ServerInput::AuthReply(Box::new(WelcomeAuth { msg: reply.msg, confirm: reply.confirm }))
                         }
@@ -511,6 +514,9 @@ impl Driver<'_> {
                     self.machine.handle(now, input);
                 }
                 ServerAction::Register { token, return_port } => {
+                    // Secured, the return channel is claimed with the token only the holders of
+                    // the secret know (V5-return-token).
+                    let token = self.ret_token.take().unwrap_or(token);
                     self.greeted.store(true, Ordering::SeqCst);
                     debug!(session = %hex(&token[..4]), return_port, version = self.machine.version(), "client hello");
                     let input = match self.shared.hub.register(token, return_port, &self.shared.stop) {

@@ -52,6 +52,8 @@ pub enum ClientInput<'a> {
     Authenticated {
         /// B's key-confirmation tag.
         tag: [u8; CONFIRM_LEN],
+        /// What the return channel's `Hello` carries from here on (V5-return-token).
+        ret_token: Token,
     },
     /// A did not prove the secret (after [`ClientAction::Authenticate`]).
     AuthRefused(AuthError),
@@ -404,8 +406,9 @@ impl ClientSession {
             }
             ClientInput::RetUndecodable(e) => self.protocol(Violation::Undecodable(e)),
             ClientInput::Forged(why) => self.protocol(Violation::Forged(why)),
-            ClientInput::Authenticated { tag } => {
+            ClientInput::Authenticated { tag, ret_token } => {
                 if let State::Authenticating { version, topology } = self.state {
+                    self.params.token = ret_token;
                     self.send_data(DataMsg::Confirm { tag });
                     self.actions.push_back(ClientAction::Secure);
                     self.welcomed(version, topology);

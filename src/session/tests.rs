@@ -1662,7 +1662,7 @@ fn v5_who_a_client_with_a_secret_refuses_a_server_that_asks_for_none() {
         );
         assert!(matches!(drain_b(&mut b)[..], [ClientAction::Authenticate(_)]));
         if proved {
-            b.handle(t, ClientInput::Authenticated { tag: [7; CONFIRM_LEN] });
+            b.handle(t, ClientInput::Authenticated { tag: [7; CONFIRM_LEN], ret_token: [8; 16] });
             let acts = drain_b(&mut b);
             assert!(
                 matches!(
@@ -1671,7 +1671,7 @@ fn v5_who_a_client_with_a_secret_refuses_a_server_that_asks_for_none() {
                         ClientAction::SendData(DataMsg::Confirm { .. }),
                         ClientAction::Secure,
                         ClientAction::Wire(_),
-                        ClientAction::SendRet(_)
+                        ClientAction::SendRet(ReturnMsg::Hello { token: [8, ..], .. })
                     ]
                 ),
                 "{acts:?}"
