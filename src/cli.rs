@@ -21,6 +21,16 @@ use crate::units::parse_size;
 #[command(name = "machinaftp", version, args_conflicts_with_subcommands = true)]
 #[command(after_help = "Examples:\n  machinaftp --server -f cad_mesh.stl -H 0.0.0.0 -p 8080\n  \
 machinaftp --client -f output.stl -H 192.168.1.20 -p 8080\n  machinaftp demo")]
+#[command(
+    after_long_help = "Examples:\n  machinaftp --server -f cad_mesh.stl -H 0.0.0.0 -p 8080 --secret-file mftp.key\n  \
+machinaftp --client -f output.stl -H 192.168.1.20 -p 8080 --secret-file mftp.key\n  machinaftp demo\n\n\
+Exit statuses:\n  0  both legs verified (and the CSV, for an STL)\n  1  a checksum or size did not match\n  \
+2  bad command line, unreadable input, or a port that cannot be listened on\n  \
+3  network: no server, the peer refused, vanished, timed out, was busy, or broke the protocol\n  \
+4  a local file could not be written\n  5  the file made its round trip but its CSV did not\n  \
+6  authentication failed: the peers do not share the secret\n  130  interrupted by a signal\n\n\
+Every option can also come from the environment variable named beside it (MACHINAFTP_...)."
+)]
 pub struct Cli {
     /// Start the server process (A): serve FILENAME to clients
     #[arg(short = 's', long, env = "MACHINAFTP_SERVER", value_parser = FalseyValueParser::new())]

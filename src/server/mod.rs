@@ -408,3 +408,18 @@ fn check_input(path: &Path) -> Result<()> {
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn only_loopback_addresses_count_as_loopback() {
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "fe80::1", "workstation-a", ""] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+}
