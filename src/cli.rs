@@ -187,6 +187,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Write every vertex of an STL file (binary or ASCII) as `x,y,z` CSV lines with 4 decimals
     Stl2csv(Stl2csvArgs),
+    /// What a mesh is: facets, vertices, size, area, volume, whether it is closed, and a geometry
+    /// digest that ASCII and binary encodings of one mesh share; several files make a table
+    Inspect(InspectArgs),
     /// Write the built-in sample mesh (a torus, binary STL, the one `demo` sends) to a new file
     Sample {
         /// Where to write it (through a temporary file, renamed when complete)
@@ -220,6 +223,17 @@ pub struct Stl2csvArgs {
     /// Start with an `x,y,z` header line
     #[arg(long)]
     pub header: bool,
+}
+
+/// Options of `machinaftp inspect`.
+#[derive(Debug, Args, Clone)]
+pub struct InspectArgs {
+    /// The STL files
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// One JSON object per file on stdout (the fields are listed in docs/JSON.md)
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `machinaftp demo`.
@@ -261,6 +275,8 @@ pub enum Invocation {
     Demo(DemoArgs),
     /// The STL to CSV converter.
     Stl2csv(Stl2csvArgs),
+    /// Mesh facts.
+    Inspect(InspectArgs),
     /// Write the sample mesh here.
     Sample(PathBuf),
     /// A shell completion script.
@@ -277,6 +293,7 @@ impl Cli {
         match self.command {
             Some(Command::Demo(args)) => return Ok(Invocation::Demo(args)),
             Some(Command::Stl2csv(args)) => return Ok(Invocation::Stl2csv(args)),
+            Some(Command::Inspect(args)) => return Ok(Invocation::Inspect(args)),
             Some(Command::Completions { shell }) => return Ok(Invocation::Completions(shell)),
             Some(Command::Man) => return Ok(Invocation::Man),
             Some(Command::Keygen) => return Ok(Invocation::Keygen),

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
     let outcome = match invocation {
         Invocation::Demo(args) => demo::run(&args, &mut std::io::stdout()),
         Invocation::Stl2csv(args) => run_stl2csv(&args),
+        Invocation::Inspect(args) => run_inspect(&args),
         Invocation::Completions(shell) => write_stdout(|out| {
             clap_complete::generate(shell, &mut Cli::command(), "machinaftp", out);
             Ok(())
@@ -176,6 +177,90 @@ fn write_sample(path: &std::path::Path) -> Result<i32, Error> {
         stl::sample::file_size()
     );
     Ok(exit::OK)
+}
+
+/// `machinaftp inspect`: a block of facts for one file, a table for several, or JSON lines. A
+/// file that cannot be read is named with why, and the others are still inspected; the exit
+/// status is the worst.
+fn run_inspect(args: &machinaftp::cli::InspectArgs) -> Result<i32, Error> {
+    use machinaftp::stl::mesh::{MeshFacts, inspect};
+    let mut status = exit::OK;
+    let mut ok: Vec<(&std::path::Path, MeshFacts)> = Vec::new();
+    for path in &args.files {
+        match inspect(path) {
+            Ok(f) => ok.push((path, f)),
+            Err(e) => {
+                let e = Error::Convert(e);
+                let _ = writeln!(std::io::stderr(), "machinaftp: error: {}", chain(&e));
+                status = status.max(e.exit_code());
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    if args.json {
+        for (path, f) in &ok {
+            let mut v = serde_json::to_value(f).unwrap_or_default();
+            if let Some(map) = v.as_object_mut() {
+                map.insert("file".into(), path.display().to_string().into());
+            }
+            lines.push(v.to_string());
+        }
+    } else if args.files.len() == 1 {
+        if let Some((_, f)) = ok.first() {
+            lines.extend(facts_block(f));
+        }
+    } else {
+        lines.extend(facts_table(&ok));
+    }
+    write_stdout(|out| lines.iter().try_for_each(|l| writeln!(out, "{l}")))?;
+    Ok(status)
+}
+
+fn facts_block(f: &machinaftp::stl::mesh::MeshFacts) -> Vec<String> {
+    let (min, max, size) = f.bbox.map_or(([0.0; 3], [0.0; 3], [0.0; 3]), |b| (b.min, b.max, b.size));
+    let xyz = |v: [f64; 3]| format!("{:.4}, {:.4}, {:.4}", v[0], v[1], v[2]);
+    vec![
+        f.line(),
+        format!("  facets             {}", f.facets),
+        format!("  distinct vertices  {}", f.distinct_vertices),
+        format!("  solids             {}", f.solids),
+        format!("  bounding box       min ({}) max ({})", xyz(min), xyz(max)),
+        format!("  size               {}", xyz(size)),
+        format!("  area               {:.6}", f.area),
+        format!("  volume             {:.6}", f.volume),
+        format!("  closed             {}", if f.closed { "yes" } else { "no" }),
+        format!(
+            "  edges              {} boundary, {} non-manifold, {} misoriented",
+            f.boundary_edges, f.nonmanifold_edges, f.misoriented_edges
+        ),
+        format!("  degenerate facets  {}", f.degenerate_facets),
+        format!("  flipped normals    {}", f.flipped_normals),
+        format!("  geometry BLAKE3    {}", f.geometry_blake3),
+    ]
+}
+
+fn facts_table(rows: &[(&std::path::Path, machinaftp::stl::mesh::MeshFacts)]) -> Vec<String> {
+    let width = rows.iter().map(|(p, _)| p.display().to_string().len()).max().unwrap_or(4).max(4);
+    let mut out = vec![format!(
+        "{:<width$}  {:>9}  {:>9}  {:>26}  {:>14}  {:>14}  {:>6}  {:>16}",
+        "file", "facets", "vertices", "size", "area", "volume", "closed", "geometry BLAKE3"
+    )];
+    for (p, f) in rows {
+        let size =
+            f.bbox.map_or_else(String::new, |b| format!("{:.1} x {:.1} x {:.1}", b.size[0], b.size[1], b.size[2]));
+        out.push(format!(
+            "{:<width$}  {:>9}  {:>9}  {:>26}  {:>14.3}  {:>14.3}  {:>6}  {:>16}",
+            p.display(),
+            f.facets,
+            f.distinct_vertices,
+            size,
+            f.area,
+            f.volume,
+            if f.closed { "yes" } else { "no" },
+            &f.geometry_blake3[..16]
+        ));
+    }
+    out
 }
 
 fn run_stl2csv(args: &Stl2csvArgs) -> Result<i32, Error> {

@@ -13,7 +13,7 @@
 
 use std::io::{self, BufRead, Read};
 
-use super::{Facet, ReadSummary, StlError};
+use super::{Facet, ReadSummary, StlError, Vertex};
 
 /// Longest token accepted; a longer run of non-space bytes is an error, which also bounds the
 /// memory a hostile file can make the reader use.
@@ -203,10 +203,11 @@ impl<R: Read> Parser<R> {
         }
     }
 
-    fn facet(&mut self) -> Result<Facet, StlError> {
+    fn facet(&mut self) -> Result<(Vertex, Facet), StlError> {
         self.keyword("normal", "after `facet`")?;
-        for axis in ["x", "y", "z"] {
-            self.number(&format!("normal's {axis}"))?;
+        let mut normal: Vertex = [0.0; 3];
+        for (n, axis) in normal.iter_mut().zip(["x", "y", "z"]) {
+            *n = self.number(&format!("normal's {axis}"))?;
         }
         self.keyword("outer", "after the normal")?;
         self.keyword("loop", "after `outer`")?;
@@ -250,12 +251,12 @@ impl<R: Read> Parser<R> {
             None => return Err(self.t.err(format!("file ends inside facet {facet}"))),
         }
         self.keyword("endfacet", "at the end")?;
-        Ok(f)
+        Ok((normal, f))
     }
 }
 
 /// Reads every solid of an ASCII STL stream positioned at its start.
-pub fn read<R: Read>(r: R, each: &mut impl FnMut(&Facet) -> io::Result<()>) -> Result<ReadSummary, StlError> {
+pub fn read<R: Read>(r: R, each: &mut impl FnMut(&Vertex, &Facet) -> io::Result<()>) -> Result<ReadSummary, StlError> {
     let mut p = Parser { t: Tokens::new(r), facets: 0 };
     p.t.skip_bom()?;
     let mut summary = ReadSummary::default();
@@ -286,9 +287,9 @@ pub fn read<R: Read>(r: R, each: &mut impl FnMut(&Facet) -> io::Result<()>) -> R
                     break;
                 }
                 Some(tok) if tok.eq_ignore_ascii_case(b"facet") => {
-                    let f = p.facet()?;
+                    let (normal, f) = p.facet()?;
                     p.facets += 1;
-                    each(&f)?;
+                    each(&normal, &f)?;
                 }
                 Some(tok) => {
                     let msg = format!("expected `facet` or `endsolid`, found {}", show(tok));
@@ -308,7 +309,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<(Vec<Facet>, ReadSummary), StlError> {
         let mut got = Vec::new();
-        let s = read(Cursor::new(text.as_bytes().to_vec()), &mut |f| {
+        let s = read(Cursor::new(text.as_bytes().to_vec()), &mut |_, f| {
             got.push(*f);
             Ok(())
         })?;

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read};
 
-use super::{Facet, ReadSummary, StlError};
+use super::{Facet, ReadSummary, StlError, Vertex};
 
 const RECORD: usize = 50;
 /// Records read per call: a multiple of the record size near 64 KiB.
@@ -13,7 +13,7 @@ const BATCH: usize = 1310;
 pub fn read<R: Read>(
     mut r: R,
     count: u32,
-    each: &mut impl FnMut(&Facet) -> io::Result<()>,
+    each: &mut impl FnMut(&Vertex, &Facet) -> io::Result<()>,
 ) -> Result<ReadSummary, StlError> {
     let mut header = [0u8; 84];
     r.read_exact(&mut header)?;
@@ -48,7 +48,8 @@ pub fn read<R: Read>(
                     }
                 }
             }
-            each(&facet)?;
+            let f = |at: usize| f32::from_le_bytes([rec[at], rec[at + 1], rec[at + 2], rec[at + 3]]);
+            each(&[f(0), f(4), f(8)], &facet)?;
         }
     }
     Ok(ReadSummary { facets: total, solids: 1, warnings: Vec::new() })
@@ -75,7 +76,7 @@ mod tests {
     fn reads_vertices_and_skips_normal_and_attributes() {
         let data = file(&[[9.0, 9.0, 9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, -0.0]]);
         let mut got = Vec::new();
-        let s = read(Cursor::new(data), 1, &mut |f| {
+        let s = read(Cursor::new(data), 1, &mut |_, f| {
             got.push(*f);
             Ok(())
         })
@@ -89,7 +90,7 @@ mod tests {
         let ok = [0.0; 12];
         let mut bad = [0.0; 12];
         bad[7] = f32::NAN; // second vertex, y
-        let e = read(Cursor::new(file(&[ok, bad])), 2, &mut |_| Ok(())).unwrap_err();
+        let e = read(Cursor::new(file(&[ok, bad])), 2, &mut |_, _| Ok(())).unwrap_err();
         assert!(e.to_string().starts_with("facet 2: vertex 2 has a non-finite coordinate"), "{e}");
     }
 }

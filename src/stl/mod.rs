@@ -12,6 +12,7 @@
 pub mod ascii;
 pub mod binary;
 pub mod csv;
+pub mod mesh;
 mod pipeline;
 pub mod sample;
 
@@ -150,7 +151,16 @@ pub fn detect<R: Read + Seek>(r: &mut R) -> Result<Format, StlError> {
 
 /// Reads every facet in file order, calling `each` for each one. Memory use does not depend on
 /// the file's size.
-pub fn read<R: Read + Seek>(mut r: R, mut each: impl FnMut(&Facet) -> io::Result<()>) -> Result<ReadSummary, StlError> {
+pub fn read<R: Read + Seek>(r: R, mut each: impl FnMut(&Facet) -> io::Result<()>) -> Result<ReadSummary, StlError> {
+    read_with_normals(r, |_, f| each(f))
+}
+
+/// [`read`], with each facet's stored normal (as written: it may be zero, or disagree with the
+/// facet's winding).
+pub fn read_with_normals<R: Read + Seek>(
+    mut r: R,
+    mut each: impl FnMut(&Vertex, &Facet) -> io::Result<()>,
+) -> Result<ReadSummary, StlError> {
     match detect(&mut r)? {
         Format::Binary { facets } => binary::read(r, facets, &mut each),
         Format::Ascii => ascii::read(r, &mut each),

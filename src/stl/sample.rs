@@ -57,6 +57,22 @@ pub fn write_torus<W: Write>(mut w: W) -> io::Result<()> {
     w.flush()
 }
 
+/// A cube of `edge` with its lowest corner at `offset`, as 12 facets (stored normal, corners)
+/// wound counter-clockwise seen from outside: a mesh whose facts are known exactly (area
+/// 6·edge², volume edge³, 8 distinct vertices, closed).
+pub fn cube(edge: f32, offset: [f32; 3]) -> Vec<([f32; 3], [[f32; 3]; 3])> {
+    let p = |x: f32, y: f32, z: f32| [x * edge + offset[0], y * edge + offset[1], z * edge + offset[2]];
+    let quads = [
+        ([0.0, 0.0, -1.0], [p(0., 0., 0.), p(0., 1., 0.), p(1., 1., 0.), p(1., 0., 0.)]),
+        ([0.0, 0.0, 1.0], [p(0., 0., 1.), p(1., 0., 1.), p(1., 1., 1.), p(0., 1., 1.)]),
+        ([0.0, -1.0, 0.0], [p(0., 0., 0.), p(1., 0., 0.), p(1., 0., 1.), p(0., 0., 1.)]),
+        ([0.0, 1.0, 0.0], [p(0., 1., 0.), p(0., 1., 1.), p(1., 1., 1.), p(1., 1., 0.)]),
+        ([-1.0, 0.0, 0.0], [p(0., 0., 0.), p(0., 0., 1.), p(0., 1., 1.), p(0., 1., 0.)]),
+        ([1.0, 0.0, 0.0], [p(1., 0., 0.), p(1., 1., 0.), p(1., 1., 1.), p(1., 0., 1.)]),
+    ];
+    quads.iter().flat_map(|(n, q)| [(*n, [q[0], q[1], q[2]]), (*n, [q[0], q[2], q[3]])]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
