@@ -264,7 +264,7 @@ fn facts_table(rows: &[(&std::path::Path, machinaftp::stl::mesh::MeshFacts)]) ->
 }
 
 fn run_stl2csv(args: &Stl2csvArgs) -> Result<i32, Error> {
-    let opts = CsvOptions { unique: args.unique, header: args.header, digest: false };
+    let opts = CsvOptions { unique: args.unique, header: args.header, digest: false, mesh: false };
     let summary = match &args.output {
         Some(out) => stl::convert(&args.input, out, opts)?.read,
         None => {

@@ -449,6 +449,7 @@ fn serve_one(
         return_time: started.elapsed(),
         resumed: Resumed::default(),
         csv: CsvResult::NotMade("the Python version's protocol carries no CSV".into()),
+        mesh: None,
     })
 }
 
@@ -476,13 +477,19 @@ pub fn fetch(cfg: &ClientConfig, stop: &Shutdown, reporter: &dyn Reporter) -> Re
     info!("connected to the data channel (the Python version's protocol)");
     let session = |failure| Error::Session { peer: format!("server {addr}"), failure: Box::new(failure) };
     let (digest, data_time, return_time) = round_trip(cfg, conn, stop, reporter).map_err(session)?;
+    let mut mesh = None;
     let csv = match &cfg.csv {
         None => CsvReturned::NotMade("disabled with --no-csv".into()),
-        Some(path) => match stl::convert(&cfg.out, path, CsvOptions { digest: true, ..CsvOptions::default() }) {
-            Ok(c) => CsvReturned::Local { size: c.csv.digest.map_or(0, |d| d.size), rows: c.csv.rows },
-            Err(e) if e.is_not_stl() => CsvReturned::NotMade("the file is not STL".into()),
-            Err(e) => return Err(session(Failure::Csv(crate::session::CsvFailure::Convert(e)))),
-        },
+        Some(path) => {
+            match stl::convert(&cfg.out, path, CsvOptions { digest: true, mesh: true, ..CsvOptions::default() }) {
+                Ok(c) => {
+                    mesh = c.read.mesh;
+                    CsvReturned::Local { size: c.csv.digest.map_or(0, |d| d.size), rows: c.csv.rows }
+                }
+                Err(e) if e.is_not_stl() => CsvReturned::NotMade("the file is not STL".into()),
+                Err(e) => return Err(session(Failure::Csv(crate::session::CsvFailure::Convert(e)))),
+            }
+        }
     };
     Ok(ClientReport {
         server: addr,
@@ -496,6 +503,7 @@ pub fn fetch(cfg: &ClientConfig, stop: &Shutdown, reporter: &dyn Reporter) -> Re
             return_time,
             resumed: Resumed::default(),
             csv,
+            mesh,
         },
     })
 }

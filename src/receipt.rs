@@ -63,6 +63,8 @@ pub struct Receipt {
     data_leg: LegFacts,
     return_leg: LegFacts,
     csv: CsvFacts,
+    /// The mesh's facts (`inspect --json`'s fields), when its CSV came back verified.
+    mesh: Option<crate::stl::mesh::MeshFacts>,
     error: Option<ErrorFacts>,
 }
 
@@ -200,6 +202,7 @@ fn failed(role: &'static str, peer: String, saved: Saved, e: &Error, seen: Seen)
         data_leg: LegFacts::of_failure(Leg::Data, seen.data, failure, &msg),
         return_leg: LegFacts::of_failure(Leg::Return, seen.ret, failure, &msg),
         csv,
+        mesh: None,
         error: Some(ErrorFacts { message: msg, hint: e.hint() }),
     }
 }
@@ -254,6 +257,7 @@ pub fn client_ok(r: &ClientReport) -> Receipt {
         data_leg,
         return_leg,
         csv,
+        mesh: o.mesh.as_deref().cloned(),
         error: None,
     }
 }
@@ -308,6 +312,7 @@ pub fn server(r: &ServerSessionReport, seen: Seen) -> Option<Receipt> {
         data_leg,
         return_leg,
         csv,
+        mesh: o.mesh.as_deref().cloned(),
         error,
     })
 }

@@ -295,6 +295,9 @@ impl<W: std::io::Write + Send> Text<W> {
             r.output.display(),
             units::bytes(o.digest.size),
         ));
+        if let Some(m) = &o.mesh {
+            self.line(&format!("mesh: {}", m.line()));
+        }
     }
 }
 
@@ -383,6 +386,9 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
                         units::bytes(o.digest.size),
                         r.output.display()
                     ));
+                    if let Some(m) = &o.mesh {
+                        self.line(&format!("mesh {}: {}", r.peer, m.line()));
+                    }
                 }
                 Err(e) => self.line(&format!("FAILED: {}", crate::error::chain(e))),
             },

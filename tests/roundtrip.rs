@@ -449,3 +449,38 @@ fn progress_bars_on_a_terminal_only_unless_asked() {
     let out = client(b.path(), &["--client", "-f", "x.bin", "--progress", "--no-progress"]);
     assert_eq!(out.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn both_sides_report_the_same_mesh_after_the_verdict() {
+    require_shared!();
+    let mesh = shared("cad_mesh.stl");
+    let inspected = client(tempdir().path(), &["inspect", "--json", mesh.to_str().unwrap()]);
+    let facts = receipt_free(inspected.stdout.trim());
+    // Text: one mesh line each, after the verdict, the same on both sides.
+    let (a, b) = (tempdir(), tempdir());
+    let srv = Server::start(a.path(), &mesh, &["--once"]);
+    let out = client(b.path(), &srv.client_args("output.stl"));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let srv = srv.proc.finish();
+    let b_line = out.stdout.lines().find(|l| l.starts_with("mesh: ")).unwrap_or_else(|| panic!("{out:?}"));
+    let a_line = srv.stdout.lines().find(|l| l.starts_with("mesh ")).unwrap_or_else(|| panic!("{srv:?}"));
+    assert!(b_line.starts_with("mesh: 14,296 facets, 172.0 x 980.2 x 76.2, open (268 boundary edges)"), "{b_line}");
+    assert_eq!(a_line.split_once(": ").unwrap().1, b_line.split_once(": ").unwrap().1);
+    // JSON: the receipts carry inspect's facts under `mesh`.
+    let (a, b) = (tempdir(), tempdir());
+    let (srv, port) = json_server(a.path(), &mesh);
+    let out = client(b.path(), &["--client", "-f", "copy.stl", "-p", &port, "--json"]);
+    let srv = srv.finish();
+    for line in [out.stdout.trim(), srv.stdout.trim()] {
+        let r = receipt(line);
+        for k in
+            ["facets", "distinct_vertices", "closed", "boundary_edges", "geometry_blake3", "area", "volume", "bbox"]
+        {
+            assert_eq!(r["mesh"][k], facts[k], "{k}: {r}");
+        }
+    }
+}
+
+fn receipt_free(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}

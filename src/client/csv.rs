@@ -166,8 +166,8 @@ impl Drop for Job {
 /// Converts the received file to CSV. Not STL is not a failure: there is just no CSV.
 fn convert(follow: Follow, input: &Path, csv: &Path, stop: &AtomicBool) -> Outcome {
     // One pass: detection is the conversion's first step.
-    let opts = CsvOptions { digest: true, ..CsvOptions::default() };
-    let (c, staged) = match stl::convert_staged(follow, input, csv, opts, stop) {
+    let opts = CsvOptions { digest: true, mesh: true, ..CsvOptions::default() };
+    let (mut c, staged) = match stl::convert_staged(follow, input, csv, opts, stop) {
         Ok(done) => done,
         Err(e) => return (failed(e, input), None),
     };
@@ -176,7 +176,7 @@ fn convert(follow: Follow, input: &Path, csv: &Path, stop: &AtomicBool) -> Outco
     }
     info!(csv = %csv.display(), facets = c.read.facets, rows = c.csv.rows, "CSV converted");
     let input = match c.csv.digest {
-        Some(digest) => ClientInput::CsvMade { size: digest.size, digest, rows: c.csv.rows },
+        Some(digest) => ClientInput::CsvMade { size: digest.size, digest, rows: c.csv.rows, mesh: c.read.mesh.take() },
         None => ClientInput::CsvFailed(Failure::Csv(CsvFailure::ClientCouldNot("no digest was computed".into()))),
     };
     (input, Some(staged))

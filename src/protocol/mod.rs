@@ -16,10 +16,13 @@ pub const MAGIC: [u8; 4] = *b"MFTP";
 /// while it receives it, since version 2), a waiting line for clients beyond the server's limit
 /// (version 3), and (version 4) a `Trailer` that lets the client say where its copy differs and
 /// the resumption of an interrupted transfer; (version 5) a secured handshake when both sides hold
-/// a secret, after which both channels are sealed.
-pub const VERSION: u16 = 5;
+/// a secret, after which both channels are sealed; (version 6) the mesh's facts, which B returns
+/// with the CSV and A compares with its own.
+pub const VERSION: u16 = 6;
 /// The first version whose `Hello` and `Welcome` may carry the secured handshake.
 pub const AUTH_VERSION: u16 = 5;
+/// The first version in which B returns the mesh's facts with its CSV (`Mesh`).
+pub const MESH_VERSION: u16 = 6;
 /// The first version whose `Trailer` carries the CRC-32 of each piece of the file.
 pub const CHUNKS_VERSION: u16 = 4;
 /// The first version in which an interrupted transfer resumes (`AcceptFrom` and `Resume`).

@@ -4,6 +4,8 @@
 //! it). The first byte is the type. B sends the file back in `Data` messages, never more bytes than
 //! A has granted in `Credit` messages, so that memory stays bounded at both ends.
 
+use crate::stl::mesh::{BBox, MeshFacts};
+
 use super::wire::{DecodeError, Reader, put_str16};
 use super::{MAGIC, Token};
 
@@ -79,6 +81,9 @@ pub enum ReturnMsg<'a> {
     /// B -> A: `stream` will not be sent; `failed` says whether that is a failure (the file is
     /// STL but could not be converted) or expected (not STL, or disabled).
     Skip { stream: Stream, failed: bool, reason: String },
+    /// B -> A (version 6), before the CSV's `Offer`: the facts of the mesh B received, computed
+    /// while it converted the CSV; A compares them with its own.
+    Mesh(Box<MeshFacts>),
 }
 
 const T_HELLO: u8 = 0x11;
@@ -92,6 +97,7 @@ const T_BYE: u8 = 0x18;
 const T_ABORT: u8 = 0x19;
 const T_SKIP: u8 = 0x1a;
 const T_KEEPALIVE: u8 = 0x1b;
+const T_MESH: u8 = 0x1d;
 /// (Version 5, with a secret) A sealed message: this byte, then the AES-256-GCM ciphertext and
 /// tag of one message of the types above. Every message but B's `Hello` is sealed.
 pub const T_SEALED: u8 = 0x1c;
@@ -113,6 +119,7 @@ impl<'a> ReturnMsg<'a> {
             ReturnMsg::Abort { .. } => "Abort",
             ReturnMsg::Skip { .. } => "Skip",
             ReturnMsg::KeepAlive => "KeepAlive",
+            ReturnMsg::Mesh(_) => "Mesh",
         }
     }
 
@@ -169,6 +176,36 @@ impl<'a> ReturnMsg<'a> {
                 out.push(*stream as u8);
                 out.push(u8::from(*failed));
                 put_str16(&mut out, reason, MAX_REASON_LEN);
+            }
+            ReturnMsg::Mesh(m) => {
+                out.push(T_MESH);
+                for n in [
+                    m.facets,
+                    m.distinct_vertices,
+                    m.solids,
+                    m.boundary_edges,
+                    m.nonmanifold_edges,
+                    m.misoriented_edges,
+                    m.degenerate_facets,
+                    m.flipped_normals,
+                ] {
+                    out.extend_from_slice(&n.to_be_bytes());
+                }
+                out.push(u8::from(m.closed));
+                let (min, max) = m.bbox.map_or(([0.0; 3], [0.0; 3]), |b| (b.min, b.max));
+                out.push(u8::from(m.bbox.is_some()));
+                for x in min.iter().chain(&max).chain([&m.area, &m.volume]) {
+                    out.extend_from_slice(&x.to_bits().to_be_bytes());
+                }
+                let mut digest = [0u8; 32];
+                for (i, b) in digest.iter_mut().enumerate() {
+                    *b = m
+                        .geometry_blake3
+                        .get(2 * i..2 * i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .unwrap_or(0);
+                }
+                out.extend_from_slice(&digest);
             }
         }
         out
@@ -250,6 +287,46 @@ impl<'a> ReturnMsg<'a> {
                 r.finish("Skip")?;
                 ReturnMsg::Skip { stream, failed, reason }
             }
+            T_MESH => {
+                let mut n = [0u64; 8];
+                for (v, name) in n.iter_mut().zip([
+                    "facets",
+                    "vertices",
+                    "solids",
+                    "boundary",
+                    "non-manifold",
+                    "misoriented",
+                    "degenerate",
+                    "flipped",
+                ]) {
+                    *v = r.u64(name)?;
+                }
+                let closed = r.flag("closed")?;
+                let has_box = r.flag("has box")?;
+                let mut f = [0f64; 8];
+                for x in f.iter_mut() {
+                    *x = f64::from_bits(r.u64("mesh number")?);
+                }
+                let digest: [u8; 32] = r.array("geometry blake3")?;
+                r.finish("Mesh")?;
+                let (min, max) = ([f[0], f[1], f[2]], [f[3], f[4], f[5]]);
+                let size = [max[0] - min[0], max[1] - min[1], max[2] - min[2]];
+                ReturnMsg::Mesh(Box::new(MeshFacts {
+                    facets: n[0],
+                    distinct_vertices: n[1],
+                    solids: n[2],
+                    bbox: has_box.then_some(BBox { min, max, size }),
+                    area: f[6],
+                    volume: f[7],
+                    closed,
+                    boundary_edges: n[3],
+                    nonmanifold_edges: n[4],
+                    misoriented_edges: n[5],
+                    degenerate_facets: n[6],
+                    flipped_normals: n[7],
+                    geometry_blake3: super::hex(&digest),
+                }))
+            }
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(msg)
@@ -300,6 +377,14 @@ mod tests {
 
     fn all_messages() -> Vec<ReturnMsg<'static>> {
         vec![
+            ReturnMsg::Mesh(Box::new({
+                let mut ins = crate::stl::mesh::Inspector::new();
+                for (n, f) in crate::stl::sample::cube(10.0, [1.5, -2.0, 3.0]) {
+                    ins.facet(&n, &f);
+                }
+                ins.finish(1)
+            })),
+            ReturnMsg::Mesh(Box::new(crate::stl::mesh::Inspector::new().finish(0))),
             ReturnMsg::Hello { version: 1, token: [9; 16] },
             ReturnMsg::HelloAck { version: 1 },
             ReturnMsg::Offer { stream: Stream::File, size: 714_884 },

@@ -194,14 +194,16 @@ impl SourceCache {
 
 /// Derives the CSV's digest from the original, checking that it read the version asked about.
 fn derive(path: &PathBuf, id: FileId, stop: &AtomicBool) -> ExpectedCsv {
-    let opts = CsvOptions { digest: true, ..CsvOptions::default() };
+    let opts = CsvOptions { digest: true, mesh: true, ..CsvOptions::default() };
     let result = stl::convert_to_stoppable(path, std::io::sink(), Path::new("(digest only)"), opts, stop);
     let now = std::fs::metadata(path).map(|m| FileId::of(&m));
     if now.as_ref().ok() != Some(&id) {
         return ExpectedCsv::Unknown("the served file changed while the server derived its CSV".into());
     }
     match result {
-        Ok((_, csv)) => csv.digest.map_or_else(|| ExpectedCsv::Unknown("no digest".into()), ExpectedCsv::Digest),
+        Ok((read, csv)) => {
+            csv.digest.map_or_else(|| ExpectedCsv::Unknown("no digest".into()), |d| ExpectedCsv::Digest(d, read.mesh))
+        }
         Err(e) if e.is_not_stl() => ExpectedCsv::NotStl,
         Err(e @ (ConvertError::Open { .. } | ConvertError::Stopped | ConvertError::Write { .. })) => {
             ExpectedCsv::Unknown(crate::session::chain(&e))
@@ -244,7 +246,7 @@ mod tests {
         let got: Vec<_> = wakers.iter().map(|w| cache.expected_csv(id, &p, Some(w.handle()))).collect();
         for (first, got) in firsts.iter().zip(&got) {
             assert!(first.is_none() || first == got);
-            assert!(matches!(got, Some(ExpectedCsv::Digest(d)) if d.size == 0), "{got:?}");
+            assert!(matches!(got, Some(ExpectedCsv::Digest(d, _)) if d.size == 0), "{got:?}");
         }
         assert!(cache.threads.lock().unwrap().is_empty(), "one thread, joined");
     }
@@ -267,7 +269,7 @@ mod tests {
         // an answer (that the CSV cannot be checked), not silence.
         let got_old = cache.expected_csv(old, &p, None);
         assert!(matches!(got_old, Some(ExpectedCsv::Unknown(_))), "{got_old:?}");
-        assert!(matches!(cache.expected_csv(new, &p, None), Some(ExpectedCsv::Digest(_))));
+        assert!(matches!(cache.expected_csv(new, &p, None), Some(ExpectedCsv::Digest(..))));
         assert!(w_old.is_woken() && w_new.is_woken(), "every waiter was woken");
     }
 

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use crate::integrity::{Digest, Hasher, chunk_size, first_differing_chunk};
 use crate::protocol::data::{DataMsg, ErrorCode, Topology, WelcomeAuth};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
-use crate::protocol::{AUTH_VERSION, DecodeError, RESUME_VERSION, Token, VERSION};
+use crate::protocol::{AUTH_VERSION, DecodeError, MESH_VERSION, RESUME_VERSION, Token, VERSION};
 use crate::secure::{AuthError, CONFIRM_LEN, PAKE_MSG_LEN};
+use crate::stl::mesh::MeshFacts;
 
 /// The oldest server version this client steps down to: version 2 has the full-duplex round trip
 /// this machine runs; version 1's sequence is another one.
@@ -76,6 +77,8 @@ pub enum ClientInput<'a> {
     Committed,
     /// The CSV is made and saved.
     CsvMade {
+        /// The mesh's facts, gathered in the same pass.
+        mesh: Option<Box<MeshFacts>>,
         /// Its size.
         size: u64,
         /// Its digest, computed while writing it.
@@ -171,6 +174,8 @@ pub struct ClientOutcome {
     pub resumed: Resumed,
     /// The vertex CSV's fate.
     pub csv: CsvReturned,
+    /// The mesh's facts, when its CSV was returned (and, version 6, A found the same).
+    pub mesh: Option<Box<MeshFacts>>,
 }
 
 /// What became of the vertex CSV in a successful round trip.
@@ -258,7 +263,7 @@ enum State {
 /// What the CSV converter reported, kept until the file's return is verified.
 #[derive(Debug)]
 enum CsvReady {
-    Made { size: u64, digest: Digest, rows: u64 },
+    Made { size: u64, digest: Digest, rows: u64, mesh: Option<Box<MeshFacts>> },
     None(String),
     Failed(Failure),
 }
@@ -275,6 +280,8 @@ pub struct ClientSession {
     /// The version spoken: this build's, or an older server's.
     version: u16,
     csv: Option<CsvReady>,
+    /// The mesh's facts, from the CSV's conversion.
+    mesh: Option<Box<MeshFacts>>,
     file: Option<FileDone>,
     pending: Option<Failure>,
 }
@@ -291,6 +298,7 @@ impl ClientSession {
             data_open: true,
             version: VERSION,
             csv: None,
+            mesh: None,
             file: None,
             pending: None,
         };
@@ -483,7 +491,9 @@ impl ClientSession {
                 self.actions.push_back(ClientAction::MakeCsv);
                 self.pump(now);
             }
-            ClientInput::CsvMade { size, digest, rows } => self.csv_ready(now, CsvReady::Made { size, digest, rows }),
+            ClientInput::CsvMade { size, digest, rows, mesh } => {
+                self.csv_ready(now, CsvReady::Made { size, digest, rows, mesh })
+            }
             ClientInput::CsvNone(why) => self.csv_ready(now, CsvReady::None(why)),
             ClientInput::CsvFailed(f) => self.csv_ready(now, CsvReady::Failed(f)),
             ClientInput::Local(f) => {
@@ -743,7 +753,14 @@ impl ClientSession {
         self.timers.keepalive(false, now);
         self.timers.watch(true, now);
         match ready {
-            CsvReady::Made { size, digest, rows } => {
+            CsvReady::Made { size, digest, rows, mesh } => {
+                // Version 6: the facts go first, for A to hold against its own (V6-mesh).
+                if let Some(m) = &mesh
+                    && self.version >= MESH_VERSION
+                {
+                    self.send_ret(ReturnMsg::Mesh(m.clone()));
+                }
+                self.mesh = mesh;
                 self.send_ret(ReturnMsg::Offer { stream: Stream::Csv, size });
                 let mut out = Outgoing::new(size, frame_size(VERSION));
                 out.add_ready(size);
@@ -777,6 +794,7 @@ impl ClientSession {
             data_time,
             return_time,
             resumed,
+            mesh: matches!(csv, CsvReturned::Returned { .. }).then(|| self.mesh.take()).flatten(),
             csv,
         })));
     }

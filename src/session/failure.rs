@@ -321,6 +321,9 @@ pub enum CsvFailure {
     /// The CSV differs from the one A derives from its original.
     #[error("the CSV differs from the server's own conversion of the original: {0}")]
     DiffersFromOwn(DigestDiff),
+    /// (Version 6) The mesh B read is not the one A reads from its original.
+    #[error("the mesh the client read differs from the server's: {0}")]
+    MeshDiffers(String),
     /// A CSV arrived for a file that A does not consider STL.
     #[error("the client sent a CSV for a file that is not STL")]
     NotStl,

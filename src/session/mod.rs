@@ -69,8 +69,8 @@ pub enum Milestone {
 /// What A expects of the returned CSV, derived from its own original.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExpectedCsv {
-    /// The digest of the CSV of the original.
-    Digest(Digest),
+    /// The digest of the CSV of the original, and (version 6) the original mesh's facts.
+    Digest(Digest, Option<Box<crate::stl::mesh::MeshFacts>>),
     /// The original is not STL: no CSV should come.
     NotStl,
     /// The original could not be converted (or read), so a CSV cannot be checked.

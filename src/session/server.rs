@@ -9,8 +9,11 @@ use std::sync::Arc;
 use crate::integrity::{Digest, FileDigest, Hasher, chunk_size};
 use crate::protocol::data::{DataMsg, ErrorCode, Topology, WelcomeAuth};
 use crate::protocol::ret::{ReturnMsg, Stream, frame_size};
-use crate::protocol::{AUTH_VERSION, CHUNKS_VERSION, DecodeError, MIN_VERSION, RESUME_VERSION, Token, VERSION};
+use crate::protocol::{
+    AUTH_VERSION, CHUNKS_VERSION, DecodeError, MESH_VERSION, MIN_VERSION, RESUME_VERSION, Token, VERSION,
+};
 use crate::secure::{AuthError, CONFIRM_LEN, PAKE_MSG_LEN};
+use crate::stl::mesh::MeshFacts;
 
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Incoming;
@@ -204,6 +207,8 @@ pub struct ServerOutcome {
     pub resumed: Resumed,
     /// The vertex CSV's fate.
     pub csv: CsvResult,
+    /// The original mesh's facts, when its CSV came back verified (version 6: B's agreed).
+    pub mesh: Option<Box<MeshFacts>>,
 }
 
 /// The vertex CSV's fate in one session; none of these fails the session, whose file made its
@@ -320,6 +325,8 @@ pub struct ServerSession {
     pending: Option<Failure>,
     /// Where the secured handshake is (version 5 with a secret).
     auth: Auth,
+    /// The facts of the mesh B read (version 6).
+    their_mesh: Option<Box<MeshFacts>>,
 }
 
 /// The secured handshake, on A's side.
@@ -376,6 +383,7 @@ impl ServerSession {
             file: None,
             pending: None,
             auth: Auth::Off,
+            their_mesh: None,
         }
     }
 
@@ -874,6 +882,9 @@ impl ServerSession {
                     self.timers.keepalive(true, now);
                 }
             }
+            (State::Csv(CsvState::Offer), ReturnMsg::Mesh(m)) if self.version >= MESH_VERSION => {
+                self.their_mesh = Some(m)
+            }
             (State::Csv(CsvState::Offer), ReturnMsg::Skip { stream: Stream::Csv, failed, reason }) => {
                 let csv = if failed {
                     CsvResult::Failed(CsvFailure::ClientCouldNot(reason))
@@ -1014,7 +1025,9 @@ impl ServerSession {
     fn check_csv(&mut self, now: Instant, got: Digest, claimed: Digest) {
         let problem = match (&self.expected, DigestDiff::check(got, claimed)) {
             (_, Some(diff)) => Some(CsvFailure::Damaged(diff)),
-            (Some(ExpectedCsv::Digest(own)), None) => DigestDiff::check(got, *own).map(CsvFailure::DiffersFromOwn),
+            (Some(ExpectedCsv::Digest(own, ours)), None) => DigestDiff::check(got, *own)
+                .map(CsvFailure::DiffersFromOwn)
+                .or_else(|| self.mesh_problem(ours.as_deref())),
             (Some(ExpectedCsv::NotStl), None) => Some(CsvFailure::NotStl),
             (Some(ExpectedCsv::Unknown(why)), None) => Some(CsvFailure::CannotCheck(why.clone())),
             (None, None) => return,
@@ -1028,6 +1041,21 @@ impl ServerSession {
                 self.state = State::Csv(CsvState::Committing(got));
                 self.actions.push_back(ServerAction::Commit(Stream::Csv));
             }
+        }
+    }
+
+    /// V6-mesh: B's facts must be A's own (a client of an older version sends none).
+    fn mesh_problem(&self, ours: Option<&MeshFacts>) -> Option<CsvFailure> {
+        if self.version < MESH_VERSION {
+            return None;
+        }
+        match (ours, self.their_mesh.as_deref()) {
+            (Some(o), Some(t)) => {
+                let d = o.differences(t);
+                (!d.is_empty()).then(|| CsvFailure::MeshDiffers(d.join("; ")))
+            }
+            (Some(_), None) => Some(CsvFailure::MeshDiffers("the client sent no facts of it".into())),
+            (None, _) => None,
         }
     }
 
@@ -1048,6 +1076,10 @@ impl ServerSession {
             data_time: file.data_time,
             return_time: file.return_time,
             resumed: file.resumed,
+            mesh: match (&csv, &self.expected) {
+                (CsvResult::Saved(_), Some(ExpectedCsv::Digest(_, m))) => m.clone(),
+                _ => None,
+            },
             csv,
         })));
     }

@@ -220,7 +220,7 @@ impl Sim {
         let csv = format!("csv of {} bytes\n", file.len()).into_bytes();
         let mut a = ServerSession::new(params(window), now);
         // A's own conversion of its original (here: a stand-in CSV both sides agree on).
-        a.handle(now, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv))));
+        a.handle(now, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), None)));
         let b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, now);
         Sim {
             now,
@@ -487,7 +487,7 @@ impl Sim {
                 }
                 ClientAction::MakeCsv => {
                     let (size, digest, rows) = (self.csv.len() as u64, digest(&self.csv), 1);
-                    self.b.handle(now, ClientInput::CsvMade { size, digest, rows });
+                    self.b.handle(now, ClientInput::CsvMade { size, digest, rows, mesh: None });
                 }
                 ClientAction::Milestone(Milestone::DataLeg { .. }) => self.milestones.push(('B', "data")),
                 ClientAction::Milestone(Milestone::ReturnLeg { .. }) => self.milestones.push(('B', "return")),
@@ -1176,7 +1176,7 @@ fn csv_result(acts: &[ServerAction]) -> Option<(bool, String)> {
 fn v1_flow_step_7_the_csv_must_match_the_clients_end_and_the_servers_own_conversion() {
     let file = bytes(500, 1);
     let csv = b"1.0000,2.0000,3.0000\n".to_vec();
-    let own = ExpectedCsv::Digest(digest(&csv));
+    let own = ExpectedCsv::Digest(digest(&csv), None);
     // Intact and equal to A's own: saved.
     let (mut a, t) = a_awaiting_csv(&file, Some(own.clone()));
     let acts = a_send_csv(&mut a, t, &csv, digest(&csv));
@@ -1245,7 +1245,7 @@ fn v1_keepalive_while_the_server_derives_its_own_csv() {
     assert!(matches!(sent_ret_a(&drain_a(&mut a))[..], [ReturnMsg::KeepAlive]));
     a.handle_timeout(t + 5 * IDLE);
     assert!(finished_a(&drain_a(&mut a)).is_none(), "A is not waiting on the client meanwhile");
-    a.handle(t + 5 * IDLE, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv))));
+    a.handle(t + 5 * IDLE, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), None)));
     assert!(drain_a(&mut a).iter().any(|x| matches!(x, ServerAction::Commit(Stream::Csv))));
 }
 
@@ -1274,9 +1274,16 @@ fn v1_after_a_negative_result_or_an_abort_the_session_is_over() {
 #[test]
 fn v2_negotiation_answers_each_client_in_its_version() {
     let t = Instant::now();
-    for (asked, answered) in
-        [(1u16, Some(1u16)), (2, Some(2)), (3, Some(3)), (4, Some(4)), (5, Some(5)), (6, Some(5)), (0, None)]
-    {
+    for (asked, answered) in [
+        (1u16, Some(1u16)),
+        (2, Some(2)),
+        (3, Some(3)),
+        (4, Some(4)),
+        (5, Some(5)),
+        (6, Some(6)),
+        (7, Some(6)),
+        (0, None),
+    ] {
         let mut a = ServerSession::new(params(WINDOW_V2), t);
         a.handle(t, ServerInput::Data(DataMsg::Hello { version: asked, token: TOKEN, return_port: 0, auth: None }));
         let acts = drain_a(&mut a);
@@ -1459,7 +1466,7 @@ fn v2_csv_follows_the_files_result() {
     let now = Instant::now();
     let (mut b, t) = client_waiting_for_file_result(100);
     // The CSV was made while the file went back: it waits for the file's verdict.
-    b.handle(now, ClientInput::CsvMade { size: 4, digest: digest(b"abc\n"), rows: 1 });
+    b.handle(now, ClientInput::CsvMade { size: 4, digest: digest(b"abc\n"), rows: 1, mesh: None });
     assert!(drain_b(&mut b).is_empty());
     b.handle(t, ClientInput::Ret(ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() }));
     let acts = drain_b(&mut b);
@@ -1490,7 +1497,7 @@ fn version_1_session_runs_unchanged_against_the_server() {
     let csv = b"0.0000,0.0000,0.0000\n".to_vec();
     let (mut a, t, acts) = a_after_data_leg(1, &file, WINDOW_V2);
     assert!(sent_ret_a(&acts).is_empty(), "version 1: no credit before the Offer");
-    a.handle(t, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv))));
+    a.handle(t, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), None)));
     a.handle(t, ServerInput::Ret(ReturnMsg::Offer { stream: Stream::File, size: file.len() as u64 }));
     drain_a(&mut a);
     let acts = a_return(&mut a, t, &file, FRAME_V1, digest(&file));
@@ -1681,4 +1688,59 @@ fn v5_who_a_client_with_a_secret_refuses_a_server_that_asks_for_none() {
             assert!(matches!(failure_b(&drain_b(&mut b)), Failure::Auth { .. }));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Version 6.
+// ---------------------------------------------------------------------------------------------
+
+fn cube_facts(edge: f32) -> Box<crate::stl::mesh::MeshFacts> {
+    let mut ins = crate::stl::mesh::Inspector::new();
+    for (n, f) in crate::stl::sample::cube(edge, [0.0; 3]) {
+        ins.facet(&n, &f);
+    }
+    Box::new(ins.finish(1))
+}
+
+#[test]
+fn v6_mesh_the_clients_facts_must_be_the_servers_own() {
+    let file = bytes(500, 1);
+    let csv = b"1.0000,2.0000,3.0000\n".to_vec();
+    let ours = cube_facts(10.0);
+    let awaiting = |theirs: Option<Box<crate::stl::mesh::MeshFacts>>| {
+        let (mut a, t, _) = a_after_data_leg(VERSION, &file, WINDOW_V2);
+        a.handle(t, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), Some(ours.clone()))));
+        let acts = a_return(&mut a, t, &file, FRAME_V2, digest(&file));
+        assert!(acts.iter().any(|x| matches!(x, ServerAction::Commit(Stream::File))), "{acts:?}");
+        a.handle(t, ServerInput::Committed(Stream::File));
+        drain_a(&mut a);
+        if let Some(m) = theirs {
+            a.handle(t, ServerInput::Ret(ReturnMsg::Mesh(m)));
+        }
+        let acts = a_send_csv(&mut a, t, &csv, digest(&csv));
+        (a, t, acts)
+    };
+    // The same facts: the CSV is saved, and the outcome carries them.
+    let (mut a, t, acts) = awaiting(Some(ours.clone()));
+    assert!(acts.iter().any(|x| matches!(x, ServerAction::Commit(Stream::Csv))), "{acts:?}");
+    a.handle(t, ServerInput::Committed(Stream::Csv));
+    assert_eq!(csv_result(&drain_a(&mut a)), Some((true, String::new())));
+    a.handle(t, ServerInput::Ret(ReturnMsg::Bye));
+    let done = drain_a(&mut a);
+    let outcome = done.iter().find_map(|x| match x {
+        ServerAction::Finish(Ok(o)) => Some(o),
+        _ => None,
+    });
+    assert_eq!(outcome.and_then(|o| o.mesh.clone()), Some(ours.clone()), "{done:?}");
+    // Other facts: the CSV stage fails, naming both values.
+    let (_, _, acts) = awaiting(Some(cube_facts(11.0)));
+    let (ok, why) = csv_result(&acts).unwrap();
+    assert!(
+        !ok && why.contains("the mesh the client read differs") && why.contains("area 600 here, 726 there"),
+        "{why}"
+    );
+    // None at all from a version-6 client.
+    let (_, _, acts) = awaiting(None);
+    let (ok, why) = csv_result(&acts).unwrap();
+    assert!(!ok && why.contains("the client sent no facts"), "{why}");
 }

@@ -52,7 +52,7 @@ pub fn read<R: Read>(
             each(&[f(0), f(4), f(8)], &facet)?;
         }
     }
-    Ok(ReadSummary { facets: total, solids: 1, warnings: Vec::new() })
+    Ok(ReadSummary { facets: total, solids: 1, ..ReadSummary::default() })
 }
 
 #[cfg(test)]

@@ -46,6 +46,51 @@ pub struct MeshFacts {
     pub geometry_blake3: String,
 }
 
+// Messages carry facts and derive `Eq`; the facts' floats come from finite coordinates, and the
+// round trip compares them with `MeshFacts::differences`, not with `==`.
+impl Eq for MeshFacts {}
+
+impl MeshFacts {
+    /// What differs between two sets of facts, each field once with both values; empty if they
+    /// agree. Counts and the digest must be equal; area, volume and the box agree to a relative
+    /// 1e-9 (another implementation may sum in another order).
+    pub fn differences(&self, theirs: &MeshFacts) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut count = |name: &str, a: u64, b: u64| {
+            if a != b {
+                out.push(format!("{name} {a} here, {b} there"));
+            }
+        };
+        count("facets", self.facets, theirs.facets);
+        count("distinct vertices", self.distinct_vertices, theirs.distinct_vertices);
+        count("solids", self.solids, theirs.solids);
+        count("boundary edges", self.boundary_edges, theirs.boundary_edges);
+        count("non-manifold edges", self.nonmanifold_edges, theirs.nonmanifold_edges);
+        count("misoriented edges", self.misoriented_edges, theirs.misoriented_edges);
+        count("degenerate facets", self.degenerate_facets, theirs.degenerate_facets);
+        count("flipped normals", self.flipped_normals, theirs.flipped_normals);
+        let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+        for (name, a, b) in [("area", self.area, theirs.area), ("volume", self.volume, theirs.volume)] {
+            if !near(a, b) {
+                out.push(format!("{name} {a} here, {b} there"));
+            }
+        }
+        let corners = |b: &Option<BBox>| b.map(|b| [b.min, b.max].concat());
+        match (corners(&self.bbox), corners(&theirs.bbox)) {
+            (Some(a), Some(b)) if a.iter().zip(&b).all(|(x, y)| near(*x, *y)) => {}
+            (None, None) => {}
+            (a, b) => out.push(format!("bounding box {a:?} here, {b:?} there")),
+        }
+        if self.closed != theirs.closed {
+            out.push(format!("closed {} here, {} there", self.closed, theirs.closed));
+        }
+        if self.geometry_blake3 != theirs.geometry_blake3 {
+            out.push(format!("geometry BLAKE3 {} here, {} there", self.geometry_blake3, theirs.geometry_blake3));
+        }
+        out
+    }
+}
+
 /// An axis-aligned box.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BBox {

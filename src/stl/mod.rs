@@ -100,7 +100,7 @@ pub enum Format {
 }
 
 /// What a read found besides the facets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadSummary {
     /// Facets read.
     pub facets: u64,
@@ -108,6 +108,8 @@ pub struct ReadSummary {
     pub solids: u64,
     /// Tolerated oddities, e.g. a missing final `endsolid`.
     pub warnings: Vec<String>,
+    /// The mesh's facts, when a conversion was asked for them ([`CsvOptions::mesh`]).
+    pub mesh: Option<Box<mesh::MeshFacts>>,
 }
 
 const PADDING: &[u8] = b"\r\n \0";
@@ -176,6 +178,8 @@ pub struct CsvOptions {
     pub header: bool,
     /// Compute the CSV's digest while writing it (to send it on without reading it again).
     pub digest: bool,
+    /// Compute the mesh's facts in the same pass (`ReadSummary::mesh`).
+    pub mesh: bool,
 }
 
 /// What [`convert`] did.
@@ -342,7 +346,7 @@ fn convert_open<R: Read + Seek, W: io::Write>(
         // Deduplication depends on order, so it stays on one thread.
         sequential(reader, out, opts)
     } else {
-        pipeline::convert(reader, out, opts.header, opts.digest)
+        pipeline::convert(reader, out, opts.header, opts.digest, opts.mesh)
     };
     result.map_err(|(e, write_failed)| match e {
         _ if stop.load(Ordering::Relaxed) => ConvertError::Stopped,
@@ -362,8 +366,15 @@ fn sequential<R: Read + Seek, W: io::Write>(
         writer = writer.with_digest();
     }
     let mut write_failed = false;
-    let summary = read(r, |facet| facet.iter().try_for_each(|v| writer.vertex(v)).inspect_err(|_| write_failed = true))
-        .map_err(|e| (e, write_failed))?;
+    let mut ins = opts.mesh.then(mesh::Inspector::new);
+    let mut summary = read_with_normals(r, |n, facet| {
+        if let Some(i) = ins.as_mut() {
+            i.facet(n, facet);
+        }
+        facet.iter().try_for_each(|v| writer.vertex(v)).inspect_err(|_| write_failed = true)
+    })
+    .map_err(|e| (e, write_failed))?;
+    summary.mesh = ins.map(|i| Box::new(i.finish(summary.solids)));
     let (_, csv) = writer.finish().map_err(|e| (StlError::Io(e), true))?;
     Ok((summary, csv))
 }

@@ -73,6 +73,7 @@ pub fn convert<R: Read + Seek, W: Write>(
     out: W,
     header: bool,
     digest: bool,
+    mesh: bool,
 ) -> Result<(ReadSummary, CsvSummary), (StlError, bool)> {
     std::thread::scope(|scope| {
         let mut workers = Vec::with_capacity(WORKERS);
@@ -107,7 +108,12 @@ pub fn convert<R: Read + Seek, W: Write>(
                 d.write(b"x,y,z\n")?;
             }
             let mut batch = Vec::with_capacity(BATCH);
-            let summary = super::read(r, |f| {
+            // The facts are gathered on this thread, as the facets go by in file order.
+            let mut ins = mesh.then(super::mesh::Inspector::new);
+            let mut summary = super::read_with_normals(r, |n, f| {
+                if let Some(i) = ins.as_mut() {
+                    i.facet(n, f);
+                }
                 batch.push(*f);
                 if batch.len() == BATCH {
                     batch = d.submit(std::mem::take(&mut batch))?;
@@ -121,6 +127,7 @@ pub fn convert<R: Read + Seek, W: Write>(
                 d.collect_one()?;
             }
             d.out.flush().inspect_err(|_| d.write_failed = true)?;
+            summary.mesh = ins.map(|i| Box::new(i.finish(summary.solids)));
             Ok::<_, StlError>(summary)
         })();
         let rows = result.as_ref().map(|s| s.facets * 3).unwrap_or(0);
