@@ -37,6 +37,7 @@ use crate::session::{
 use crate::shutdown::Shutdown;
 use crate::stl::{self, CsvOptions};
 use crate::transport::poll::{Watch, wait};
+use crate::transport::tcp::is_reset;
 
 /// The return channel's port, fixed in the Python version's code.
 pub const ZMQ_PORT: u16 = 8091;
@@ -165,10 +166,6 @@ fn ready<'s>(
     }
 }
 
-fn is_reset(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted)
-}
-
 /// A socket error other than the peer closing: the network's or the system's.
 fn local_io(during: Phase, source: io::Error) -> Failure {
     Failure::Python { during, what: format!("socket error: {source}") }
@@ -243,6 +240,10 @@ fn read_preamble(conn: &mut Conn<'_>, during: Phase) -> std::result::Result<(Pre
     }
 }
 
+/// A version of the served file, as its metadata tells: its size and modification time. (A
+/// change that keeps both is still caught: what is sent is hashed again as it goes.)
+type Version = (u64, Option<std::time::SystemTime>);
+
 /// Hashes a file whole.
 fn digest_of(file: &mut File, path: &Path) -> std::result::Result<Digest, Failure> {
     let mut h = Hasher::new();
@@ -276,11 +277,13 @@ pub fn serve(
     let listener = TcpListener::bind(&addr).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
     let remote = cfg.remotehost.clone().unwrap_or_else(|| "127.0.0.1".into());
-    let endpoint = format!("tcp://{}:{}", bracket(&remote), cfg.zmq_port.unwrap_or(ZMQ_PORT));
+    let endpoint = crate::transport::ret::endpoint(&remote, &cfg.zmq_port.unwrap_or(ZMQ_PORT).to_string());
     let tcp = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr.clone());
     ready(&tcp, &format!("connect:{}", endpoint.trim_start_matches("tcp://")));
     info!(file = %cfg.file.display(), %tcp, zmq = %endpoint, "serving with the Python version's protocol");
     let ctx = zmq::Context::new();
+    // The original's digest, hashed once per version of the file, not once per client.
+    let mut known: Option<(Version, Digest)> = None;
     loop {
         let mut w = [Watch::fd(listener.as_raw_fd(), true, false), Watch::fd(stop.fd(), true, false)];
         wait(&mut w, None).map_err(bind)?;
@@ -298,7 +301,7 @@ pub fn serve(
         let span = info_span!("client", %peer);
         let _enter = span.enter();
         info!("accepted connection");
-        let result = serve_one(cfg, &ctx, &endpoint, &mut input, stream, peer, stop, reporter.as_ref())
+        let result = serve_one(cfg, &ctx, &endpoint, (&mut input, &mut known), stream, peer, stop, reporter.as_ref())
             .map_err(|failure| Error::Session { peer: format!("client {peer}"), failure: Box::new(failure) });
         match &result {
             Ok(o) => info!(digest = %o.digest, output = %cfg.output.display(), "round trip verified"),
@@ -324,7 +327,7 @@ fn serve_one(
     cfg: &ServerConfig,
     ctx: &zmq::Context,
     endpoint: &str,
-    input: &mut File,
+    (input, known): (&mut File, &mut Option<(Version, Digest)>),
     stream: TcpStream,
     peer: SocketAddr,
     stop: &Shutdown,
@@ -341,8 +344,16 @@ fn serve_one(
     dealer.connect(endpoint).map_err(|e| zmq_failure(endpoint, e))?;
     let ret = Zmq { sock: dealer, idle: cfg.timeout, stop };
 
-    input.rewind().map_err(|source| LocalFailure::Input { path: cfg.file.clone(), source })?;
-    let original = digest_of(input, &cfg.file)?;
+    let version = input.metadata().map(|m| (m.len(), m.modified().ok())).ok();
+    let original = match (*known, version) {
+        (Some((v, d)), Some(now)) if v == now => d,
+        _ => {
+            input.rewind().map_err(|source| LocalFailure::Input { path: cfg.file.clone(), source })?;
+            let d = digest_of(input, &cfg.file)?;
+            *known = version.map(|v| (v, d));
+            d
+        }
+    };
     let preamble = Preamble { size: original.size, crc32: original.crc32 }.encode();
     conn.write_all(&preamble, Phase::Handshake)?;
     // B echoes the preamble. Nothing of the file goes before the echo is whole and right.
@@ -378,6 +389,7 @@ fn serve_one(
         reporter.progress(Some(peer), Progress { size: original.size, data: sent.size(), ret: 0 });
     }
     if sent.finish() != original {
+        *known = None;
         return Err(LocalFailure::SourceChanged {
             path: cfg.file.clone(),
             what: "its contents differ from the digest announced".into(),
@@ -451,10 +463,6 @@ fn serve_one(
         csv: CsvResult::NotMade("the Python version's protocol carries no CSV".into()),
         mesh: None,
     })
-}
-
-fn bracket(host: &str) -> String {
-    if host.contains(':') { format!("[{host}]") } else { host.to_owned() }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -303,11 +303,15 @@ impl fmt::Debug for Sealer {
     }
 }
 
+/// An AES-256-GCM key from 32 derived bytes.
+fn aes_key(key: &[u8; 32]) -> LessSafeKey {
+    // AES-256 takes any 32 bytes: this cannot fail.
+    UnboundKey::new(&AES_256_GCM, key).map(LessSafeKey::new).expect("a 32-byte AES-256 key")
+}
+
 impl Sealer {
     fn new(key: &[u8; 32]) -> Sealer {
-        // AES-256 takes any 32 bytes: this cannot fail.
-        let key = UnboundKey::new(&AES_256_GCM, key).map(LessSafeKey::new).expect("a 32-byte AES-256 key");
-        Sealer { key, next: 0 }
+        Sealer { key: aes_key(key), next: 0 }
     }
 
     fn seal(&mut self, aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
@@ -335,9 +339,15 @@ impl Sealer {
 
     /// Seals one return-channel message: ciphertext then tag.
     pub fn seal_message(&mut self, plain: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(plain.len() + TAG_LEN);
+        self.seal_message_after(&[], plain)
+    }
+
+    /// `head` (not sealed, not authenticated: a type byte), then `plain` sealed, in one buffer.
+    pub fn seal_message_after(&mut self, head: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(head.len() + plain.len() + TAG_LEN);
+        out.extend_from_slice(head);
         out.extend_from_slice(plain);
-        let tag = self.seal(&[], &mut out);
+        let tag = self.seal(&[], &mut out[head.len()..]);
         out.extend_from_slice(&tag);
         out
     }
@@ -370,8 +380,7 @@ pub enum OpenError {
 
 impl Opener {
     fn new(key: &[u8; 32]) -> Opener {
-        let key = UnboundKey::new(&AES_256_GCM, key).map(LessSafeKey::new).expect("a 32-byte AES-256 key");
-        Opener { key, next: 0 }
+        Opener { key: aes_key(key), next: 0 }
     }
 
     fn open<'a>(&mut self, aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a mut [u8], OpenError> {

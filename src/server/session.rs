@@ -543,8 +543,7 @@ impl Driver<'_> {
                         Ok((file, meta)) => {
                             let id = FileId::of(&meta);
                             let digest = self.shared.cache.digest(&id);
-                            let name =
-                                cfg.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                            let name = crate::files::file_name(&cfg.file);
                             info!(name = %name, size = id.size(), cached_digest = digest.is_some(), "sending file");
                             self.source = Some(Source { file, id, sent: 0, plain: false });
                             ServerInput::SourceOpened { size: id.size(), name, digest }

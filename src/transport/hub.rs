@@ -169,15 +169,19 @@ impl HubEvent {
 /// that in a sealed frame), then the frame.
 #[derive(Debug)]
 enum LinkCommand {
-    Send { frame: Vec<u8>, ending: bool },
+    /// The frame is `msg[1..]`, after the flag byte.
+    Send {
+        msg: zmq::Message,
+        ending: bool,
+    },
     Close,
 }
 
 impl LinkCommand {
     fn from_message(m: zmq::Message) -> LinkCommand {
-        match m.split_first() {
+        match m.first().copied() {
             None => LinkCommand::Close,
-            Some((flag, frame)) => LinkCommand::Send { frame: frame.to_vec(), ending: *flag == 1 },
+            Some(flag) => LinkCommand::Send { ending: flag == 1, msg: m },
         }
     }
 
@@ -483,13 +487,13 @@ impl HubLoop {
                 Err(_) => return,
             };
             match LinkCommand::from_message(m) {
-                LinkCommand::Send { frame, ending } => match &route.peer {
+                LinkCommand::Send { msg, ending } => match &route.peer {
                     // Never block the hub on one peer: one that does not read its credits times out.
                     Some(peer) => {
                         if ending {
                             self.last_ending = Some(Instant::now());
                         }
-                        if let Err(e) = self.router.send_multipart([peer.as_slice(), &frame[..]], zmq::DONTWAIT) {
+                        if let Err(e) = self.router.send_multipart([peer.as_slice(), &msg[1..]], zmq::DONTWAIT) {
                             tracing::warn!(session = %hex(&token[..4]), "cannot send to the client: {e}");
                         }
                     }

@@ -84,11 +84,7 @@ impl ReturnCrypt {
 
     /// `plain` as a sealed message.
     pub(crate) fn seal(&mut self, plain: &[u8]) -> zmq::Message {
-        let sealed = self.seal.seal_message(plain);
-        let mut out = Vec::with_capacity(1 + sealed.len());
-        out.push(T_SEALED);
-        out.extend_from_slice(&sealed);
-        zmq::Message::from(out)
+        zmq::Message::from(self.seal.seal_message_after(&[T_SEALED], plain))
     }
 
     /// Opens a received message in place; what arrives unsealed, altered, out of order or from

@@ -374,7 +374,8 @@ fn settle(r: io::Result<usize>, empty: bool) -> Option<Result<usize, TcpError>> 
     })
 }
 
-fn is_reset(e: &io::Error) -> bool {
+/// Whether an I/O error means the peer is gone (reset, aborted, or a broken pipe).
+pub(crate) fn is_reset(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
 }
 
