@@ -399,7 +399,7 @@ fn serve_one(
     let _ = conn.stream.shutdown(std::net::Shutdown::Write);
     let data_time = started.elapsed();
     info!(bytes = original.size, crc32 = original.crc32, "data leg sent");
-    reporter.server(ServerEvent::DataLegDone { peer });
+    reporter.server(ServerEvent::DataLegDone { peer, digest: original });
 
     // The return leg: `fetch`, B's preamble of its copy, our echo, frames, an empty frame.
     let started = Instant::now();
@@ -452,7 +452,7 @@ fn serve_one(
     }
     staged.commit().map_err(|source| LocalFailure::Output { path: cfg.output.clone(), source })?;
     info!(output = %cfg.output.display(), "returned copy verified identical and saved");
-    reporter.server(ServerEvent::ReturnLegDone { peer });
+    reporter.server(ServerEvent::ReturnLegDone { peer, digest: original });
     Ok(ServerOutcome {
         version: 0,
         name: crate::files::file_name(&cfg.file),
@@ -492,7 +492,12 @@ pub fn fetch(cfg: &ClientConfig, stop: &Shutdown, reporter: &dyn Reporter) -> Re
             match stl::convert(&cfg.out, path, CsvOptions { digest: true, mesh: true, ..CsvOptions::default() }) {
                 Ok(c) => {
                     mesh = c.read.mesh;
-                    CsvReturned::Local { size: c.csv.digest.map_or(0, |d| d.size), rows: c.csv.rows }
+                    // Asked for above, so always there.
+                    let rows = c.csv.rows;
+                    c.csv.digest.map_or_else(
+                        || CsvReturned::NotMade("its digest was not computed".into()),
+                        |digest| CsvReturned::Local { digest, rows },
+                    )
                 }
                 Err(e) if e.is_not_stl() => CsvReturned::NotMade("the file is not STL".into()),
                 Err(e) => return Err(session(Failure::Csv(crate::session::CsvFailure::Convert(e)))),
@@ -564,7 +569,7 @@ fn round_trip(
     staged.commit().map_err(out_err)?;
     let data_time = started.elapsed();
     info!(bytes = got.size, crc32 = got.crc32, "file received and verified");
-    reporter.client(ClientEvent::DataLegDone);
+    reporter.client(ClientEvent::DataLegDone { digest: got });
 
     // The return channel, bound only now, as the Python version does.
     let ctx = zmq::Context::new();
@@ -610,7 +615,7 @@ fn round_trip(
     drop(ret);
     drop(ctx);
     info!(bytes = sent, "returned copy sent; the Python version's server confirms nothing");
-    reporter.client(ClientEvent::ReturnLegDone);
+    reporter.client(ClientEvent::ReturnLegDone { digest: got });
     Ok((got, data_time, started.elapsed()))
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::error::{Error, chain};
 use crate::integrity::Digest;
-use crate::report::{ClientReport, ServerSessionReport};
+use crate::report::{ClientReport, Progress, ServerSessionReport};
 use crate::session::{CsvResult, CsvReturned, Failure, Leg, Resumed};
 
 /// The `schema` field of every object this module prints.
@@ -20,13 +20,20 @@ pub const SCHEMA: &str = "machinaftp.receipt";
 /// The `version` field: the schema's version.
 pub const VERSION: u32 = 1;
 
-/// Which legs were seen verified before the round trip ended.
-#[derive(Debug, Default, Clone, Copy)]
+/// What the reporter saw of a round trip before it ended: which legs were verified, and what a
+/// failed round trip's receipt can still tell of the file and how far each leg got.
+#[derive(Debug, Default, Clone)]
 pub struct Seen {
     /// The data leg (`Done! - TX` on A, `Done! - RX` on B).
     pub data: bool,
     /// The return leg.
     pub ret: bool,
+    /// The file's digest, once a leg verified it.
+    pub digest: Option<Digest>,
+    /// The name the server offered the file under (B; A knows its own file).
+    pub name: Option<String>,
+    /// The last progress: the file's size and how far each leg got.
+    pub progress: Option<Progress>,
 }
 
 /// A server's `ready` line as JSON: where it listens.
@@ -114,6 +121,9 @@ struct LegFacts {
     seconds: Option<f64>,
     bytes_per_second: Option<f64>,
     resumed_from: u64,
+    /// How far into the file the leg got, bytes held from an earlier attempt included: the size
+    /// once verified, and what a failed round trip had reached.
+    reached: Option<u64>,
 }
 
 impl LegFacts {
@@ -128,21 +138,33 @@ impl LegFacts {
             seconds: Some(secs),
             bytes_per_second: (secs > 0.0).then(|| bytes as f64 / secs),
             resumed_from: from,
+            reached: Some(size),
         }
     }
 
     /// A leg of a failed round trip: verified if it was seen so, failed if the failure is a
     /// mismatch on it, otherwise not finished because of the failure.
-    fn of_failure(leg: Leg, seen: bool, failure: Option<&Failure>, msg: &str) -> Self {
+    fn of_failure(leg: Leg, seen: &Seen, failure: Option<&Failure>, msg: &str) -> Self {
         let mismatch = matches!(failure,
             Some(Failure::Mismatch { leg: l, .. } | Failure::SizeMismatch { leg: l, .. } | Failure::PeerMismatch { leg: l, .. })
                 if *l == leg);
-        let (verdict, reason) = match (seen, mismatch) {
+        let verified = match leg {
+            Leg::Data => seen.data,
+            Leg::Return => seen.ret,
+        };
+        let size = seen.digest.map(|d| d.size);
+        let reached = match (leg, seen.progress) {
+            _ if verified => size,
+            (Leg::Data, Some(p)) => Some(p.data),
+            (Leg::Return, Some(p)) => Some(p.ret),
+            (_, None) => None,
+        };
+        let (verdict, reason) = match (verified, mismatch) {
             (true, _) => (Verdict::Verified, None),
             (false, true) => (Verdict::Failed, Some(msg.to_owned())),
             (false, false) => (Verdict::NotFinished, Some(msg.to_owned())),
         };
-        LegFacts { verdict, reason, bytes: None, seconds: None, bytes_per_second: None, resumed_from: 0 }
+        LegFacts { verdict, reason, bytes: None, seconds: None, bytes_per_second: None, resumed_from: 0, reached }
     }
 }
 
@@ -157,6 +179,17 @@ struct CsvFacts {
 }
 
 impl CsvFacts {
+    fn of(verdict: Verdict, reason: Option<String>, d: &Digest, rows: u64) -> Self {
+        CsvFacts {
+            verdict,
+            reason,
+            size: Some(d.size),
+            rows: Some(rows),
+            crc32: Some(d.crc32),
+            blake3: Some(d.blake3_hex()),
+        }
+    }
+
     fn without(verdict: Verdict, reason: String) -> Self {
         CsvFacts { verdict, reason: Some(reason), size: None, rows: None, crc32: None, blake3: None }
     }
@@ -179,7 +212,7 @@ fn failure_of(e: &Error) -> Option<&Failure> {
     }
 }
 
-/// A round trip that failed, on either side, from the error and the legs seen verified.
+/// A round trip that failed, on either side, from the error and what was seen before it.
 fn failed(role: &'static str, peer: String, saved: Saved, e: &Error, seen: Seen) -> Receipt {
     let msg = chain(e);
     let failure = failure_of(e);
@@ -188,7 +221,15 @@ fn failed(role: &'static str, peer: String, saved: Saved, e: &Error, seen: Seen)
         _ => CsvFacts::without(Verdict::NotFinished, "the round trip did not get that far".into()),
     };
     // A failed CSV stage follows a file that made its round trip.
-    let seen = if matches!(failure, Some(Failure::Csv(_))) { Seen { data: true, ret: true } } else { seen };
+    let seen = if matches!(failure, Some(Failure::Csv(_))) { Seen { data: true, ret: true, ..seen } } else { seen };
+    // What is known of the file: its name once offered, its size once under way, its digests
+    // once a leg verified it.
+    let file = FileFacts {
+        name: seen.name.clone(),
+        size: seen.digest.map(|d| d.size).or(seen.progress.map(|p| p.size)),
+        crc32: seen.digest.map(|d| d.crc32),
+        blake3: seen.digest.map(|d| d.blake3_hex()),
+    };
     Receipt {
         schema: SCHEMA,
         version: VERSION,
@@ -197,10 +238,10 @@ fn failed(role: &'static str, peer: String, saved: Saved, e: &Error, seen: Seen)
         ok: false,
         exit_status: e.exit_code(),
         peer,
-        file: FileFacts::default(),
+        file,
         saved,
-        data_leg: LegFacts::of_failure(Leg::Data, seen.data, failure, &msg),
-        return_leg: LegFacts::of_failure(Leg::Return, seen.ret, failure, &msg),
+        data_leg: LegFacts::of_failure(Leg::Data, &seen, failure, &msg),
+        return_leg: LegFacts::of_failure(Leg::Return, &seen, failure, &msg),
         csv,
         mesh: None,
         error: Some(ErrorFacts { message: msg, hint: e.hint() }),
@@ -216,23 +257,14 @@ pub fn client_ok(r: &ClientReport) -> Receipt {
     let o = &r.outcome;
     let (data_leg, return_leg) = legs(&o.digest, o.data_time, o.return_time, o.resumed);
     let csv = match &o.csv {
-        CsvReturned::Returned { size, rows } => CsvFacts {
-            verdict: Verdict::Verified,
-            reason: None,
-            size: Some(*size),
-            rows: Some(*rows),
-            crc32: None,
-            blake3: None,
-        },
+        CsvReturned::Returned { digest, rows } => CsvFacts::of(Verdict::Verified, None, digest, *rows),
         CsvReturned::NotMade(why) => CsvFacts::without(Verdict::NotMade, why.clone()),
-        CsvReturned::Local { size, rows } => CsvFacts {
-            verdict: Verdict::WrittenLocally,
-            reason: Some("the Python version's protocol does not carry the CSV back".into()),
-            size: Some(*size),
-            rows: Some(*rows),
-            crc32: None,
-            blake3: None,
-        },
+        CsvReturned::Local { digest, rows } => CsvFacts::of(
+            Verdict::WrittenLocally,
+            Some("the Python version's protocol does not carry the CSV back".into()),
+            digest,
+            *rows,
+        ),
     };
     let mut return_leg = return_leg;
     if !r.return_confirmed {
@@ -269,7 +301,7 @@ pub fn client_failed(server: &str, output: &Path, e: &Error, seen: Seen) -> Rece
 
 /// A's receipt for one session; `None` for a connection that never greeted it as a client (a
 /// port probe is not a round trip).
-pub fn server(r: &ServerSessionReport, seen: Seen) -> Option<Receipt> {
+pub fn server(r: &ServerSessionReport, mut seen: Seen) -> Option<Receipt> {
     if !r.greeted {
         return None;
     }
@@ -278,23 +310,18 @@ pub fn server(r: &ServerSessionReport, seen: Seen) -> Option<Receipt> {
         Ok(o) => o,
         Err(e) => {
             let saved = Saved { file: seen.ret.then(|| path(&r.output)), csv: None };
+            // The name A serves the file under, once the client got as far as its offer.
+            if seen.progress.is_some() {
+                seen.name = Some(crate::files::file_name(&r.file));
+            }
             return Some(failed("server", peer, saved, e, seen));
         }
     };
     let (data_leg, return_leg) = legs(&o.digest, o.data_time, o.return_time, o.resumed);
     let (csv, csv_saved, csv_failed) = match &o.csv {
-        CsvResult::Saved(d) => (
-            CsvFacts {
-                verdict: Verdict::Verified,
-                reason: None,
-                size: Some(d.size),
-                rows: None,
-                crc32: Some(d.crc32),
-                blake3: Some(d.blake3_hex()),
-            },
-            Some(path(&r.csv_output)),
-            None,
-        ),
+        CsvResult::Saved { digest, rows } => {
+            (CsvFacts::of(Verdict::Verified, None, digest, *rows), Some(path(&r.csv_output)), None)
+        }
         CsvResult::NotMade(why) => (CsvFacts::without(Verdict::NotMade, why.clone()), None, None),
         CsvResult::Failed(f) => (CsvFacts::without(Verdict::Failed, chain(f)), None, Some(f)),
     };

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::error::Error;
+use crate::integrity::Digest;
 use crate::session::{ClientOutcome, ServerOutcome};
 
 /// What became of one client's session on the server.
@@ -48,11 +49,15 @@ pub enum ServerEvent<'a> {
     DataLegDone {
         /// Which client.
         peer: SocketAddr,
+        /// What it verified.
+        digest: Digest,
     },
     /// The returned copy was verified and saved (`Done! - RX`).
     ReturnLegDone {
         /// Which client.
         peer: SocketAddr,
+        /// What came back.
+        digest: Digest,
     },
     /// A session ended.
     SessionEnded(&'a ServerSessionReport),
@@ -61,10 +66,23 @@ pub enum ServerEvent<'a> {
 /// Something the client has to say while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
+    /// The server offered its file (the name is for display only).
+    Offered {
+        /// The name it serves the file under.
+        name: String,
+        /// The file's size.
+        size: u64,
+    },
     /// The file arrived and was verified (`Done! - RX`).
-    DataLegDone,
+    DataLegDone {
+        /// What arrived.
+        digest: Digest,
+    },
     /// The server verified the returned copy (`Done! - TX`).
-    ReturnLegDone,
+    ReturnLegDone {
+        /// What it verified.
+        digest: Digest,
+    },
     /// The server's client slots are taken; B waits in its line at this place (1 = next).
     Queued(u32),
     /// The server was busy with a full line; B tries again after this long.
@@ -175,17 +193,24 @@ impl<W: std::io::Write + Send> Text<W> {
     }
 
     /// Records that a leg was verified; `true` if results are JSON (so no text line is due).
-    fn seen(&self, peer: Option<SocketAddr>, leg: Leg) -> bool {
+    fn seen(&self, peer: Option<SocketAddr>, leg: Leg, digest: Digest) -> bool {
         if let Some(bars) = &self.bars {
             bars.leg_done(peer, leg);
         }
+        self.note_seen(peer, |s| {
+            match leg {
+                Leg::Data => s.data = true,
+                Leg::Return => s.ret = true,
+            }
+            s.digest = Some(digest);
+        })
+    }
+
+    /// Under `--json`, updates what a failed round trip's receipt could still tell of `peer`'s;
+    /// `true` if results are JSON.
+    fn note_seen(&self, peer: Option<SocketAddr>, f: impl FnOnce(&mut Seen)) -> bool {
         let Some(json) = &self.json else { return false };
-        let mut seen = json.lock().unwrap_or_else(|p| p.into_inner());
-        let s = seen.entry(peer).or_default();
-        match leg {
-            Leg::Data => s.data = true,
-            Leg::Return => s.ret = true,
-        }
+        f(json.lock().unwrap_or_else(|p| p.into_inner()).entry(peer).or_default());
         true
     }
 
@@ -353,6 +378,7 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
         if let Some(bars) = &self.bars {
             bars.update(peer, p);
         }
+        self.note_seen(peer, |s| s.progress = Some(p));
     }
 
     fn server(&self, event: ServerEvent<'_>) {
@@ -360,8 +386,12 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             self.end_bars(Some(r.peer));
         }
         match event {
-            ServerEvent::DataLegDone { peer } if !self.seen(Some(peer), Leg::Data) => self.line("Done! - TX"),
-            ServerEvent::ReturnLegDone { peer } if !self.seen(Some(peer), Leg::Return) => self.line("Done! - RX"),
+            ServerEvent::DataLegDone { peer, digest } if !self.seen(Some(peer), Leg::Data, digest) => {
+                self.line("Done! - TX")
+            }
+            ServerEvent::ReturnLegDone { peer, digest } if !self.seen(Some(peer), Leg::Return, digest) => {
+                self.line("Done! - RX")
+            }
             ServerEvent::DataLegDone { .. } | ServerEvent::ReturnLegDone { .. } => {}
             ServerEvent::SessionEnded(r) if self.json.is_some() => {
                 if let Some(receipt) = receipt::server(r, self.take_seen(Some(r.peer))) {
@@ -372,8 +402,8 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
                 Ok(o) => {
                     use crate::session::CsvResult;
                     let csv = match &o.csv {
-                        CsvResult::Saved(d) => {
-                            format!("CSV verified, saved {} ({})", r.csv_output.display(), units::bytes(d.size))
+                        CsvResult::Saved { digest, .. } => {
+                            format!("CSV verified, saved {} ({})", r.csv_output.display(), units::bytes(digest.size))
                         }
                         CsvResult::NotMade(why) => format!("no CSV ({why})"),
                         CsvResult::Failed(f) => format!("CSV FAILED: {}", crate::session::chain(f)),
@@ -409,9 +439,12 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             }
         };
         match event {
-            ClientEvent::DataLegDone if !self.seen(None, Leg::Data) => self.line("Done! - RX"),
-            ClientEvent::ReturnLegDone if !self.seen(None, Leg::Return) => self.line("Done! - TX"),
-            ClientEvent::DataLegDone | ClientEvent::ReturnLegDone => {}
+            ClientEvent::Offered { name, .. } => {
+                self.note_seen(None, |s| s.name = Some(name));
+            }
+            ClientEvent::DataLegDone { digest } if !self.seen(None, Leg::Data, digest) => self.line("Done! - RX"),
+            ClientEvent::ReturnLegDone { digest } if !self.seen(None, Leg::Return, digest) => self.line("Done! - TX"),
+            ClientEvent::DataLegDone { .. } | ClientEvent::ReturnLegDone { .. } => {}
             ClientEvent::Queued(position) => note(format!(
                 "waiting for the server: all its client slots are taken; {} in line",
                 if position == 1 { "next".to_owned() } else { format!("number {position}") }

@@ -104,10 +104,21 @@ fn transfer_in_progress(
     b: &std::path::Path,
     server_extra: &[&str],
 ) -> (Server, Proc, std::path::PathBuf) {
+    transfer_in_progress_with(a, b, server_extra, &[])
+}
+
+/// [`transfer_in_progress`], with `client_extra` on the client's command line.
+fn transfer_in_progress_with(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    server_extra: &[&str],
+    client_extra: &[&str],
+) -> (Server, Proc, std::path::PathBuf) {
     let big = big_file(a);
     let srv = slow_server(a, &big, server_extra);
     let mut args = srv.client_args("big.bin");
     args.push("-v");
+    args.extend_from_slice(client_extra);
     let cli = Proc::spawn(b, &args);
     cli.wait_stderr(|l| l.contains("accepted; receiving"));
     // Whole frames on both sides, so that an interruption leaves something to resume.
@@ -164,6 +175,42 @@ fn server_killed_mid_transfer() {
     assert!(!out.stdout.contains("and 0 B had come back before"), "A's part was used: {out:?}");
     assert_eq!(srv.proc.finish().code(), Some(0));
     assert_resumed_whole(a.path(), b.path(), &big);
+}
+
+/// A `--json` receipt of a round trip cut off mid-file still names the file and says how far
+/// each leg got.
+fn assert_interrupted_receipt(line: &str, min_data: u64, min_ret: u64) {
+    let r: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!((r["event"].as_str(), r["ok"].as_bool()), (Some("round_trip"), Some(false)), "{r}");
+    assert_eq!(r["file"]["name"], "big.bin", "{r}");
+    assert_eq!(r["file"]["size"], 20_000_000, "{r}");
+    assert!(r["file"]["crc32"].is_null() && r["file"]["blake3"].is_null(), "no leg verified them: {r}");
+    for (leg, min) in [("data_leg", min_data), ("return_leg", min_ret)] {
+        assert_eq!(r[leg]["verdict"], "not_finished", "{r}");
+        let reached = r[leg]["reached"].as_u64().unwrap_or_else(|| panic!("{leg}.reached: {r}"));
+        assert!((min..20_000_000).contains(&reached), "{leg}.reached {reached}, at least {min}: {r}");
+    }
+}
+
+#[test]
+fn receipts_of_an_interrupted_transfer_say_how_far_it_got() {
+    // B's, when A dies: B had at least 2 MiB, and A at least 1 MiB of what B sent back.
+    let (a, b) = (tempdir(), tempdir());
+    let (srv, cli, _) = transfer_in_progress_with(a.path(), b.path(), &["--once"], &["--json"]);
+    srv.proc.signal(libc::SIGKILL);
+    let out = cli.finish();
+    assert_eq!(out.code(), Some(3), "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
+    assert_interrupted_receipt(out.stdout.trim(), 2 << 20, 1 << 20);
+    // A's, when B is interrupted: A had sent B's 2 MiB, and had 1 MiB back.
+    let (a, b) = (tempdir(), tempdir());
+    let (srv, cli, _) = transfer_in_progress(a.path(), b.path(), &["--json"]);
+    cli.signal(libc::SIGINT);
+    assert_eq!(cli.finish().code(), Some(130));
+    let line = srv.proc.wait_stdout(|l| l.contains(r#""event":"round_trip""#));
+    assert_interrupted_receipt(&line, 2 << 20, 1 << 20);
+    srv.proc.signal(libc::SIGTERM);
+    assert_eq!(srv.proc.finish().code(), Some(0));
 }
 
 #[test]

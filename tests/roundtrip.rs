@@ -336,7 +336,7 @@ fn json_receipts_on_both_sides() {
     let bytes = std::fs::read(&mesh).unwrap();
     let blake3 = blake3::hash(&bytes).to_hex().to_string();
     let crc = crc32fast::hash(&bytes);
-    let reference_csv = std::fs::metadata(shared("cad_mesh.csv")).unwrap().len();
+    let reference_csv = std::fs::read(shared("cad_mesh.csv")).unwrap();
     for (role, line) in [("client", out.stdout.trim()), ("server", srv.stdout.trim())] {
         let r = receipt(line);
         assert_eq!(r["event"], "round_trip", "{r}");
@@ -352,22 +352,23 @@ fn json_receipts_on_both_sides() {
             assert_eq!(r[leg]["verdict"], "verified", "{r}");
             assert_eq!(r[leg]["bytes"], bytes.len(), "{r}");
             assert_eq!(r[leg]["resumed_from"], 0, "{r}");
+            assert_eq!(r[leg]["reached"], bytes.len(), "{r}");
             let secs = r[leg]["seconds"].as_f64().unwrap();
             let rate = r[leg]["bytes_per_second"].as_f64().unwrap();
             assert!((rate * secs - bytes.len() as f64).abs() < 1.0, "{r}");
         }
         assert_eq!(r["csv"]["verdict"], "verified", "{r}");
-        assert_eq!(r["csv"]["size"], reference_csv, "{r}");
+        assert_eq!(r["csv"]["size"], reference_csv.len(), "{r}");
+        assert_eq!(r["csv"]["rows"], 42888, "{r}");
+        assert_eq!(r["csv"]["crc32"], crc32fast::hash(&reference_csv), "{r}");
+        assert_eq!(r["csv"]["blake3"], blake3::hash(&reference_csv).to_hex().as_str(), "{r}");
     }
     let (c, s) = (receipt(out.stdout.trim()), receipt(srv.stdout.trim()));
     assert_eq!(c["saved"]["file"], "copy.stl", "{c}");
     assert_eq!(c["saved"]["csv"], "copy.csv", "{c}");
-    assert_eq!(c["csv"]["rows"], 42888, "{c}");
     assert_eq!(c["peer"], format!("127.0.0.1:{port}"), "{c}");
     assert_eq!(s["saved"]["file"], "output.stl", "{s}");
     assert_eq!(s["saved"]["csv"], "output.csv", "{s}");
-    let csv = std::fs::read(shared("cad_mesh.csv")).unwrap();
-    assert_eq!(s["csv"]["blake3"], blake3::hash(&csv).to_hex().as_str(), "{s}");
     assert!(same_contents(&mesh, &a.path().join("output.stl")) && same_contents(&mesh, &b.path().join("copy.stl")));
 }
 
@@ -377,7 +378,9 @@ fn json_receipts_of_failed_round_trips() {
     // The file makes its round trip but its CSV fails: both legs verified, the CSV failed, and
     // the exit status in the receipt is the process's.
     let (a, b) = (tempdir(), tempdir());
-    let (srv, port) = json_server(a.path(), &shared("stl-corpus/openscad_toomanyvertices.stl"));
+    let bad = shared("stl-corpus/openscad_toomanyvertices.stl");
+    let bytes = std::fs::read(&bad).unwrap();
+    let (srv, port) = json_server(a.path(), &bad);
     let out = client(b.path(), &["--client", "-f", "copy.stl", "-p", &port, "--json"]);
     assert_eq!(out.code(), Some(5), "{out:?}");
     let srv = srv.finish();
@@ -389,6 +392,16 @@ fn json_receipts_of_failed_round_trips() {
         assert_eq!(r["data_leg"]["verdict"], "verified", "{r}");
         assert_eq!(r["return_leg"]["verdict"], "verified", "{r}");
         assert_eq!(r["csv"]["verdict"], "failed", "{r}");
+        // The file's facts are known although the round trip failed.
+        assert_eq!(r["file"]["name"], "openscad_toomanyvertices.stl", "{r}");
+        assert_eq!(r["file"]["size"], bytes.len(), "{r}");
+        assert_eq!(r["file"]["crc32"], crc32fast::hash(&bytes), "{r}");
+        assert_eq!(r["file"]["blake3"], blake3::hash(&bytes).to_hex().as_str(), "{r}");
+        assert_eq!(
+            (r["data_leg"]["reached"].clone(), r["return_leg"]["reached"].clone()),
+            (bytes.len().into(), bytes.len().into()),
+            "{r}"
+        );
         assert!(r["csv"]["reason"].as_str().unwrap().contains("more than 3 vertices"), "{r}");
         assert!(r["error"]["message"].as_str().unwrap().contains("more than 3 vertices"), "{r}");
     }
@@ -402,6 +415,7 @@ fn json_receipts_of_failed_round_trips() {
     assert_eq!((r["ok"].clone(), r["exit_status"].clone()), (false.into(), 3.into()), "{r}");
     assert_eq!(r["data_leg"]["verdict"], "not_finished", "{r}");
     assert!(r["data_leg"]["bytes"].is_null() && r["file"]["size"].is_null() && r["saved"]["file"].is_null(), "{r}");
+    assert!(r["file"]["name"].is_null() && r["data_leg"]["reached"].is_null(), "{r}");
     assert!(r["error"]["hint"].as_str().unwrap().contains("start the server first"), "{r}");
     assert!(!b.path().join("other.stl").exists());
 }

@@ -472,6 +472,7 @@ impl Driver<'_> {
                     // The name is shown, escaped, and never used as a path.
                     info!(name = ?name, size, "header received");
                     self.size = size;
+                    self.reporter.client(ClientEvent::Offered { name, size });
                     let input = match self.prepare(size, resume) {
                         Ok(None) => ClientInput::Stop,
                         Ok(Some((staged, transfer))) => {
@@ -567,11 +568,11 @@ impl Driver<'_> {
                     info!(
                         bytes = digest.size, crc32 = digest.crc32, blake3 = %digest.blake3_hex(), "data leg received"
                     );
-                    self.reporter.client(ClientEvent::DataLegDone);
+                    self.reporter.client(ClientEvent::DataLegDone { digest });
                 }
-                ClientAction::Milestone(Milestone::ReturnLeg { .. }) => {
+                ClientAction::Milestone(Milestone::ReturnLeg { digest }) => {
                     info!("the server verified the returned copy");
-                    self.reporter.client(ClientEvent::ReturnLegDone);
+                    self.reporter.client(ClientEvent::ReturnLegDone { digest });
                 }
                 ClientAction::CloseData => {
                     self.conn.flush_within(LAST_WORDS);

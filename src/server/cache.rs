@@ -202,7 +202,11 @@ fn derive(path: &PathBuf, id: FileId, stop: &AtomicBool) -> ExpectedCsv {
     }
     match result {
         Ok((read, csv)) => {
-            csv.digest.map_or_else(|| ExpectedCsv::Unknown("no digest".into()), |d| ExpectedCsv::Digest(d, read.mesh))
+            let rows = csv.rows;
+            csv.digest.map_or_else(
+                || ExpectedCsv::Unknown("no digest".into()),
+                |digest| ExpectedCsv::Digest { digest, rows, mesh: read.mesh },
+            )
         }
         Err(e) if e.is_not_stl() => ExpectedCsv::NotStl,
         Err(e @ (ConvertError::Open { .. } | ConvertError::Stopped | ConvertError::Write { .. })) => {
@@ -246,7 +250,7 @@ mod tests {
         let got: Vec<_> = wakers.iter().map(|w| cache.expected_csv(id, &p, Some(w.handle()))).collect();
         for (first, got) in firsts.iter().zip(&got) {
             assert!(first.is_none() || first == got);
-            assert!(matches!(got, Some(ExpectedCsv::Digest(d, _)) if d.size == 0), "{got:?}");
+            assert!(matches!(got, Some(ExpectedCsv::Digest { digest, .. }) if digest.size == 0), "{got:?}");
         }
         assert!(cache.threads.lock().unwrap().is_empty(), "one thread, joined");
     }
@@ -269,7 +273,7 @@ mod tests {
         // an answer (that the CSV cannot be checked), not silence.
         let got_old = cache.expected_csv(old, &p, None);
         assert!(matches!(got_old, Some(ExpectedCsv::Unknown(_))), "{got_old:?}");
-        assert!(matches!(cache.expected_csv(new, &p, None), Some(ExpectedCsv::Digest(..))));
+        assert!(matches!(cache.expected_csv(new, &p, None), Some(ExpectedCsv::Digest { .. })));
         assert!(w_old.is_woken() && w_new.is_woken(), "every waiter was woken");
     }
 

@@ -667,11 +667,11 @@ impl Driver<'_> {
                         bytes = digest.size, crc32 = digest.crc32, blake3 = %digest.blake3_hex(),
                         "data leg sent; the client verified it"
                     );
-                    self.shared.reporter.server(ServerEvent::DataLegDone { peer: self.conn.peer() });
+                    self.shared.reporter.server(ServerEvent::DataLegDone { peer: self.conn.peer(), digest });
                 }
                 ServerAction::Milestone(Milestone::ReturnLeg { digest }) => {
                     info!(output = %cfg.output.display(), crc32 = digest.crc32, "returned copy verified identical and saved");
-                    self.shared.reporter.server(ServerEvent::ReturnLegDone { peer: self.conn.peer() });
+                    self.shared.reporter.server(ServerEvent::ReturnLegDone { peer: self.conn.peer(), digest });
                 }
                 ServerAction::ClaimDiffers(diff) => {
                     warn!("the client's End digests disagree with what was sent (its copy was right): {diff}");

@@ -183,8 +183,8 @@ pub struct ClientOutcome {
 pub enum CsvReturned {
     /// Made, returned and verified by A.
     Returned {
-        /// Its size.
-        size: u64,
+        /// What was sent (its size included).
+        digest: Digest,
         /// Vertex lines.
         rows: u64,
     },
@@ -192,8 +192,8 @@ pub enum CsvReturned {
     NotMade(String),
     /// Made and kept here, not returned: the Python version's protocol carries no CSV.
     Local {
-        /// Its size.
-        size: u64,
+        /// What was written.
+        digest: Digest,
         /// Vertex lines.
         rows: u64,
     },
@@ -233,7 +233,7 @@ enum CsvState {
     /// Sending it.
     Sending { out: Outgoing, digest: Digest, rows: u64 },
     /// `End` sent; waiting for A's `Result`.
-    Result { size: u64, rows: u64 },
+    Result { digest: Digest, rows: u64 },
 }
 
 #[derive(Debug)]
@@ -675,11 +675,11 @@ impl ClientSession {
                     }
                 }
             }
-            (State::Csv(CsvState::Result { size, rows }), ReturnMsg::Result { stream: Stream::Csv, ok, reason }) => {
-                let (size, rows) = (*size, *rows);
+            (State::Csv(CsvState::Result { digest, rows }), ReturnMsg::Result { stream: Stream::Csv, ok, reason }) => {
+                let (digest, rows) = (*digest, *rows);
                 self.send_ret(ReturnMsg::Bye);
                 if ok {
-                    self.finish_ok(CsvReturned::Returned { size, rows });
+                    self.finish_ok(CsvReturned::Returned { digest, rows });
                 } else {
                     self.end(Failure::Csv(CsvFailure::Rejected(reason)), false);
                 }
@@ -734,9 +734,9 @@ impl ClientSession {
                     self.actions.push_back(ClientAction::SendFrame { stream: Stream::Csv, offset, len });
                 }
                 if out.all_sent() {
-                    let (size, rows, d) = (out.size, *rows, *digest);
-                    self.send_ret(ReturnMsg::End { stream: Stream::Csv, crc32: d.crc32, blake3: d.blake3 });
-                    self.state = State::Csv(CsvState::Result { size, rows });
+                    let (rows, digest) = (*rows, *digest);
+                    self.send_ret(ReturnMsg::End { stream: Stream::Csv, crc32: digest.crc32, blake3: digest.blake3 });
+                    self.state = State::Csv(CsvState::Result { digest, rows });
                 }
             }
             _ => {}

@@ -69,8 +69,15 @@ pub enum Milestone {
 /// What A expects of the returned CSV, derived from its own original.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExpectedCsv {
-    /// The digest of the CSV of the original, and (version 6) the original mesh's facts.
-    Digest(Digest, Option<Box<crate::stl::mesh::MeshFacts>>),
+    /// A's own conversion of the original.
+    Digest {
+        /// The CSV's digest.
+        digest: Digest,
+        /// Its vertex lines.
+        rows: u64,
+        /// The original mesh's facts (held against B's from version 6 on).
+        mesh: Option<Box<crate::stl::mesh::MeshFacts>>,
+    },
     /// The original is not STL: no CSV should come.
     NotStl,
     /// The original could not be converted (or read), so a CSV cannot be checked.

@@ -216,7 +216,12 @@ pub struct ServerOutcome {
 #[derive(Debug)]
 pub enum CsvResult {
     /// Received, verified against the client's digests and A's own conversion, and saved.
-    Saved(Digest),
+    Saved {
+        /// What was saved.
+        digest: Digest,
+        /// Its vertex lines, from A's own conversion.
+        rows: u64,
+    },
     /// None was due: the file is not STL, or the client has CSVs turned off.
     NotMade(String),
     /// The file is STL but the CSV did not arrive intact, or differs, or could not be made.
@@ -1015,7 +1020,11 @@ impl ServerSession {
             (State::Csv(CsvState::Committing(d)), Stream::Csv) => {
                 let d = *d;
                 self.send_ret(ReturnMsg::Result { stream: Stream::Csv, ok: true, reason: String::new() });
-                self.await_bye(now, Some(CsvResult::Saved(d)));
+                let rows = match &self.expected {
+                    Some(ExpectedCsv::Digest { rows, .. }) => *rows,
+                    _ => unreachable!("a CSV is committed only when it equals A's own"),
+                };
+                self.await_bye(now, Some(CsvResult::Saved { digest: d, rows }));
             }
             _ => {}
         }
@@ -1025,7 +1034,7 @@ impl ServerSession {
     fn check_csv(&mut self, now: Instant, got: Digest, claimed: Digest) {
         let problem = match (&self.expected, DigestDiff::check(got, claimed)) {
             (_, Some(diff)) => Some(CsvFailure::Damaged(diff)),
-            (Some(ExpectedCsv::Digest(own, ours)), None) => DigestDiff::check(got, *own)
+            (Some(ExpectedCsv::Digest { digest: own, mesh: ours, .. }), None) => DigestDiff::check(got, *own)
                 .map(CsvFailure::DiffersFromOwn)
                 .or_else(|| self.mesh_problem(ours.as_deref())),
             (Some(ExpectedCsv::NotStl), None) => Some(CsvFailure::NotStl),
@@ -1077,7 +1086,7 @@ impl ServerSession {
             return_time: file.return_time,
             resumed: file.resumed,
             mesh: match (&csv, &self.expected) {
-                (CsvResult::Saved(_), Some(ExpectedCsv::Digest(_, m))) => m.clone(),
+                (CsvResult::Saved { .. }, Some(ExpectedCsv::Digest { mesh, .. })) => mesh.clone(),
                 _ => None,
             },
             csv,

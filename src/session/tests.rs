@@ -17,6 +17,11 @@ use super::*;
 const IDLE: Duration = Duration::from_secs(30);
 const TOKEN: [u8; 16] = [7; 16];
 
+/// Vertex lines of a CSV.
+fn rows(csv: &[u8]) -> u64 {
+    csv.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
 fn digest(bytes: &[u8]) -> Digest {
     let mut h = Hasher::new();
     h.update(bytes);
@@ -220,7 +225,10 @@ impl Sim {
         let csv = format!("csv of {} bytes\n", file.len()).into_bytes();
         let mut a = ServerSession::new(params(window), now);
         // A's own conversion of its original (here: a stand-in CSV both sides agree on).
-        a.handle(now, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), None)));
+        a.handle(
+            now,
+            ServerInput::ExpectedCsv(ExpectedCsv::Digest { digest: digest(&csv), rows: rows(&csv), mesh: None }),
+        );
         let b = ClientSession::new(ClientParams { idle: IDLE, token: TOKEN, return_port: 0, auth: None }, now);
         Sim {
             now,
@@ -542,7 +550,7 @@ fn full_duplex_sessions_of_every_shape_verify_on_both_sides() {
         assert_eq!(a.version, VERSION);
         assert_eq!(s.a_saved[0].as_deref(), Some(&file[..]), "A saved the returned copy, size {size}");
         assert!(s.b_committed);
-        assert!(matches!(a.csv, CsvResult::Saved(_)), "{:?}", a.csv);
+        assert!(matches!(a.csv, CsvResult::Saved { .. }), "{:?}", a.csv);
         assert_eq!(s.a_saved[1].as_deref(), Some(&s.csv[..]));
         assert!(matches!(b.csv, CsvReturned::Returned { .. }));
         assert_eq!(s.milestones, [('B', "data"), ('A', "data"), ('A', "return"), ('B', "return")], "size {size}");
@@ -1176,7 +1184,7 @@ fn csv_result(acts: &[ServerAction]) -> Option<(bool, String)> {
 fn v1_flow_step_7_the_csv_must_match_the_clients_end_and_the_servers_own_conversion() {
     let file = bytes(500, 1);
     let csv = b"1.0000,2.0000,3.0000\n".to_vec();
-    let own = ExpectedCsv::Digest(digest(&csv), None);
+    let own = ExpectedCsv::Digest { digest: digest(&csv), rows: rows(&csv), mesh: None };
     // Intact and equal to A's own: saved.
     let (mut a, t) = a_awaiting_csv(&file, Some(own.clone()));
     let acts = a_send_csv(&mut a, t, &csv, digest(&csv));
@@ -1245,7 +1253,10 @@ fn v1_keepalive_while_the_server_derives_its_own_csv() {
     assert!(matches!(sent_ret_a(&drain_a(&mut a))[..], [ReturnMsg::KeepAlive]));
     a.handle_timeout(t + 5 * IDLE);
     assert!(finished_a(&drain_a(&mut a)).is_none(), "A is not waiting on the client meanwhile");
-    a.handle(t + 5 * IDLE, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), None)));
+    a.handle(
+        t + 5 * IDLE,
+        ServerInput::ExpectedCsv(ExpectedCsv::Digest { digest: digest(&csv), rows: rows(&csv), mesh: None }),
+    );
     assert!(drain_a(&mut a).iter().any(|x| matches!(x, ServerAction::Commit(Stream::Csv))));
 }
 
@@ -1497,7 +1508,7 @@ fn version_1_session_runs_unchanged_against_the_server() {
     let csv = b"0.0000,0.0000,0.0000\n".to_vec();
     let (mut a, t, acts) = a_after_data_leg(1, &file, WINDOW_V2);
     assert!(sent_ret_a(&acts).is_empty(), "version 1: no credit before the Offer");
-    a.handle(t, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), None)));
+    a.handle(t, ServerInput::ExpectedCsv(ExpectedCsv::Digest { digest: digest(&csv), rows: rows(&csv), mesh: None }));
     a.handle(t, ServerInput::Ret(ReturnMsg::Offer { stream: Stream::File, size: file.len() as u64 }));
     drain_a(&mut a);
     let acts = a_return(&mut a, t, &file, FRAME_V1, digest(&file));
@@ -1511,7 +1522,7 @@ fn version_1_session_runs_unchanged_against_the_server() {
     let acts = drain_a(&mut a);
     let Some(Ok(o)) = finished_a(&acts) else { panic!("{acts:?}") };
     assert_eq!((o.version, o.digest), (1, digest(&file)));
-    assert!(matches!(o.csv, CsvResult::Saved(_)));
+    assert!(matches!(o.csv, CsvResult::Saved { .. }));
     // Version 1 frames are 256 KiB: a version-2-sized frame is a violation there.
     let big = bytes(2 * FRAME_V2, 1);
     let (mut a, t, _) = a_after_data_leg(1, &big, WINDOW_V2);
@@ -1709,7 +1720,14 @@ fn v6_mesh_the_clients_facts_must_be_the_servers_own() {
     let ours = cube_facts(10.0);
     let awaiting = |theirs: Option<Box<crate::stl::mesh::MeshFacts>>| {
         let (mut a, t, _) = a_after_data_leg(VERSION, &file, WINDOW_V2);
-        a.handle(t, ServerInput::ExpectedCsv(ExpectedCsv::Digest(digest(&csv), Some(ours.clone()))));
+        a.handle(
+            t,
+            ServerInput::ExpectedCsv(ExpectedCsv::Digest {
+                digest: digest(&csv),
+                rows: rows(&csv),
+                mesh: Some(ours.clone()),
+            }),
+        );
         let acts = a_return(&mut a, t, &file, FRAME_V2, digest(&file));
         assert!(acts.iter().any(|x| matches!(x, ServerAction::Commit(Stream::File))), "{acts:?}");
         a.handle(t, ServerInput::Committed(Stream::File));

@@ -195,14 +195,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `machinaftp --server -f FILE -H 127.0.0.1 -p 0 EXTRA...` in `dir`.
+    /// Starts `machinaftp --server -f FILE -H 127.0.0.1 -p 0 EXTRA...` in `dir` (`--json` among
+    /// them too: its `ready` object is read as the text line would be).
     pub fn start(dir: &Path, file: &Path, extra: &[&str]) -> Server {
         let file = file.to_str().unwrap();
         let mut args = vec!["--server", "-f", file, "-H", "127.0.0.1", "-p", "0"];
         args.extend_from_slice(extra);
         let proc = Proc::spawn(dir, &args);
-        let ready = proc.wait_stdout(|l| l.starts_with("ready "));
-        let addr_of = |key: &str| ready.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_owned);
+        let ready = proc.wait_stdout(|l| l.starts_with("ready ") || l.contains(r#""event":"ready""#));
+        let addr_of = |key: &str| match ready.strip_prefix('{') {
+            None => ready.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_owned),
+            Some(_) => {
+                let v: serde_json::Value = serde_json::from_str(&ready).expect("the ready object");
+                v[key.trim_end_matches('=')].as_str().map(str::to_owned)
+            }
+        };
         let port = |addr: String| addr.rsplit(':').next().unwrap().to_owned();
         let tcp_port = addr_of("tcp=").map(port).expect("tcp port in ready line");
         // `zmq=connect:HOST:PORT` under --remotehost names the client's port, not one A bound.
