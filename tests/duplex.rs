@@ -24,13 +24,13 @@ fn through_relays(a: &Path, flip: Option<(Way, u64)>, on_return: bool) -> (Serve
 }
 
 fn serve_through_relays(a: &Path, big: &Path, flip: Option<(Way, u64)>, on_return: bool) -> (Server, Relay, Relay) {
-    let srv = Server::start(a, big, &["--once", "--output", "returned.bin"]);
+    let (srv, twin) = server_and_twin_listener(|| Server::start(a, big, &["--once", "--output", "returned.bin"]));
     let target = |p: &str| SocketAddr::from(([127, 0, 0, 1], p.parse().unwrap()));
     let zmq = srv.zmq_port.clone().unwrap();
     let (data_flip, ret_flip) = if on_return { (None, flip) } else { (flip, None) };
-    let data = Relay::start("127.0.0.2:0", target(&srv.tcp_port), data_flip);
     // The same port number as A's, on another loopback address: where B connects after Welcome.
-    let ret = Relay::start(&format!("127.0.0.2:{zmq}"), target(&zmq), ret_flip);
+    let ret = Relay::on(twin, target(&zmq), ret_flip);
+    let data = Relay::start("127.0.0.2:0", target(&srv.tcp_port), data_flip);
     (srv, data, ret)
 }
 

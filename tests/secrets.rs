@@ -269,13 +269,12 @@ fn relay_units(mut from: TcpStream, mut to: TcpStream, mut framing: Framing, tam
 /// A relay on `listen` to `target` that tampers with the stream going toward the client
 /// (`down`) or toward the server.
 fn tampering_relay(
-    listen: &str,
+    listener: TcpListener,
     target: SocketAddr,
     framing: Framing,
     down: bool,
     tamper: Option<(Tamper, usize)>,
 ) -> SocketAddr {
-    let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay on {listen}: {e}"));
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         // One connection: the session's.
@@ -304,15 +303,18 @@ fn a_man_in_the_middle_can_alter_drop_replay_or_reorder_nothing_unnoticed() {
         for tamper in [Tamper::Flip, Tamper::Drop, Tamper::Replay, Tamper::Reorder] {
             let (a, b) = (tempdir(), tempdir());
             let file = served(a.path(), 2_000_000);
-            let srv = Server::start(a.path(), &file, &["--once", "--secret", SECRET, "--timeout", "5"]);
+            let (srv, twin) = server_and_twin_listener(|| {
+                Server::start(a.path(), &file, &["--once", "--secret", SECRET, "--timeout", "5"])
+            });
             let zmq = srv.zmq_port.clone().unwrap();
             let (data_t, ret_t) =
                 // B returns a 2 MB file in two 1 MiB Data messages, then End, Skip and Bye: the
                 // second sealed one is a Data message.
                 if channel == "data" { (Some((tamper, 5)), None) } else { (None, Some((tamper, 1))) };
             let data_framing = Framing::Data { clear_frames: 1 };
-            let data = tampering_relay("127.0.0.2:0", target(&srv.tcp_port), data_framing, true, data_t);
-            tampering_relay(&format!("127.0.0.2:{zmq}"), target(&zmq), Framing::Zmtp, false, ret_t);
+            tampering_relay(twin, target(&zmq), Framing::Zmtp, false, ret_t);
+            let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+            let data = tampering_relay(listener, target(&srv.tcp_port), data_framing, true, data_t);
             let port = data.port().to_string();
             let out = client(
                 b.path(),

@@ -325,6 +325,28 @@ pub enum Way {
     Down,
 }
 
+/// Starts a server with `start`, and listens on 127.0.0.2 at its ZeroMQ port's number: where a
+/// client pointed at 127.0.0.2 goes after A's Welcome names that port, for a relay to take it
+/// there. Ephemeral ports are unique per address only, so another socket on 127.0.0.2 (another
+/// test's relay) may hold that number: then that server is stopped and another one started.
+pub fn server_and_twin_listener(start: impl Fn() -> Server) -> (Server, std::net::TcpListener) {
+    let mut tries = 0;
+    loop {
+        let srv = start();
+        let zmq = srv.zmq_port.clone().expect("the server binds its ZeroMQ port");
+        match std::net::TcpListener::bind(format!("127.0.0.2:{zmq}")) {
+            Ok(listener) => return (srv, listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 10 => {
+                eprintln!("127.0.0.2:{zmq} is taken; starting another server");
+                tries += 1;
+                srv.proc.signal(libc::SIGKILL);
+                srv.proc.finish();
+            }
+            Err(e) => panic!("cannot listen on 127.0.0.2:{zmq}: {e}"),
+        }
+    }
+}
+
 /// A TCP relay on a loopback address that forwards every connection to `target`, optionally
 /// flipping one bit of one byte at `offset` of the stream going `way` (counted per connection).
 /// A stand-in for a link that corrupts, between real processes.
@@ -335,9 +357,15 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(listen: &str, target: std::net::SocketAddr, flip: Option<(Way, u64)>) -> Relay {
-        use std::net::{TcpListener, TcpStream};
+        let listener =
+            std::net::TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay: cannot listen on {listen}: {e}"));
+        Relay::on(listener, target, flip)
+    }
+
+    /// A relay accepting on `listener`.
+    pub fn on(listener: std::net::TcpListener, target: std::net::SocketAddr, flip: Option<(Way, u64)>) -> Relay {
+        use std::net::TcpStream;
         use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = TcpListener::bind(listen).unwrap_or_else(|e| panic!("relay: cannot listen on {listen}: {e}"));
         let addr = listener.local_addr().unwrap();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
