@@ -2,7 +2,7 @@
 //! honest one is served (so the document suffices, and version-1 clients keep working against
 //! the version-2 server), and a dishonest one must not fool A: a returned copy with a flipped byte
 //! (but the right digests claimed) and a tampered CSV (with digests that match the tampering) are
-//! both rejected, and nothing is saved.
+//! both rejected, and nothing is saved; a version-6 client's facts about the mesh must be A's own.
 
 mod common;
 
@@ -142,7 +142,18 @@ fn regression_wrong_size_offer_gets_its_verdict_not_a_timeout() {
 fn v2_session(tcp: &str, zmq_port: &str, mesh: &Path, flip: Option<usize>) -> Vec<String> {
     let token = [0x62; 16];
     let fake = RawClient::connect(zmq_port, token);
-    let (mut s, size) = fake.handshake(tcp, token, 2);
+    let s = fake.handshake(tcp, token, 2);
+    let mut verdicts = vec![return_while_receiving(&fake, s, flip)];
+    if flip.is_none() {
+        verdicts.push(send_csv(&fake, mesh, false, FRAME_V2));
+    }
+    verdicts
+}
+
+/// The file's legs from version 2 on, after `Accept` (and, from version 4, A's `Resume`): each
+/// frame goes back as soon as it is in and credit covers it, `End` after the `Verdict`. Returns
+/// A's verdict on the returned copy.
+fn return_while_receiving(fake: &RawClient, (mut s, size): (std::net::TcpStream, u64), flip: Option<usize>) -> String {
     // The return of stream 0 is offered by the Header; A grants its window at once.
     let mut credit = match fake.recv() {
         ReturnMsg::Credit { stream: Stream::File, bytes } => bytes,
@@ -181,21 +192,77 @@ fn v2_session(tcp: &str, zmq_port: &str, mesh: &Path, flip: Option<usize>) -> Ve
     s.write_all(&DataMsg::Verdict { ok: true, reason: String::new() }.to_bytes()).unwrap();
     let honest = digest_of(&file);
     fake.send(&ReturnMsg::End { stream: Stream::File, crc32: honest.crc32, blake3: honest.blake3 });
-    let mut verdicts = Vec::new();
     loop {
         match fake.recv() {
             ReturnMsg::Credit { .. } => {}
-            ReturnMsg::Result { ok, reason, .. } => {
-                verdicts.push(format!("file ok={ok} {reason}"));
-                break;
-            }
+            ReturnMsg::Result { ok, reason, .. } => return format!("file ok={ok} {reason}"),
             other => panic!("unexpected {other:?}"),
         }
     }
-    if flip.is_none() {
-        verdicts.push(send_csv(&fake, mesh, false, FRAME_V2));
+}
+
+/// What a version-6 client says of the mesh before the CSV's `Offer`.
+enum MeshClaim {
+    /// The facts as they are.
+    Honest,
+    /// The facts with the area and the geometry digest changed.
+    Lie,
+    /// No `Mesh` at all.
+    Silent,
+}
+
+/// A version-6 client (PROTOCOL.md sections 8 and 10, no secret): after the file's round trip it
+/// sends the CSV as it is, preceded by `claim` about the mesh. Returns A's verdicts.
+fn v6_session(tcp: &str, zmq_port: &str, mesh: &Path, claim: MeshClaim) -> Vec<String> {
+    let token = [0x66; 16];
+    let fake = RawClient::connect(zmq_port, token);
+    // The empty Accept offers nothing (V4-offer): no Resume, the raw bytes follow at once.
+    let mut verdicts = vec![return_while_receiving(&fake, fake.handshake(tcp, token, 6), None)];
+    let (read, _) =
+        stl::convert_to(mesh, std::io::sink(), Path::new("memory"), CsvOptions { mesh: true, ..CsvOptions::default() })
+            .unwrap();
+    let mut facts = read.mesh.expect("facts asked for");
+    match claim {
+        MeshClaim::Honest => fake.send(&ReturnMsg::Mesh(facts)),
+        MeshClaim::Lie => {
+            facts.area *= 1.01;
+            facts.geometry_blake3 = "0".repeat(64);
+            fake.send(&ReturnMsg::Mesh(facts));
+        }
+        MeshClaim::Silent => {}
     }
+    verdicts.push(send_csv(&fake, mesh, false, FRAME_V2));
     verdicts
+}
+
+#[test]
+fn version_6_client_must_tell_the_truth_about_the_mesh() {
+    require_shared!();
+    let mesh = shared("cad_mesh.stl");
+    let differs = "csv ok=false the mesh the client read differs from the server's: ";
+    for (claim, verdict, status) in [
+        (MeshClaim::Honest, vec!["csv ok=true "], 0),
+        (
+            MeshClaim::Lie,
+            vec![differs, "area 254002.945", "here, 256542.97", "geometry BLAKE3 f77f37ca", "here, 0000"],
+            5,
+        ),
+        (MeshClaim::Silent, vec![differs, "the client sent no facts of it"], 5),
+    ] {
+        let a = tempdir();
+        let srv = Server::start(a.path(), &mesh, &["--once"]);
+        let v = v6_session(&srv.tcp_port, srv.zmq_port.as_deref().unwrap(), &mesh, claim);
+        assert_eq!(v[0], "file ok=true ", "{v:?}");
+        assert!(
+            v[1].starts_with(verdict[0]) && verdict.iter().all(|w| v[1].contains(w)),
+            "{v:?}, expected {verdict:?}"
+        );
+        let s = srv.proc.finish();
+        assert_eq!(s.code(), Some(status), "{s:?}");
+        // A keeps the returned copy either way, and a CSV only when the mesh agreed.
+        assert!(same_contents(&mesh, &a.path().join("output.stl")));
+        assert_eq!(a.path().join("output.csv").exists(), status == 0, "{:?}", files_in(a.path()));
+    }
 }
 
 #[test]
