@@ -204,8 +204,13 @@ pub enum Command {
     },
     /// Print a strong random secret for --secret / --secret-file (130 bits, typable)
     Keygen,
-    /// Print the manual page, in roff (e.g. `machinaftp man > machinaftp.1; man ./machinaftp.1`)
-    Man,
+    /// Print the manual page, in roff (e.g. `machinaftp man > machinaftp.1; man ./machinaftp.1`),
+    /// or write it and one page per subcommand into DIR
+    Man {
+        /// Write machinaftp.1 and machinaftp-SUBCOMMAND.1 pages into this directory (it must exist)
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Options of `machinaftp stl2csv`.
@@ -281,8 +286,8 @@ pub enum Invocation {
     Sample(PathBuf),
     /// A shell completion script.
     Completions(clap_complete::Shell),
-    /// The manual page.
-    Man,
+    /// The manual page on stdout, or every page into a directory.
+    Man(Option<PathBuf>),
     /// A new random secret.
     Keygen,
 }
@@ -295,7 +300,7 @@ impl Cli {
             Some(Command::Stl2csv(args)) => return Ok(Invocation::Stl2csv(args)),
             Some(Command::Inspect(args)) => return Ok(Invocation::Inspect(args)),
             Some(Command::Completions { shell }) => return Ok(Invocation::Completions(shell)),
-            Some(Command::Man) => return Ok(Invocation::Man),
+            Some(Command::Man { dir }) => return Ok(Invocation::Man(dir)),
             Some(Command::Keygen) => return Ok(Invocation::Keygen),
             Some(Command::Sample { output }) => return Ok(Invocation::Sample(output)),
             None => {}

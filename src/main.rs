@@ -52,7 +52,8 @@ fn main() -> ExitCode {
             Ok(s) => write_stdout(|out| writeln!(out, "{s}")),
             Err(e) => Err(Error::Usage(format!("no randomness for a secret: {e}"))),
         },
-        Invocation::Man => write_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out)),
+        Invocation::Man(None) => write_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out)),
+        Invocation::Man(Some(dir)) => write_man_pages(&dir),
         Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out(&log))),
         Invocation::Client(cfg, log) => {
             let out = out(&log);
@@ -176,6 +177,17 @@ fn write_sample(path: &std::path::Path) -> Result<i32, Error> {
         stl::sample::facet_count(),
         stl::sample::file_size()
     );
+    Ok(exit::OK)
+}
+
+/// `machinaftp man DIR`: the main page and one per subcommand (the main page's SUBCOMMANDS
+/// section names them), each named as `man` looks it up.
+fn write_man_pages(dir: &std::path::Path) -> Result<i32, Error> {
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!("{} is not a directory; create it first", dir.display())));
+    }
+    clap_mangen::generate_to(Cli::command(), dir).map_err(Error::output(dir))?;
+    let _ = writeln!(std::io::stdout(), "wrote machinaftp.1 and its subcommands' pages into {}", dir.display());
     Ok(exit::OK)
 }
 

@@ -298,6 +298,22 @@ fn shell_completions_and_the_manual_page() {
     assert_eq!(man.code(), Some(0), "{man:?}");
     assert!(man.stdout.contains(".TH machinaftp 1"), "{}", man.stdout);
     assert!(man.stdout.contains("remotehost") && man.stdout.contains("completions"), "{}", man.stdout);
+    // Every option names its environment variable, as --help does.
+    for var in ["MACHINAFTP_PORT", "MACHINAFTP_REMOTEHOST", "MACHINAFTP_SECRET", "MACHINAFTP_RATE_LIMIT"] {
+        assert!(man.stdout.contains(var), "{var} missing: {}", man.stdout);
+    }
+    // With a directory: the pages the SUBCOMMANDS section names are there too.
+    let pages = dir.path().join("man1");
+    assert_eq!(client(dir.path(), &["man", "man1"]).code(), Some(2), "no such directory yet");
+    std::fs::create_dir(&pages).unwrap();
+    let out = client(dir.path(), &["man", "man1"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    for page in
+        ["machinaftp.1", "machinaftp-inspect.1", "machinaftp-stl2csv.1", "machinaftp-sample.1", "machinaftp-demo.1"]
+    {
+        let text = std::fs::read_to_string(pages.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}: {text}");
+    }
     let bad = client(dir.path(), &["completions", "tcsh"]);
     assert_eq!(bad.code(), Some(2), "{bad:?}");
 }
