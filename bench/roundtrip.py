@@ -2,7 +2,7 @@
 """Round-trip benchmarks for machinaftp against socat, side by side in one run.
 
   roundtrip.py loopback [SIZE_MIB] [RUNS]   1 GiB on 127.0.0.1, files in /dev/shm
-  roundtrip.py latency [RUNS]               cad_mesh.stl, from B's start until A (--once) and B exit
+  roundtrip.py latency [RUNS]               cad_mesh.stl (or MESH=PATH), from B's start until A (--once) and B exit
   roundtrip.py link [SIZE_MIB] [RUNS]       two network namespaces, veth shaped to 1 Gbit/s each way
   roundtrip.py rss SIZE_MIB...              peak RSS of A and B (sparse files; BENCH_DIR on a disk)
   roundtrip.py all                          the four, as the session-core issue's table asks
@@ -33,7 +33,8 @@ BIN = os.path.abspath(os.environ.get("BIN", "target/release/machinaftp"))
 BASELINE = os.environ.get("BASELINE")
 TIME = "/usr/bin/time"
 HERE = os.path.dirname(os.path.abspath(__file__))
-MESH = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "cad_mesh.stl"))
+# The latency benchmark's mesh (MESH=PATH for another).
+MESH = os.path.abspath(os.environ.get("MESH", os.path.join(HERE, "..", "..", "shared", "cad_mesh.stl")))
 
 
 class Timed:
@@ -202,7 +203,7 @@ def bench_latency(runs=31):
             for name, path in builds:
                 t, cpu, ra, rb = run_ours(MESH, work, rss=False, bin=path)
                 times[name].append((t, cpu))
-        print(f"\ncad_mesh.stl round trip (714,884 bytes + its 1.5 MB CSV), B's start to both exits, {runs} runs"
+        print(f"\n{os.path.basename(MESH)} round trip ({os.path.getsize(MESH):,} bytes + its CSV), B's start to both exits, {runs} runs"
               + (", alternating" if BASELINE else ""))
         for name, _ in builds:
             ts = times[name]

@@ -3,9 +3,9 @@
 //! encodings of one mesh.
 //!
 //! The digest, area, volume and bounding box take constant memory. Telling whether the mesh is
-//! closed needs its edges: a map of distinct vertices (about 40 bytes each) and of edges (about
-//! 40 bytes each, some 1.5 per facet), so about 100 bytes per facet; 8 million facets take under
-//! 1 GiB.
+//! closed needs its edges: a map of distinct vertices (about 40 bytes each, some 0.5 per facet)
+//! and a list of every facet's edges (8 bytes each, 3 per facet, up to twice that while the list
+//! grows), so 45 to 70 bytes per facet; 8 million facets take under 600 MiB.
 
 use std::collections::hash_map::Entry;
 
@@ -125,8 +125,12 @@ pub struct Inspector {
     // Fx hashing: these maps are the inspection's hot path, and their keys are not chosen by
     // anyone who could aim for collisions to any effect but a slower inspection of their own file.
     vertices: FxHashMap<[u32; 3], u32>,
-    /// Per edge (lower vertex id, higher): facets running along it low to high, and high to low.
-    edges: FxHashMap<(u32, u32), (u32, u32)>,
+    /// Every facet's edges as (lower vertex id, higher) packed in a `u64`: those running low to
+    /// high, and those running high to low. Sorted and counted once at the end: appending is
+    /// sequential, where a map of edges missed the cache on most of them (3 per facet), which
+    /// made inspection 1.5 to 1.8 times slower.
+    edges_up: Vec<u64>,
+    edges_down: Vec<u64>,
     degenerate: u64,
     flipped: u64,
 }
@@ -144,7 +148,8 @@ impl Default for Inspector {
             vol6: 0.0,
             normals: [0.0; 3],
             vertices: FxHashMap::default(),
-            edges: FxHashMap::default(),
+            edges_up: Vec::new(),
+            edges_down: Vec::new(),
             degenerate: 0,
             flipped: 0,
         }
@@ -204,11 +209,11 @@ impl Inspector {
             if p == q {
                 continue;
             }
-            let e = self.edges.entry((p.min(q), p.max(q))).or_default();
+            let key = u64::from(p.min(q)) << 32 | u64::from(p.max(q));
             if p < q {
-                e.0 += 1;
+                self.edges_up.push(key);
             } else {
-                e.1 += 1;
+                self.edges_down.push(key);
             }
         }
     }
@@ -224,14 +229,20 @@ impl Inspector {
     }
 
     /// The facts, for a file of `solids` solids.
-    pub fn finish(&self, solids: u64) -> MeshFacts {
-        let mut digest = self.digest.clone();
-        digest.update(&self.pending);
+    pub fn finish(mut self, solids: u64) -> MeshFacts {
+        self.digest.update(&self.pending);
         let (mut boundary, mut nonmanifold, mut misoriented) = (0, 0, 0);
-        for &(up, down) in self.edges.values() {
-            match up + down {
+        self.edges_up.sort_unstable();
+        self.edges_down.sort_unstable();
+        let (mut up, mut down) = (&self.edges_up[..], &self.edges_down[..]);
+        // Each edge once, in order, with how many facets run along it either way.
+        while let Some(&key) = [up.first(), down.first()].into_iter().flatten().min() {
+            let ups = up.iter().take_while(|&&k| k == key).count();
+            let downs = down.iter().take_while(|&&k| k == key).count();
+            (up, down) = (&up[ups..], &down[downs..]);
+            match ups + downs {
                 1 => boundary += 1,
-                2 if up != 1 => misoriented += 1,
+                2 if ups != 1 => misoriented += 1,
                 2 => {}
                 _ => nonmanifold += 1,
             }
@@ -255,7 +266,7 @@ impl Inspector {
             misoriented_edges: misoriented,
             degenerate_facets: self.degenerate,
             flipped_normals: self.flipped,
-            geometry_blake3: digest.finalize().to_hex().to_string(),
+            geometry_blake3: self.digest.finalize().to_hex().to_string(),
         }
     }
 }
