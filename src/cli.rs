@@ -207,7 +207,7 @@ pub enum Command {
     /// Print the manual page, in roff (e.g. `machinaftp man > machinaftp.1; man ./machinaftp.1`),
     /// or write it and one page per subcommand into DIR
     Man {
-        /// Write machinaftp.1 and machinaftp-SUBCOMMAND.1 pages into this directory (it must exist)
+        /// Write machinaftp.1 and machinaftp-SUBCOMMAND.1 pages into this directory (made if missing)
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             Ok(s) => write_stdout(|out| writeln!(out, "{s}")),
             Err(e) => Err(Error::Usage(format!("no randomness for a secret: {e}"))),
         },
-        Invocation::Man(None) => write_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out)),
+        Invocation::Man(None) => write_stdout(|out| clap_mangen::Man::new(man_command()).render(out)),
         Invocation::Man(Some(dir)) => write_man_pages(&dir),
         Invocation::Server(cfg, log) => with_logging(&log, || run_server(cfg, &shutdown, out(&log))),
         Invocation::Client(cfg, log) => {
@@ -180,14 +180,31 @@ fn write_sample(path: &std::path::Path) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
+/// The command as the manual pages show it: `help` is `--help` there, with no page of its own.
+fn man_command() -> clap::Command {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
+
 /// `machinaftp man DIR`: the main page and one per subcommand (the main page's SUBCOMMANDS
-/// section names them), each named as `man` looks it up.
+/// section names them), each named as `man` looks it up and written whole or not at all.
 fn write_man_pages(dir: &std::path::Path) -> Result<i32, Error> {
-    if !dir.is_dir() {
-        return Err(Error::Usage(format!("{} is not a directory; create it first", dir.display())));
+    std::fs::create_dir_all(dir).map_err(Error::output(dir))?;
+    let cmd = man_command();
+    let subcommands = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect::<Vec<_>>();
+    let mut written = Vec::new();
+    for page in std::iter::once(cmd).chain(subcommands) {
+        let man = clap_mangen::Man::new(page);
+        let path = dir.join(man.get_filename());
+        // A page is a few kilobytes: rendered whole, then written.
+        let mut text = Vec::new();
+        man.render(&mut text).map_err(Error::output(&path))?;
+        let mut staged = machinaftp::files::StagedFile::create(&path).map_err(Error::output(&path))?;
+        staged.file().write_all(&text).and_then(|()| staged.commit().map(drop)).map_err(Error::output(&path))?;
+        written.push(man.get_filename());
     }
-    clap_mangen::generate_to(Cli::command(), dir).map_err(Error::output(dir))?;
-    let _ = writeln!(std::io::stdout(), "wrote machinaftp.1 and its subcommands' pages into {}", dir.display());
+    let _ = writeln!(std::io::stdout(), "wrote {} into {}", written.join(", "), dir.display());
     Ok(exit::OK)
 }
 

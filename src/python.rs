@@ -32,7 +32,8 @@ use crate::protocol::ret::Stream;
 use crate::report::{ClientEvent, ClientReport, Progress, Reporter, ServerEvent, ServerSessionReport};
 use crate::server::ServerConfig;
 use crate::session::{
-    ClientOutcome, CsvResult, CsvReturned, DigestDiff, Failure, Leg, LocalFailure, Phase, Resumed, Role, ServerOutcome,
+    ClientOutcome, CsvResult, CsvReturned, DigestDiff, Failure, Leg, LegDone, LocalFailure, Phase, Resumed, Role,
+    ServerOutcome,
 };
 use crate::shutdown::Shutdown;
 use crate::stl::{self, CsvOptions};
@@ -399,7 +400,7 @@ fn serve_one(
     let _ = conn.stream.shutdown(std::net::Shutdown::Write);
     let data_time = started.elapsed();
     info!(bytes = original.size, crc32 = original.crc32, "data leg sent");
-    reporter.server(ServerEvent::DataLegDone { peer, digest: original });
+    reporter.server(ServerEvent::DataLegDone { peer, leg: LegDone { digest: original, took: data_time, from: 0 } });
 
     // The return leg: `fetch`, B's preamble of its copy, our echo, frames, an empty frame.
     let started = Instant::now();
@@ -452,13 +453,14 @@ fn serve_one(
     }
     staged.commit().map_err(|source| LocalFailure::Output { path: cfg.output.clone(), source })?;
     info!(output = %cfg.output.display(), "returned copy verified identical and saved");
-    reporter.server(ServerEvent::ReturnLegDone { peer, digest: original });
+    let return_time = started.elapsed();
+    reporter.server(ServerEvent::ReturnLegDone { peer, leg: LegDone { digest: original, took: return_time, from: 0 } });
     Ok(ServerOutcome {
         version: 0,
         name: crate::files::file_name(&cfg.file),
         digest: original,
         data_time,
-        return_time: started.elapsed(),
+        return_time,
         resumed: Resumed::default(),
         csv: CsvResult::NotMade("the Python version's protocol carries no CSV".into()),
         mesh: None,
@@ -569,7 +571,7 @@ fn round_trip(
     staged.commit().map_err(out_err)?;
     let data_time = started.elapsed();
     info!(bytes = got.size, crc32 = got.crc32, "file received and verified");
-    reporter.client(ClientEvent::DataLegDone { digest: got });
+    reporter.client(ClientEvent::DataLegDone(LegDone { digest: got, took: data_time, from: 0 }));
 
     // The return channel, bound only now, as the Python version does.
     let ctx = zmq::Context::new();
@@ -615,8 +617,9 @@ fn round_trip(
     drop(ret);
     drop(ctx);
     info!(bytes = sent, "returned copy sent; the Python version's server confirms nothing");
-    reporter.client(ClientEvent::ReturnLegDone { digest: got });
-    Ok((got, data_time, started.elapsed()))
+    let return_time = started.elapsed();
+    reporter.client(ClientEvent::ReturnLegDone(LegDone { digest: got, took: return_time, from: 0 }));
+    Ok((got, data_time, return_time))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::error::{Error, chain};
 use crate::integrity::Digest;
 use crate::report::{ClientReport, Progress, ServerSessionReport};
-use crate::session::{CsvResult, CsvReturned, Failure, Leg, Resumed};
+use crate::session::{CsvResult, CsvReturned, Failure, Leg, LegDone, Resumed};
 
 /// The `schema` field of every object this module prints.
 pub const SCHEMA: &str = "machinaftp.receipt";
@@ -24,16 +24,25 @@ pub const VERSION: u32 = 1;
 /// failed round trip's receipt can still tell of the file and how far each leg got.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
-    /// The data leg (`Done! - TX` on A, `Done! - RX` on B).
-    pub data: bool,
-    /// The return leg.
-    pub ret: bool,
-    /// The file's digest, once a leg verified it.
-    pub digest: Option<Digest>,
+    /// The data leg, once verified (`Done! - TX` on A, `Done! - RX` on B).
+    pub data: Option<LegDone>,
+    /// The return leg, once verified.
+    pub ret: Option<LegDone>,
     /// The name the server offered the file under (B; A knows its own file).
     pub name: Option<String>,
+    /// The file's size, once offered (B).
+    pub size: Option<u64>,
+    /// Where an interrupted transfer went on from, once A said so (B).
+    pub resumed: Option<Resumed>,
     /// The last progress: the file's size and how far each leg got.
     pub progress: Option<Progress>,
+}
+
+impl Seen {
+    /// The file's digest, once a leg verified it.
+    fn digest(&self) -> Option<Digest> {
+        self.data.or(self.ret).map(|l| l.digest)
+    }
 }
 
 /// A server's `ready` line as JSON: where it listens.
@@ -120,7 +129,7 @@ struct LegFacts {
     bytes: Option<u64>,
     seconds: Option<f64>,
     bytes_per_second: Option<f64>,
-    resumed_from: u64,
+    resumed_from: Option<u64>,
     /// How far into the file the leg got, bytes held from an earlier attempt included: the size
     /// once verified, and what a failed round trip had reached.
     reached: Option<u64>,
@@ -137,34 +146,31 @@ impl LegFacts {
             bytes: Some(bytes),
             seconds: Some(secs),
             bytes_per_second: (secs > 0.0).then(|| bytes as f64 / secs),
-            resumed_from: from,
+            resumed_from: Some(from),
             reached: Some(size),
         }
     }
 
-    /// A leg of a failed round trip: verified if it was seen so, failed if the failure is a
-    /// mismatch on it, otherwise not finished because of the failure.
+    /// A leg of a failed round trip: verified if it was seen so (with all its facts), failed if
+    /// the failure is a mismatch on it, otherwise not finished because of the failure.
     fn of_failure(leg: Leg, seen: &Seen, failure: Option<&Failure>, msg: &str) -> Self {
-        let mismatch = matches!(failure,
-            Some(Failure::Mismatch { leg: l, .. } | Failure::SizeMismatch { leg: l, .. } | Failure::PeerMismatch { leg: l, .. })
-                if *l == leg);
-        let verified = match leg {
+        let done = match leg {
             Leg::Data => seen.data,
             Leg::Return => seen.ret,
         };
-        let size = seen.digest.map(|d| d.size);
-        let reached = match (leg, seen.progress) {
-            _ if verified => size,
-            (Leg::Data, Some(p)) => Some(p.data),
-            (Leg::Return, Some(p)) => Some(p.ret),
-            (_, None) => None,
+        if let Some(d) = done {
+            return LegFacts::verified(d.digest.size, d.from, d.took);
+        }
+        let mismatch = matches!(failure,
+            Some(Failure::Mismatch { leg: l, .. } | Failure::SizeMismatch { leg: l, .. } | Failure::PeerMismatch { leg: l, .. })
+                if *l == leg);
+        let (reached, resumed_from) = match (leg, seen.progress, seen.resumed) {
+            (Leg::Data, p, r) => (p.map(|p| p.data), r.map(|r| r.from)),
+            (Leg::Return, p, r) => (p.map(|p| p.ret), r.map(|r| r.ret_from)),
         };
-        let (verdict, reason) = match (verified, mismatch) {
-            (true, _) => (Verdict::Verified, None),
-            (false, true) => (Verdict::Failed, Some(msg.to_owned())),
-            (false, false) => (Verdict::NotFinished, Some(msg.to_owned())),
-        };
-        LegFacts { verdict, reason, bytes: None, seconds: None, bytes_per_second: None, resumed_from: 0, reached }
+        let verdict = if mismatch { Verdict::Failed } else { Verdict::NotFinished };
+        let reason = Some(msg.to_owned());
+        LegFacts { verdict, reason, bytes: None, seconds: None, bytes_per_second: None, resumed_from, reached }
     }
 }
 
@@ -221,14 +227,14 @@ fn failed(role: &'static str, peer: String, saved: Saved, e: &Error, seen: Seen)
         _ => CsvFacts::without(Verdict::NotFinished, "the round trip did not get that far".into()),
     };
     // A failed CSV stage follows a file that made its round trip.
-    let seen = if matches!(failure, Some(Failure::Csv(_))) { Seen { data: true, ret: true, ..seen } } else { seen };
-    // What is known of the file: its name once offered, its size once under way, its digests
-    // once a leg verified it.
+    // What is known of the file: its name and size once offered, its digests once a leg
+    // verified it. (A failed CSV stage comes after both legs were seen verified.)
+    let digest = seen.digest();
     let file = FileFacts {
         name: seen.name.clone(),
-        size: seen.digest.map(|d| d.size).or(seen.progress.map(|p| p.size)),
-        crc32: seen.digest.map(|d| d.crc32),
-        blake3: seen.digest.map(|d| d.blake3_hex()),
+        size: digest.map(|d| d.size).or(seen.size).or(seen.progress.map(|p| p.size)),
+        crc32: digest.map(|d| d.crc32),
+        blake3: digest.map(|d| d.blake3_hex()),
     };
     Receipt {
         schema: SCHEMA,
@@ -296,7 +302,7 @@ pub fn client_ok(r: &ClientReport) -> Receipt {
 
 /// B's receipt for a round trip that failed with `e`.
 pub fn client_failed(server: &str, output: &Path, e: &Error, seen: Seen) -> Receipt {
-    failed("client", server.to_owned(), Saved { file: seen.data.then(|| path(output)), csv: None }, e, seen)
+    failed("client", server.to_owned(), Saved { file: seen.data.map(|_| path(output)), csv: None }, e, seen)
 }
 
 /// A's receipt for one session; `None` for a connection that never greeted it as a client (a
@@ -309,11 +315,9 @@ pub fn server(r: &ServerSessionReport, mut seen: Seen) -> Option<Receipt> {
     let o = match &r.result {
         Ok(o) => o,
         Err(e) => {
-            let saved = Saved { file: seen.ret.then(|| path(&r.output)), csv: None };
-            // The name A serves the file under, once the client got as far as its offer.
-            if seen.progress.is_some() {
-                seen.name = Some(crate::files::file_name(&r.file));
-            }
+            let saved = Saved { file: seen.ret.map(|_| path(&r.output)), csv: None };
+            // A's own file, under the name it serves it.
+            seen.name = Some(crate::files::file_name(&r.file));
             return Some(failed("server", peer, saved, e, seen));
         }
     };

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::error::Error;
-use crate::integrity::Digest;
+use crate::session::LegDone;
 use crate::session::{ClientOutcome, ServerOutcome};
 
 /// What became of one client's session on the server.
@@ -45,19 +45,24 @@ pub struct ClientReport {
 /// Something the server has to say while it runs.
 #[derive(Debug)]
 pub enum ServerEvent<'a> {
+    /// A client's session starts (what was said of an earlier one from its address is old news).
+    SessionStarted {
+        /// Which client.
+        peer: SocketAddr,
+    },
     /// A client verified the data leg (the Python version's `Done! - TX`).
     DataLegDone {
         /// Which client.
         peer: SocketAddr,
-        /// What it verified.
-        digest: Digest,
+        /// The leg.
+        leg: LegDone,
     },
     /// The returned copy was verified and saved (`Done! - RX`).
     ReturnLegDone {
         /// Which client.
         peer: SocketAddr,
-        /// What came back.
-        digest: Digest,
+        /// The leg.
+        leg: LegDone,
     },
     /// A session ended.
     SessionEnded(&'a ServerSessionReport),
@@ -74,21 +79,15 @@ pub enum ClientEvent {
         size: u64,
     },
     /// The file arrived and was verified (`Done! - RX`).
-    DataLegDone {
-        /// What arrived.
-        digest: Digest,
-    },
+    DataLegDone(LegDone),
     /// The server verified the returned copy (`Done! - TX`).
-    ReturnLegDone {
-        /// What it verified.
-        digest: Digest,
-    },
+    ReturnLegDone(LegDone),
     /// The server's client slots are taken; B waits in its line at this place (1 = next).
     Queued(u32),
     /// The server was busy with a full line; B tries again after this long.
     Retrying(std::time::Duration),
-    /// An interrupted transfer resumes: the first `from` bytes are here already, and the first
-    /// `ret_from` back at the server.
+    /// The server answered B's offer: the first `from` bytes are here already, and the first
+    /// `ret_from` back at the server (both 0: nothing is resumed).
     Resuming {
         /// Bytes B holds.
         from: u64,
@@ -193,16 +192,13 @@ impl<W: std::io::Write + Send> Text<W> {
     }
 
     /// Records that a leg was verified; `true` if results are JSON (so no text line is due).
-    fn seen(&self, peer: Option<SocketAddr>, leg: Leg, digest: Digest) -> bool {
+    fn seen(&self, peer: Option<SocketAddr>, leg: Leg, done: LegDone) -> bool {
         if let Some(bars) = &self.bars {
             bars.leg_done(peer, leg);
         }
-        self.note_seen(peer, |s| {
-            match leg {
-                Leg::Data => s.data = true,
-                Leg::Return => s.ret = true,
-            }
-            s.digest = Some(digest);
+        self.note_seen(peer, |s| match leg {
+            Leg::Data => s.data = Some(done),
+            Leg::Return => s.ret = Some(done),
         })
     }
 
@@ -386,10 +382,11 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             self.end_bars(Some(r.peer));
         }
         match event {
-            ServerEvent::DataLegDone { peer, digest } if !self.seen(Some(peer), Leg::Data, digest) => {
-                self.line("Done! - TX")
+            ServerEvent::SessionStarted { peer } => {
+                self.note_seen(Some(peer), |s| *s = Seen::default());
             }
-            ServerEvent::ReturnLegDone { peer, digest } if !self.seen(Some(peer), Leg::Return, digest) => {
+            ServerEvent::DataLegDone { peer, leg } if !self.seen(Some(peer), Leg::Data, leg) => self.line("Done! - TX"),
+            ServerEvent::ReturnLegDone { peer, leg } if !self.seen(Some(peer), Leg::Return, leg) => {
                 self.line("Done! - RX")
             }
             ServerEvent::DataLegDone { .. } | ServerEvent::ReturnLegDone { .. } => {}
@@ -439,12 +436,12 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             }
         };
         match event {
-            ClientEvent::Offered { name, .. } => {
-                self.note_seen(None, |s| s.name = Some(name));
+            ClientEvent::Offered { name, size } => {
+                self.note_seen(None, |s| (s.name, s.size) = (Some(name), Some(size)));
             }
-            ClientEvent::DataLegDone { digest } if !self.seen(None, Leg::Data, digest) => self.line("Done! - RX"),
-            ClientEvent::ReturnLegDone { digest } if !self.seen(None, Leg::Return, digest) => self.line("Done! - TX"),
-            ClientEvent::DataLegDone { .. } | ClientEvent::ReturnLegDone { .. } => {}
+            ClientEvent::DataLegDone(leg) if !self.seen(None, Leg::Data, leg) => self.line("Done! - RX"),
+            ClientEvent::ReturnLegDone(leg) if !self.seen(None, Leg::Return, leg) => self.line("Done! - TX"),
+            ClientEvent::DataLegDone(_) | ClientEvent::ReturnLegDone(_) => {}
             ClientEvent::Queued(position) => note(format!(
                 "waiting for the server: all its client slots are taken; {} in line",
                 if position == 1 { "next".to_owned() } else { format!("number {position}") }
@@ -452,12 +449,18 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             ClientEvent::Retrying(after) => {
                 note(format!("the server is busy and its line is full; trying again in {}", units::duration(after)))
             }
-            ClientEvent::Resuming { from, ret_from, size } => note(format!(
-                "resuming an interrupted transfer: {} of {} already here, {} already back at the server",
-                units::bytes(from),
-                units::bytes(size),
-                units::bytes(ret_from)
-            )),
+            ClientEvent::Resuming { from, ret_from, .. } if from == 0 && ret_from == 0 => {
+                self.note_seen(None, |s| s.resumed = Some(crate::session::Resumed::default()));
+            }
+            ClientEvent::Resuming { from, ret_from, size } => {
+                self.note_seen(None, |s| s.resumed = Some(crate::session::Resumed { from, ret_from }));
+                note(format!(
+                    "resuming an interrupted transfer: {} of {} already here, {} already back at the server",
+                    units::bytes(from),
+                    units::bytes(size),
+                    units::bytes(ret_from)
+                ))
+            }
             ClientEvent::KeptPartial(path) => {
                 note(format!("what arrived is kept in {}: run the same command again to resume", path.display()))
             }

@@ -178,8 +178,8 @@ fn server_killed_mid_transfer() {
 }
 
 /// A `--json` receipt of a round trip cut off mid-file still names the file and says how far
-/// each leg got.
-fn assert_interrupted_receipt(line: &str, min_data: u64, min_ret: u64) {
+/// each leg got (and, if the printing side was told, where it went on from: `resumed`).
+fn assert_interrupted_receipt(line: &str, min_data: u64, min_ret: u64, resumed: Option<u64>) {
     let r: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     assert_eq!((r["event"].as_str(), r["ok"].as_bool()), (Some("round_trip"), Some(false)), "{r}");
     assert_eq!(r["file"]["name"], "big.bin", "{r}");
@@ -187,6 +187,8 @@ fn assert_interrupted_receipt(line: &str, min_data: u64, min_ret: u64) {
     assert!(r["file"]["crc32"].is_null() && r["file"]["blake3"].is_null(), "no leg verified them: {r}");
     for (leg, min) in [("data_leg", min_data), ("return_leg", min_ret)] {
         assert_eq!(r[leg]["verdict"], "not_finished", "{r}");
+        assert!(r[leg]["bytes"].is_null() && r[leg]["seconds"].is_null(), "{r}");
+        assert_eq!(r[leg]["resumed_from"].as_u64(), resumed, "{r}");
         let reached = r[leg]["reached"].as_u64().unwrap_or_else(|| panic!("{leg}.reached: {r}"));
         assert!((min..20_000_000).contains(&reached), "{leg}.reached {reached}, at least {min}: {r}");
     }
@@ -201,14 +203,14 @@ fn receipts_of_an_interrupted_transfer_say_how_far_it_got() {
     let out = cli.finish();
     assert_eq!(out.code(), Some(3), "{out:?}");
     assert_eq!(out.stdout.lines().count(), 1, "{out:?}");
-    assert_interrupted_receipt(out.stdout.trim(), 2 << 20, 1 << 20);
+    assert_interrupted_receipt(out.stdout.trim(), 2 << 20, 1 << 20, Some(0));
     // A's, when B is interrupted: A had sent B's 2 MiB, and had 1 MiB back.
     let (a, b) = (tempdir(), tempdir());
     let (srv, cli, _) = transfer_in_progress(a.path(), b.path(), &["--json"]);
     cli.signal(libc::SIGINT);
     assert_eq!(cli.finish().code(), Some(130));
     let line = srv.proc.wait_stdout(|l| l.contains(r#""event":"round_trip""#));
-    assert_interrupted_receipt(&line, 2 << 20, 1 << 20);
+    assert_interrupted_receipt(&line, 2 << 20, 1 << 20, None);
     srv.proc.signal(libc::SIGTERM);
     assert_eq!(srv.proc.finish().code(), Some(0));
 }

@@ -303,11 +303,18 @@ fn shell_completions_and_the_manual_page() {
         assert!(man.stdout.contains(var), "{var} missing: {}", man.stdout);
     }
     // With a directory: the pages the SUBCOMMANDS section names are there too.
-    let pages = dir.path().join("man1");
-    assert_eq!(client(dir.path(), &["man", "man1"]).code(), Some(2), "no such directory yet");
-    std::fs::create_dir(&pages).unwrap();
-    let out = client(dir.path(), &["man", "man1"]);
+    assert!(!man.stdout.contains("machinaftp-help"), "help has no page of its own: {}", man.stdout);
+    let pages = dir.path().join("share/man1");
+    let out = client(dir.path(), &["man", "share/man1"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    // A page that cannot be written is named.
+    std::fs::remove_file(pages.join("machinaftp-demo.1")).unwrap();
+    std::fs::create_dir(pages.join("machinaftp-demo.1")).unwrap();
+    let out = client(dir.path(), &["man", "share/man1"]);
+    assert_eq!(out.code(), Some(4), "{out:?}");
+    assert!(out.stderr.contains("machinaftp-demo.1"), "{out:?}");
+    std::fs::remove_dir(pages.join("machinaftp-demo.1")).unwrap();
+    assert_eq!(client(dir.path(), &["man", "share/man1"]).code(), Some(0));
     for page in
         ["machinaftp.1", "machinaftp-inspect.1", "machinaftp-stl2csv.1", "machinaftp-sample.1", "machinaftp-demo.1"]
     {
@@ -396,6 +403,7 @@ fn json_receipts_of_failed_round_trips() {
     let (a, b) = (tempdir(), tempdir());
     let bad = shared("stl-corpus/openscad_toomanyvertices.stl");
     let bytes = std::fs::read(&bad).unwrap();
+    let len = bytes.len() as u64;
     let (srv, port) = json_server(a.path(), &bad);
     let out = client(b.path(), &["--client", "-f", "copy.stl", "-p", &port, "--json"]);
     assert_eq!(out.code(), Some(5), "{out:?}");
@@ -413,11 +421,11 @@ fn json_receipts_of_failed_round_trips() {
         assert_eq!(r["file"]["size"], bytes.len(), "{r}");
         assert_eq!(r["file"]["crc32"], crc32fast::hash(&bytes), "{r}");
         assert_eq!(r["file"]["blake3"], blake3::hash(&bytes).to_hex().as_str(), "{r}");
-        assert_eq!(
-            (r["data_leg"]["reached"].clone(), r["return_leg"]["reached"].clone()),
-            (bytes.len().into(), bytes.len().into()),
-            "{r}"
-        );
+        for leg in ["data_leg", "return_leg"] {
+            // Verified legs have all their facts, in a failed round trip too.
+            assert_eq!((r[leg]["reached"].as_u64(), r[leg]["bytes"].as_u64()), (Some(len), Some(len)), "{r}");
+            assert!(r[leg]["seconds"].as_f64().is_some() && r[leg]["resumed_from"] == 0, "{r}");
+        }
         assert!(r["csv"]["reason"].as_str().unwrap().contains("more than 3 vertices"), "{r}");
         assert!(r["error"]["message"].as_str().unwrap().contains("more than 3 vertices"), "{r}");
     }

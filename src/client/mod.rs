@@ -508,8 +508,8 @@ impl Driver<'_> {
                         }
                     } else if from > 0 || ret_from > 0 {
                         info!(from, ret_from, "resuming: receiving from byte {from}, returning from byte {ret_from}");
-                        self.reporter.client(ClientEvent::Resuming { from, ret_from, size: self.size });
                     }
+                    self.reporter.client(ClientEvent::Resuming { from, ret_from, size: self.size });
                     // The raw bytes start now.
                     info!(from, "accepted; receiving");
                     self.received = from;
@@ -564,15 +564,16 @@ impl Driver<'_> {
                         self.machine.handle(now, input);
                     }
                 }
-                ClientAction::Milestone(Milestone::DataLeg { digest }) => {
+                ClientAction::Milestone(Milestone::DataLeg(leg)) => {
+                    let digest = leg.digest;
                     info!(
                         bytes = digest.size, crc32 = digest.crc32, blake3 = %digest.blake3_hex(), "data leg received"
                     );
-                    self.reporter.client(ClientEvent::DataLegDone { digest });
+                    self.reporter.client(ClientEvent::DataLegDone(leg));
                 }
-                ClientAction::Milestone(Milestone::ReturnLeg { digest }) => {
+                ClientAction::Milestone(Milestone::ReturnLeg(leg)) => {
                     info!("the server verified the returned copy");
-                    self.reporter.client(ClientEvent::ReturnLegDone { digest });
+                    self.reporter.client(ClientEvent::ReturnLegDone(leg));
                 }
                 ClientAction::CloseData => {
                     self.conn.flush_within(LAST_WORDS);

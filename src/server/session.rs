@@ -60,6 +60,7 @@ pub(super) fn serve(
     let _enter = span.enter();
     let cfg = &shared.cfg;
     let Identified { conn, hello } = client;
+    shared.reporter.server(ServerEvent::SessionStarted { peer });
     let result = match Waker::new() {
         Ok(waker) => {
             let params = ServerParams {
@@ -662,16 +663,17 @@ impl Driver<'_> {
                         self.shared.cache.store_digest(src.id, d);
                     }
                 }
-                ServerAction::Milestone(Milestone::DataLeg { digest }) => {
+                ServerAction::Milestone(Milestone::DataLeg(leg)) => {
+                    let digest = leg.digest;
                     info!(
                         bytes = digest.size, crc32 = digest.crc32, blake3 = %digest.blake3_hex(),
                         "data leg sent; the client verified it"
                     );
-                    self.shared.reporter.server(ServerEvent::DataLegDone { peer: self.conn.peer(), digest });
+                    self.shared.reporter.server(ServerEvent::DataLegDone { peer: self.conn.peer(), leg });
                 }
-                ServerAction::Milestone(Milestone::ReturnLeg { digest }) => {
-                    info!(output = %cfg.output.display(), crc32 = digest.crc32, "returned copy verified identical and saved");
-                    self.shared.reporter.server(ServerEvent::ReturnLegDone { peer: self.conn.peer(), digest });
+                ServerAction::Milestone(Milestone::ReturnLeg(leg)) => {
+                    info!(output = %cfg.output.display(), crc32 = leg.digest.crc32, "returned copy verified identical and saved");
+                    self.shared.reporter.server(ServerEvent::ReturnLegDone { peer: self.conn.peer(), leg });
                 }
                 ServerAction::ClaimDiffers(diff) => {
                     warn!("the client's End digests disagree with what was sent (its copy was right): {diff}");

@@ -20,7 +20,7 @@ const OLDEST_SERVER: u16 = 2;
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Outgoing;
 use super::timers::{Due, Timers};
-use super::{ABORT_GRACE, FileDone, Milestone, PENDING_FRAMES, Resumed, wire_code};
+use super::{ABORT_GRACE, FileDone, LegDone, Milestone, PENDING_FRAMES, Resumed, wire_code};
 
 /// What B's machine needs to know.
 #[derive(Debug, Clone)]
@@ -484,9 +484,10 @@ impl ClientSession {
                 let DataState::Committing(digest) = t.data else { return };
                 t.data = DataState::Verified(digest);
                 t.data_time = now.saturating_duration_since(t.data_started);
+                let leg = LegDone { digest, took: t.data_time, from: t.resumed.from };
                 self.timers.watch(true, now);
                 self.send_data(DataMsg::Verdict { ok: true, reason: String::new() });
-                self.actions.push_back(ClientAction::Milestone(Milestone::DataLeg { digest }));
+                self.actions.push_back(ClientAction::Milestone(Milestone::DataLeg(leg)));
                 // The CSV is made from the saved copy while the file's last frames go back.
                 self.actions.push_back(ClientAction::MakeCsv);
                 self.pump(now);
@@ -665,7 +666,8 @@ impl ClientSession {
                 let return_time = t.ret_started.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
                 let resumed = t.resumed;
                 self.file = Some(FileDone { name: t.name, digest, data_time: t.data_time, return_time, resumed });
-                self.actions.push_back(ClientAction::Milestone(Milestone::ReturnLeg { digest }));
+                let leg = LegDone { digest, took: return_time, from: resumed.ret_from };
+                self.actions.push_back(ClientAction::Milestone(Milestone::ReturnLeg(leg)));
                 match self.csv.take() {
                     Some(ready) => self.csv_ready(now, ready),
                     None => {

@@ -55,15 +55,20 @@ pub const BYE_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Milestone {
     /// B verified the file it received (and A learned so).
-    DataLeg {
-        /// What was sent and verified.
-        digest: Digest,
-    },
+    DataLeg(LegDone),
     /// A verified the copy B returned (and B learned so).
-    ReturnLeg {
-        /// What came back.
-        digest: Digest,
-    },
+    ReturnLeg(LegDone),
+}
+
+/// A leg verified: what travelled, how long it took, and where it went on from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegDone {
+    /// The whole file, as verified.
+    pub digest: Digest,
+    /// The leg's time, as the verdict lines give it.
+    pub took: Duration,
+    /// Bytes the receiver held already from an interrupted attempt (0 for a fresh one).
+    pub from: u64,
 }
 
 /// What A expects of the returned CSV, derived from its own original.

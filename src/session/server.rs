@@ -18,7 +18,7 @@ use crate::stl::mesh::MeshFacts;
 use super::failure::{ByteRange, CsvFailure, DigestDiff, Failure, Leg, LocalFailure, Locus, Phase, Role, Violation};
 use super::streams::Incoming;
 use super::timers::{Due, Timers};
-use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, FileDone, Milestone, Resumed, WINDOW_V1, wire_code};
+use super::{ABORT_GRACE, BYE_WAIT, ExpectedCsv, FileDone, LegDone, Milestone, Resumed, WINDOW_V1, wire_code};
 
 /// What A's machine needs to know of its configuration.
 #[derive(Debug, Clone)]
@@ -307,7 +307,12 @@ enum CsvState {
     /// All in and `End` came; waiting for A's own conversion.
     Checking { got: Digest, claimed: Digest },
     /// Verified; being renamed into place.
-    Committing(Digest),
+    Committing {
+        /// What is being saved.
+        digest: Digest,
+        /// Its vertex lines, from A's own conversion.
+        rows: u64,
+    },
 }
 
 /// A's session with one client.
@@ -732,7 +737,8 @@ impl ServerSession {
                 t.verdict = true;
                 t.data_time = now.saturating_duration_since(t.data_started);
                 let digest = t.digest.expect("the digest is known once the Trailer is out");
-                self.actions.push_back(ServerAction::Milestone(Milestone::DataLeg { digest }));
+                let leg = LegDone { digest, took: t.data_time, from: t.resumed.from };
+                self.actions.push_back(ServerAction::Milestone(Milestone::DataLeg(leg)));
                 if t.claimed.is_some() {
                     self.check_return();
                 }
@@ -1006,25 +1012,23 @@ impl ServerSession {
         match (&mut self.state, stream) {
             (State::Transfer(t), Stream::File) if t.committing => {
                 let digest = t.digest.expect("known when committing");
+                let return_time = now.saturating_duration_since(t.ret_started);
+                let leg = LegDone { digest, took: return_time, from: t.resumed.ret_from };
                 self.file = Some(FileDone {
                     name: std::mem::take(&mut t.name),
                     digest,
                     data_time: t.data_time,
-                    return_time: now.saturating_duration_since(t.ret_started),
+                    return_time,
                     resumed: t.resumed,
                 });
                 self.send_ret(ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() });
-                self.actions.push_back(ServerAction::Milestone(Milestone::ReturnLeg { digest }));
+                self.actions.push_back(ServerAction::Milestone(Milestone::ReturnLeg(leg)));
                 self.state = State::Csv(CsvState::Offer);
             }
-            (State::Csv(CsvState::Committing(d)), Stream::Csv) => {
-                let d = *d;
+            (State::Csv(CsvState::Committing { digest, rows }), Stream::Csv) => {
+                let (digest, rows) = (*digest, *rows);
                 self.send_ret(ReturnMsg::Result { stream: Stream::Csv, ok: true, reason: String::new() });
-                let rows = match &self.expected {
-                    Some(ExpectedCsv::Digest { rows, .. }) => *rows,
-                    _ => unreachable!("a CSV is committed only when it equals A's own"),
-                };
-                self.await_bye(now, Some(CsvResult::Saved { digest: d, rows }));
+                self.await_bye(now, Some(CsvResult::Saved { digest, rows }));
             }
             _ => {}
         }
@@ -1032,11 +1036,15 @@ impl ServerSession {
 
     /// The CSV must arrive as B wrote it and equal what A derives from its own original.
     fn check_csv(&mut self, now: Instant, got: Digest, claimed: Digest) {
+        let mut rows = 0;
         let problem = match (&self.expected, DigestDiff::check(got, claimed)) {
             (_, Some(diff)) => Some(CsvFailure::Damaged(diff)),
-            (Some(ExpectedCsv::Digest { digest: own, mesh: ours, .. }), None) => DigestDiff::check(got, *own)
-                .map(CsvFailure::DiffersFromOwn)
-                .or_else(|| self.mesh_problem(ours.as_deref())),
+            (Some(ExpectedCsv::Digest { digest: own, rows: r, mesh: ours }), None) => {
+                rows = *r;
+                DigestDiff::check(got, *own)
+                    .map(CsvFailure::DiffersFromOwn)
+                    .or_else(|| self.mesh_problem(ours.as_deref()))
+            }
             (Some(ExpectedCsv::NotStl), None) => Some(CsvFailure::NotStl),
             (Some(ExpectedCsv::Unknown(why)), None) => Some(CsvFailure::CannotCheck(why.clone())),
             (None, None) => return,
@@ -1047,7 +1055,7 @@ impl ServerSession {
                 self.await_bye(now, Some(CsvResult::Failed(f)));
             }
             None => {
-                self.state = State::Csv(CsvState::Committing(got));
+                self.state = State::Csv(CsvState::Committing { digest: got, rows });
                 self.actions.push_back(ServerAction::Commit(Stream::Csv));
             }
         }

@@ -437,8 +437,8 @@ impl Sim {
                     self.a.handle(now, ServerInput::Located(first));
                 }
                 ServerAction::Digested(_) | ServerAction::ClaimDiffers(_) => {}
-                ServerAction::Milestone(Milestone::DataLeg { .. }) => self.milestones.push(('A', "data")),
-                ServerAction::Milestone(Milestone::ReturnLeg { .. }) => self.milestones.push(('A', "return")),
+                ServerAction::Milestone(Milestone::DataLeg(_)) => self.milestones.push(('A', "data")),
+                ServerAction::Milestone(Milestone::ReturnLeg(_)) => self.milestones.push(('A', "return")),
                 ServerAction::CloseData => self.a_data_closed = true,
                 ServerAction::Finish(r) => self.a_done = Some(r),
             }
@@ -497,8 +497,8 @@ impl Sim {
                     let (size, digest, rows) = (self.csv.len() as u64, digest(&self.csv), 1);
                     self.b.handle(now, ClientInput::CsvMade { size, digest, rows, mesh: None });
                 }
-                ClientAction::Milestone(Milestone::DataLeg { .. }) => self.milestones.push(('B', "data")),
-                ClientAction::Milestone(Milestone::ReturnLeg { .. }) => self.milestones.push(('B', "return")),
+                ClientAction::Milestone(Milestone::DataLeg(_)) => self.milestones.push(('B', "data")),
+                ClientAction::Milestone(Milestone::ReturnLeg(_)) => self.milestones.push(('B', "return")),
                 ClientAction::CloseData => {}
                 ClientAction::Finish(r) => self.b_done = Some(r),
             }
@@ -1495,7 +1495,7 @@ fn regression_a_csv_failure_known_before_the_files_verdict_keeps_that_verdict() 
     assert!(drain_b(&mut b).is_empty(), "kept until the file's verdict");
     b.handle(t, ClientInput::Ret(ReturnMsg::Result { stream: Stream::File, ok: true, reason: String::new() }));
     let acts = drain_b(&mut b);
-    assert!(acts.iter().any(|a| matches!(a, ClientAction::Milestone(Milestone::ReturnLeg { .. }))), "{acts:?}");
+    assert!(acts.iter().any(|a| matches!(a, ClientAction::Milestone(Milestone::ReturnLeg(_)))), "{acts:?}");
     assert!(matches!(failure_b(&acts), Failure::Csv(_)));
     assert!(matches!(sent_ret_b(&acts)[..], [ReturnMsg::Skip { failed: true, .. }, ReturnMsg::Bye]), "{acts:?}");
 }
