@@ -2,13 +2,18 @@
 //! facets formats independently, so the reader (the calling thread) hands batches round-robin to
 //! [`WORKERS`] formatter threads and writes their output back in submission order. At most one
 //! batch per worker is in flight, so memory stays bounded whatever the file's size.
+//!
+//! The mesh's facts ([`super::mesh::Inspector`]), when asked for, are gathered on a thread of
+//! their own from copies of the same batches, in file order: they cost more than the CSV itself,
+//! and there they overlap with reading and formatting instead of adding to them.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use super::csv::{CsvSummary, CsvWriter};
-use super::{Facet, ReadSummary, StlError};
+use super::mesh::Inspector;
+use super::{Facet, ReadSummary, StlError, Vertex};
 use crate::integrity::Hasher;
 
 /// Formatter threads.
@@ -18,6 +23,53 @@ const BATCH: usize = 4096;
 
 type Job = Vec<Facet>;
 type Done = (Vec<Facet>, Vec<u8>);
+/// Facets with their stored normals, for the inspector.
+type Facts = Vec<(Vertex, Facet)>;
+
+/// The inspector's thread, fed batches in file order; batches come back empty for reuse.
+struct Inspecting<'scope> {
+    tx: SyncSender<Facts>,
+    spare: Receiver<Facts>,
+    batch: Facts,
+    handle: std::thread::ScopedJoinHandle<'scope, Inspector>,
+}
+
+impl<'scope> Inspecting<'scope> {
+    fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>) -> Self {
+        let (tx, rx) = sync_channel::<Facts>(2);
+        // Room for every batch there can be (two queued, one being inspected, one filling),
+        // so giving one back never waits.
+        let (back, spare) = sync_channel::<Facts>(4);
+        let handle = scope.spawn(move || {
+            let mut ins = Inspector::new();
+            for mut batch in rx {
+                batch.iter().for_each(|(n, f)| ins.facet(n, f));
+                batch.clear();
+                let _ = back.try_send(batch);
+            }
+            ins
+        });
+        Inspecting { tx, spare, batch: Vec::with_capacity(BATCH), handle }
+    }
+
+    fn facet(&mut self, n: &Vertex, f: &Facet) -> io::Result<()> {
+        self.batch.push((*n, *f));
+        if self.batch.len() == BATCH {
+            let next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+            self.tx.send(std::mem::replace(&mut self.batch, next)).map_err(|_| stopped())?;
+        }
+        Ok(())
+    }
+
+    /// Hands over the last facets and waits for the facts.
+    fn finish(self, solids: u64) -> io::Result<super::mesh::MeshFacts> {
+        if !self.batch.is_empty() {
+            self.tx.send(self.batch).map_err(|_| stopped())?;
+        }
+        drop(self.tx);
+        Ok(self.handle.join().map_err(|_| stopped())?.finish(solids))
+    }
+}
 
 struct Dispatcher<W> {
     workers: Vec<(SyncSender<Job>, Receiver<Done>)>,
@@ -31,7 +83,7 @@ struct Dispatcher<W> {
 }
 
 fn stopped() -> io::Error {
-    io::Error::other("a CSV formatter thread stopped unexpectedly")
+    io::Error::other("a CSV formatter or mesh inspection thread stopped unexpectedly")
 }
 
 impl<W: Write> Dispatcher<W> {
@@ -108,11 +160,10 @@ pub fn convert<R: Read + Seek, W: Write>(
                 d.write(b"x,y,z\n")?;
             }
             let mut batch = Vec::with_capacity(BATCH);
-            // The facts are gathered on this thread, as the facets go by in file order.
-            let mut ins = mesh.then(super::mesh::Inspector::new);
+            let mut ins = mesh.then(|| Inspecting::start(scope));
             let mut summary = super::read_with_normals(r, |n, f| {
                 if let Some(i) = ins.as_mut() {
-                    i.facet(n, f);
+                    i.facet(n, f)?;
                 }
                 batch.push(*f);
                 if batch.len() == BATCH {
@@ -127,7 +178,9 @@ pub fn convert<R: Read + Seek, W: Write>(
                 d.collect_one()?;
             }
             d.out.flush().inspect_err(|_| d.write_failed = true)?;
-            summary.mesh = ins.map(|i| Box::new(i.finish(summary.solids)));
+            if let Some(i) = ins {
+                summary.mesh = Some(Box::new(i.finish(summary.solids)?));
+            }
             Ok::<_, StlError>(summary)
         })();
         let rows = result.as_ref().map(|s| s.facets * 3).unwrap_or(0);
