@@ -70,6 +70,22 @@ fn zero_byte_file() {
 }
 
 #[test]
+fn localhost_by_name_on_both_sides() {
+    // ZeroMQ once read -H localhost as a network interface's name and the server did not start.
+    let (a, b) = (tempdir(), tempdir());
+    let file = a.path().join("part.bin");
+    write_random(&file, 300_000, 3);
+    let srv =
+        Proc::spawn(a.path(), &["--server", "-f", file.to_str().unwrap(), "-H", "localhost", "-p", "0", "--once"]);
+    let ready = srv.wait_stdout(|l| l.starts_with("ready "));
+    let port = ready.split_whitespace().find_map(|w| w.strip_prefix("tcp=")).unwrap().rsplit(':').next().unwrap();
+    let out = client(b.path(), &["--client", "-f", "got.bin", "-H", "localhost", "-p", port]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(srv.finish().code(), Some(0));
+    assert!(same_contents(&file, &b.path().join("got.bin")));
+}
+
+#[test]
 fn hundred_megabyte_file() {
     let (a, b) = (tempdir(), tempdir());
     let big = a.path().join("big.bin");

@@ -458,7 +458,14 @@ impl Driver<'_> {
                     }
                 }
                 ClientAction::Wire(topology) => {
-                    if let Err(e) = self.ret.use_topology(topology, &self.cfg.host) {
+                    // Where the data channel went, not -H as given: a name may resolve to
+                    // several addresses, and the return channel must reach the same server. (An
+                    // IPv6 link-local peer needs its interface, which only -H names.)
+                    let host = match self.conn.peer() {
+                        std::net::SocketAddr::V6(a) if a.scope_id() != 0 => self.cfg.host.clone(),
+                        a => a.ip().to_string(),
+                    };
+                    if let Err(e) = self.ret.use_topology(topology, &host) {
                         let wiring = self.ret.describe();
                         self.machine.handle(
                             now,

@@ -112,8 +112,8 @@ impl Server {
             channel: DATA_CHANNEL,
             source,
         })?;
-        let tcp_port =
-            listener.local_addr().map_err(|source| Error::Bind { addr, channel: DATA_CHANNEL, source })?.port();
+        let bound = listener.local_addr().map_err(|source| Error::Bind { addr, channel: DATA_CHANNEL, source })?;
+        let tcp_port = bound.port();
         let wiring = match &cfg.remotehost {
             Some(host) => HubWiring::Remote(host.clone()),
             None => {
@@ -124,7 +124,9 @@ impl Server {
                         Error::Usage("-p 65535 leaves no room for the default --zmq-port (PORT + 1)".into())
                     })?,
                 };
-                HubWiring::Bind(endpoint(&cfg.host, &port))
+                // The address the data channel bound, not -H as given: ZeroMQ takes a name
+                // (`localhost`) for a network interface's, not a host's.
+                HubWiring::Bind(endpoint(&bound.ip().to_string(), &port))
             }
         };
         let hub = Hub::start(wiring).map_err(Error::Hub)?;
@@ -143,7 +145,10 @@ impl Server {
     pub fn ready_addrs(&self) -> (String, String) {
         let tcp = self.tcp_addr().ok();
         let zmq = match (self.hub.local_port(), &self.cfg.remotehost) {
-            (Some(p), _) => format!("{}:{p}", bracket(&self.cfg.host)),
+            (Some(p), _) => {
+                let host = tcp.map_or_else(|| self.cfg.host.clone(), |a| a.ip().to_string());
+                format!("{}:{p}", bracket(&host))
+            }
             (None, Some(h)) => {
                 let port = self.cfg.zmq_port.or_else(|| tcp.and_then(|a| a.port().checked_add(1)));
                 format!("connect:{}{}", bracket(h), port.map(|p| format!(":{p}")).unwrap_or_default())
