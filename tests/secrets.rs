@@ -73,7 +73,7 @@ fn a_secret_on_one_side_only_is_refused_by_that_side_s_peer_or_itself() {
     let (a, b) = (tempdir(), tempdir());
     let file = served(a.path(), 100_000);
     // The client holds a secret and the server none: the client will not go on.
-    let srv = Server::start(a.path(), &file, &["--timeout", "10"]);
+    let srv = Server::start(a.path(), &file, &["--timeout", "10", "--json"]);
     let out = client_with(b.path(), &srv, "x.bin", &["--secret", SECRET]);
     assert_eq!(out.code(), Some(6), "{out:?}");
     assert!(out.stderr.contains("this server has no secret"), "{out:?}");
@@ -81,6 +81,12 @@ fn a_secret_on_one_side_only_is_refused_by_that_side_s_peer_or_itself() {
     // No secret on either side: as before.
     let out = client_with(b.path(), &srv, "y.bin", &[]);
     assert_eq!(out.code(), Some(0), "{out:?}");
+    // The refusal is no round trip: one receipt (after the ready object), and counted by kind.
+    srv.proc.signal(libc::SIGTERM);
+    let s = srv.proc.finish();
+    assert_eq!(s.stdout.matches(r#""event":"round_trip""#).count(), 1, "{s:?}");
+    let log = std::fs::read_to_string(a.path().join("server.log")).unwrap();
+    assert!(log.contains("unexpected_secret=1") && !log.contains("wrong_secret"), "{log}");
     // Both given, in two forms: refused as a usage error.
     let out = client(b.path(), &["--client", "-f", "z.bin", "--secret", "a", "--secret-file", "f"]);
     assert_eq!(out.code(), Some(2), "{out:?}");

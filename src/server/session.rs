@@ -103,7 +103,15 @@ pub(super) fn serve(
         if tally.due().is_none() {
             warn!("refused: {reason} (further refusals are counted and summarised each minute)");
         }
-        tally.note(if reason.contains("requires a secret") { "no_secret" } else { "wrong_secret" });
+        tally.note(if reason.contains("requires a secret") {
+            "no_secret"
+        } else if reason.contains("has no secret") {
+            "unexpected_secret"
+        } else if reason.starts_with("the client refused") {
+            "refused_by_client"
+        } else {
+            "wrong_secret"
+        });
         tally.tick(Instant::now());
         greeted.store(false, Ordering::SeqCst);
         return ServerSessionReport {
