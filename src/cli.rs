@@ -26,7 +26,7 @@ machinaftp --client -f output.stl -H 192.168.1.20 -p 8080\n  machinaftp demo")]
 machinaftp --client -f output.stl -H 192.168.1.20 -p 8080 --secret-file mftp.key\n  machinaftp demo\n\n\
 Exit statuses:\n  0  both legs verified (and the CSV, for an STL)\n  1  a checksum or size did not match\n  \
 2  bad command line, unreadable input, or a port that cannot be listened on\n  \
-3  network: no server, the peer refused, vanished, timed out, was busy, or broke the protocol\n  \
+3  network: no server, the peer ended the session, vanished, timed out, was busy, or broke the protocol\n  \
 4  a local file could not be written\n  5  the file made its round trip but its CSV did not\n  \
 6  authentication failed: the peers do not share the secret\n  130  interrupted by a signal\n\n\
 Every option can also come from the environment variable named beside it (MACHINAFTP_...)."

@@ -208,6 +208,10 @@ fn failure_hint(f: &Failure) -> Option<&'static str> {
             "nothing answered on the return channel: check that the ZeroMQ port (--zmq-port, default PORT+1) is \
              reachable and not firewalled"
         }
+        Failure::Timeout { during: crate::session::Phase::Handshake, .. } => {
+            "nothing answered the handshake: check that -H and -p name a machinaftp server's data port (another \
+             program may listen there, or a firewall may swallow the connection)"
+        }
         Failure::Timeout { .. } => "the peer stopped responding; check that it is still running, or raise --timeout",
         Failure::Closed { .. } => "the peer went away mid-session; see its log for why",
         Failure::Auth { .. } => {

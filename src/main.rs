@@ -246,15 +246,19 @@ fn run_inspect(args: &machinaftp::cli::InspectArgs) -> Result<i32, Error> {
 }
 
 fn facts_block(f: &machinaftp::stl::mesh::MeshFacts) -> Vec<String> {
-    let (min, max, size) = f.bbox.map_or(([0.0; 3], [0.0; 3], [0.0; 3]), |b| (b.min, b.max, b.size));
     let xyz = |v: [f64; 3]| format!("{:.4}, {:.4}, {:.4}", v[0], v[1], v[2]);
+    // A mesh without facets has no box (JSON: null), not one at the origin.
+    let (bbox, size) = f.bbox.map_or_else(
+        || ("none (no facets)".to_owned(), "none".to_owned()),
+        |b| (format!("min ({}) max ({})", xyz(b.min), xyz(b.max)), xyz(b.size)),
+    );
     vec![
         f.line(),
         format!("  facets             {}", f.facets),
         format!("  distinct vertices  {}", f.distinct_vertices),
         format!("  solids             {}", f.solids),
-        format!("  bounding box       min ({}) max ({})", xyz(min), xyz(max)),
-        format!("  size               {}", xyz(size)),
+        format!("  bounding box       {bbox}"),
+        format!("  size               {size}"),
         format!("  area               {:.6}", f.area),
         format!("  volume             {:.6}", f.volume),
         format!("  closed             {}", if f.closed { "yes" } else { "no" }),

@@ -410,7 +410,7 @@ fn disk_full_is_refused_with_a_reason() {
     assert!(out.stderr.contains("not enough space"), "{out:?}");
     let s = srv.proc.finish();
     assert_eq!(s.code(), Some(3), "{s:?}");
-    assert!(s.stdout.contains("the peer refused: not enough space"), "A is told why: {s:?}");
+    assert!(s.stdout.contains("the peer ended the session: not enough space"), "A is told why: {s:?}");
     assert!(files_in(&disk.0).is_empty());
 }
 

@@ -212,7 +212,14 @@ fn derive(path: &PathBuf, id: FileId, stop: &AtomicBool) -> ExpectedCsv {
         Err(e @ (ConvertError::Open { .. } | ConvertError::Stopped | ConvertError::Write { .. })) => {
             ExpectedCsv::Unknown(crate::session::chain(&e))
         }
-        Err(e) => ExpectedCsv::Unknown(format!("the original is not valid STL: {}", crate::session::chain(&e))),
+        Err(e) => {
+            // Said once per version of the file, before any client's CSV fails for it.
+            tracing::warn!(
+                "the served file is not valid STL, so clients' CSVs of it will fail: {}",
+                crate::session::chain(&e)
+            );
+            ExpectedCsv::Unknown(format!("the original is not valid STL: {}", crate::session::chain(&e)))
+        }
     }
 }
 

@@ -107,9 +107,8 @@ pub(super) fn serve(
             "no_secret"
         } else if reason.contains("has no secret") {
             "unexpected_secret"
-        } else if reason.starts_with("the client refused") {
-            "refused_by_client"
         } else {
+            // Also the client's refusal of this server: the client checks the secret first.
             "wrong_secret"
         });
         tally.tick(Instant::now());
@@ -129,7 +128,13 @@ pub(super) fn serve(
     let result =
         result.map_err(|failure| Error::Session { peer: format!("client {peer}"), failure: Box::new(failure) });
     match &result {
-        Ok(o) => info!(digest = %o.digest, output = %cfg.output.display(), "round trip verified"),
+        Ok(o) => match &o.csv {
+            crate::session::CsvResult::Failed(f) => error!(
+                digest = %o.digest, output = %cfg.output.display(),
+                "the file's round trip verified, but its CSV failed: {}", crate::session::chain(f)
+            ),
+            _ => info!(digest = %o.digest, output = %cfg.output.display(), "round trip verified"),
+        },
         Err(e) => error!("session failed: {}", crate::error::chain(e)),
     }
     let report = ServerSessionReport {

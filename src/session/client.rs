@@ -776,6 +776,10 @@ impl ClientSession {
             }
             CsvReady::Failed(f) => {
                 let reason = match &f {
+                    // Where in the file, not where this side keeps it: A knows it as its own.
+                    Failure::Csv(CsvFailure::Convert(crate::stl::ConvertError::Stl { source, .. })) => {
+                        super::chain(source)
+                    }
                     Failure::Csv(inner) => super::chain(inner),
                     f => f.chain(),
                 };

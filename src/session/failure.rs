@@ -386,7 +386,7 @@ pub enum Failure {
         reason: String,
     },
     /// The peer refused or ended the session and said why.
-    #[error("{during}: the peer refused: {reason}")]
+    #[error("{during}: the peer ended the session: {reason}")]
     Refused {
         /// When.
         during: Phase,

@@ -286,6 +286,10 @@ pub fn inspect(path: &std::path::Path) -> Result<MeshFacts, super::ConvertError>
 impl MeshFacts {
     /// One line for people: `23,840 facets, 62.0 x 41.5 x 12.0, closed, volume 14,213.6`.
     pub fn line(&self) -> String {
+        if self.facets == 0 {
+            // Neither open nor closed: there is no surface.
+            return "0 facets: an empty mesh".to_owned();
+        }
         let size = self.bbox.map_or_else(
             || "empty".to_owned(),
             |b| format!("{} x {} x {}", num(b.size[0], 1), num(b.size[1], 1), num(b.size[2], 1)),
@@ -393,7 +397,7 @@ mod tests {
         assert_eq!(f.area, 0.0);
         let empty = facts(&[]);
         assert!(!empty.closed && empty.bbox.is_none() && empty.volume == 0.0);
-        assert_eq!(empty.line(), "0 facets, empty, open (0 boundary edges), area 0.0, volume 0.0");
+        assert_eq!(empty.line(), "0 facets: an empty mesh");
     }
 
     #[test]
