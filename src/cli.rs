@@ -14,9 +14,12 @@ use crate::server::ServerConfig;
 use crate::transport::ret::ZmqMode;
 use crate::units::parse_size;
 
-/// Moves a file (typically an STL mesh) from a server (A) to a client (B) over TCP and back over
-/// ZeroMQ, and proves both copies identical with CRC-32 and BLAKE3. For an STL the client also
-/// returns a CSV of every vertex.
+/// Moves a file (typically an STL mesh) to another workstation and back, and proves both copies
+/// identical
+///
+/// A server (A) sends the file to a client (B) over TCP, and B sends it back over ZeroMQ; both
+/// copies are proved identical with CRC-32 and BLAKE3. For an STL the client also returns a CSV of
+/// every vertex, and both sides check the mesh's facts.
 #[derive(Debug, Parser)]
 #[command(name = "machinaftp", version, args_conflicts_with_subcommands = true)]
 #[command(after_help = "Examples:\n  machinaftp --server -f cad_mesh.stl -H 0.0.0.0 -p 8080\n  \

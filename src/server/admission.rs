@@ -132,7 +132,10 @@ impl Admission {
         let reason = if version < QUEUE_VERSION {
             format!("server busy: {why}; try again shortly (clients of protocol version {QUEUE_VERSION} wait in line)")
         } else {
-            format!("server busy: {why} and {} waiting, the most it lets wait; try again shortly", self.line.len())
+            match self.line_max {
+                0 => format!("server busy: {why}, and it lets no client wait (--queue 0); try again shortly"),
+                n => format!("server busy: {why}, and its waiting line is full ({n}); try again shortly"),
+            }
         };
         // Counted, not logged each: a flood of Hellos must not flood the log either.
         self.tally.note("refused_busy");
