@@ -209,8 +209,8 @@ fn failure_hint(f: &Failure) -> Option<&'static str> {
              reachable and not firewalled"
         }
         Failure::Timeout { during: crate::session::Phase::Handshake, .. } => {
-            "nothing answered the handshake: check that -H and -p name a machinaftp server's data port (another \
-             program may listen there, or a firewall may swallow the connection)"
+            "the peer answered nothing during the handshake: check that the address and port are a machinaftp \
+             peer's (another program may listen there, or a firewall may swallow the connection), or raise --timeout"
         }
         Failure::Timeout { .. } => "the peer stopped responding; check that it is still running, or raise --timeout",
         Failure::Closed { .. } => "the peer went away mid-session; see its log for why",

@@ -459,12 +459,8 @@ impl Driver<'_> {
                 }
                 ClientAction::Wire(topology) => {
                     // Where the data channel went, not -H as given: a name may resolve to
-                    // several addresses, and the return channel must reach the same server. (An
-                    // IPv6 link-local peer needs its interface, which only -H names.)
-                    let host = match self.conn.peer() {
-                        std::net::SocketAddr::V6(a) if a.scope_id() != 0 => self.cfg.host.clone(),
-                        a => a.ip().to_string(),
-                    };
+                    // several addresses, and the return channel must reach the same server.
+                    let host = crate::transport::ret::zmq_host(self.conn.peer());
                     if let Err(e) = self.ret.use_topology(topology, &host) {
                         let wiring = self.ret.describe();
                         self.machine.handle(

@@ -212,6 +212,10 @@ fn derive(path: &PathBuf, id: FileId, stop: &AtomicBool) -> ExpectedCsv {
         Err(e @ (ConvertError::Open { .. } | ConvertError::Stopped | ConvertError::Write { .. })) => {
             ExpectedCsv::Unknown(crate::session::chain(&e))
         }
+        Err(e @ ConvertError::Stl { source: crate::stl::StlError::Io(_), .. }) => {
+            tracing::warn!("cannot read the served file to derive its CSV: {}", crate::session::chain(&e));
+            ExpectedCsv::Unknown(crate::session::chain(&e))
+        }
         Err(e) => {
             // Said once per version of the file, before any client's CSV fails for it.
             tracing::warn!(

@@ -29,7 +29,7 @@ use crate::session::{CsvResult, Failure};
 use crate::shutdown::Shutdown;
 use crate::transport::hub::{Hub, HubWiring};
 use crate::transport::poll::{Watch, wait};
-use crate::transport::ret::endpoint;
+use crate::transport::ret::{endpoint, zmq_host};
 use crate::transport::wake::{WakeHandle, Waker};
 
 use admission::{Admission, Identified};
@@ -126,7 +126,7 @@ impl Server {
                 };
                 // The address the data channel bound, not -H as given: ZeroMQ takes a name
                 // (`localhost`) for a network interface's, not a host's.
-                HubWiring::Bind(endpoint(&bound.ip().to_string(), &port))
+                HubWiring::Bind(endpoint(&zmq_host(bound), &port))
             }
         };
         let hub = Hub::start(wiring).map_err(Error::Hub)?;
@@ -169,12 +169,14 @@ impl Server {
             file = %cfg.file.display(), tcp = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             topology = %hub.topology(), "serving"
         );
-        if cfg.secret.is_none() && !is_loopback(&cfg.host) {
+        // The address bound, not -H as given: a name may stand for loopback or not.
+        let bound = listener.local_addr().ok();
+        if cfg.secret.is_none() && !bound.is_some_and(|a| is_loopback(a.ip())) {
             warn!(
                 "serving {} on {} without a secret: anyone who can reach this address can fetch the file, and the \
                  transfer is not encrypted (give --secret-file, or run `machinaftp keygen`)",
                 cfg.file.display(),
-                cfg.host
+                bound.map_or_else(|| cfg.host.clone(), |a| a.ip().to_string())
             );
         }
         let refusals = crate::logging::Tally::new("clients refused for not proving the secret", REFUSALS_SUMMARY);
@@ -383,9 +385,12 @@ fn give_memory_back() {
 
 /// Whether `host` names this machine's loopback only (not all interfaces, not a name we would
 /// have to resolve).
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+/// Whether only this machine can reach `addr` (IPv4 loopback written as IPv6 included).
+fn is_loopback(addr: std::net::IpAddr) -> bool {
+    match addr {
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    }
 }
 
 fn bracket(host: &str) -> String {
@@ -420,11 +425,11 @@ mod tests {
 
     #[test]
     fn only_loopback_addresses_count_as_loopback() {
-        for host in ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"] {
-            assert!(is_loopback(host), "{host}");
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(host.parse().unwrap()), "{host}");
         }
-        for host in ["0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "fe80::1", "workstation-a", ""] {
-            assert!(!is_loopback(host), "{host}");
+        for host in ["0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "fe80::1", "::ffff:10.0.0.1"] {
+            assert!(!is_loopback(host.parse().unwrap()), "{host}");
         }
     }
 }

@@ -103,9 +103,10 @@ pub(super) fn serve(
         if tally.due().is_none() {
             warn!("refused: {reason} (further refusals are counted and summarised each minute)");
         }
-        tally.note(if reason.contains("requires a secret") {
+        // By A's own words, which open the reason (a client's follow "the client refused").
+        tally.note(if reason.starts_with("this server requires a secret") {
             "no_secret"
-        } else if reason.contains("has no secret") {
+        } else if reason.starts_with("this server has no secret") {
             "unexpected_secret"
         } else {
             // Also the client's refusal of this server: the client checks the secret first.

@@ -37,8 +37,7 @@ struct Inspecting<'scope> {
 impl<'scope> Inspecting<'scope> {
     fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>) -> Self {
         let (tx, rx) = sync_channel::<Facts>(2);
-        // Room for every batch there can be (two queued, one being inspected, one filling),
-        // so giving one back never waits.
+        // Giving a batch back never waits: a surplus one (there may be five about) is dropped.
         let (back, spare) = sync_channel::<Facts>(4);
         let handle = scope.spawn(move || {
             let mut ins = Inspector::new();

@@ -31,6 +31,15 @@ pub fn endpoint(host: &str, port: &str) -> String {
     }
 }
 
+/// A socket address's host as ZeroMQ takes it: an IPv6 link-local address keeps its interface
+/// (`fe80::1%4`), without which it names no route.
+pub fn zmq_host(addr: std::net::SocketAddr) -> String {
+    match addr {
+        std::net::SocketAddr::V6(a) if a.scope_id() != 0 => format!("{}%{}", a.ip(), a.scope_id()),
+        a => a.ip().to_string(),
+    }
+}
+
 pub(crate) fn port_of_endpoint(ep: &str) -> Option<u16> {
     ep.rsplit(':').next()?.parse().ok()
 }
@@ -472,6 +481,9 @@ mod tests {
     fn endpoints_bracket_ipv6() {
         assert_eq!(endpoint("127.0.0.1", "80"), "tcp://127.0.0.1:80");
         assert_eq!(endpoint("::1", "80"), "tcp://[::1]:80");
+        let link_local = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0, 4);
+        assert_eq!(endpoint(&zmq_host(link_local.into()), "80"), "tcp://[fe80::1%4]:80");
+        assert_eq!(zmq_host("127.0.0.1:80".parse().unwrap()), "127.0.0.1");
         assert_eq!(port_of_endpoint("tcp://0.0.0.0:4242"), Some(4242));
     }
 }
