@@ -92,6 +92,8 @@ fn seed_invocations_across_two_hosts_in_both_topologies() {
         assert_eq!(s.code(), Some(0), "remote={remote}: {s:?}");
         assert!(same_contents(&mesh, &a.path().join("output.stl")));
         assert!(same_contents(&shared("cad_mesh.csv"), &a.path().join("output.csv")));
+        // Reachable from the network without a secret: A says so.
+        assert!(s.stderr.contains(&format!("on {ADDR_A} without a secret")), "remote={remote}: {s:?}");
         let log = std::fs::read_to_string(b.path().join("client.log")).unwrap();
         let wiring = if remote { "bound at tcp://[::]:8081" } else { "connected to tcp://10.77.0.1:8081" };
         assert!(log.contains(&format!("return channel up wiring={wiring}")), "remote={remote}: {log}");
