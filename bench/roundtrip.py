@@ -19,6 +19,7 @@ every process, from GNU time or wait4). The machine is shared and noisy: compare
 one run.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -249,20 +250,28 @@ class Link:
         sh("ip", "netns", "del", self.b, check=False)
 
 
-def bench_link(size_mib=256, runs=5):
+@contextlib.contextmanager
+def shaped_link(size_mib):
+    """A file of SIZE_MIB and the shaped Link; yields (src, work, link, ours), where ours(**kw) runs
+    machinaftp across the link (A in link.a, B in link.b), each run on ports of its own."""
     work = workdir(6 * size_mib)
     link = Link()
     try:
         src = f"{work}/src.bin"
         make_file(src, size_mib)
         ports = iter(range(20000, 30000))
-        ours = lambda: run_ours(src, work, host="10.78.0.1", ns_a=link.a, ns_b=link.b, port=str(next(ports)))
-        theirs = lambda: run_socat(src, work, a_host="10.78.0.2", b_host="10.78.0.1", ns_a=link.a, ns_b=link.b)
-        return compare(f"{size_mib} MiB round trip between two namespaces, veth shaped to 1 Gbit/s each way", runs,
-                       ours, theirs, 0.6)
+        yield src, work, link, lambda **kw: run_ours(src, work, host="10.78.0.1", ns_a=link.a, ns_b=link.b,
+                                                      port=str(next(ports)), **kw)
     finally:
         link.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def bench_link(size_mib=256, runs=5):
+    with shaped_link(size_mib) as (src, work, link, ours):
+        theirs = lambda: run_socat(src, work, a_host="10.78.0.2", b_host="10.78.0.1", ns_a=link.a, ns_b=link.b)
+        return compare(f"{size_mib} MiB round trip between two namespaces, veth shaped to 1 Gbit/s each way", runs,
+                       ours, theirs, 0.6)
 
 
 def bench_secure(size_mib=1024, runs=5, link_mib=256):
@@ -279,19 +288,10 @@ def bench_secure(size_mib=1024, runs=5, link_mib=256):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if os.geteuid() == 0:
-        work = workdir(6 * link_mib)
-        link = Link()
-        try:
-            src = f"{work}/src.bin"
-            make_file(src, link_mib)
-            ports = iter(range(20000, 30000))
-            on_link = lambda extra: run_ours(src, work, host="10.78.0.1", ns_a=link.a, ns_b=link.b,
-                                             port=str(next(ports)), extra_a=extra, extra_b=extra)
+        with shaped_link(link_mib) as (_, _, _, ours):
+            on_link = lambda extra: ours(extra_a=extra, extra_b=extra)
             rows.append((f"{link_mib} MiB, 1 Gbit/s link", alternate(runs, lambda: on_link(()),
                                                                       lambda: on_link(secret)), 1.05))
-        finally:
-            link.close()
-            shutil.rmtree(work, ignore_errors=True)
     print(f"\nmachinaftp with --secret against without ({runs} runs each, alternating; medians)")
     print(f"{'round trip':<28}{'plain s':>9}{'sealed s':>10}{'ratio':>8}{'target':>8}{'plain CPU':>11}"
           f"{'sealed CPU':>12}{'ratio':>8}{'sealed RSS A/B':>18}")

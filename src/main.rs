@@ -160,16 +160,22 @@ fn write_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Re
         .map_err(|source| Error::Output { path: "standard output".into(), source })
 }
 
+/// Writes `path` whole or not at all: into a temporary file beside it, renamed once `write` is done.
+fn write_whole(path: &std::path::Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), Error> {
+    let mut staged = machinaftp::files::StagedFile::create(path).map_err(Error::output(path))?;
+    let mut out = std::io::BufWriter::new(staged.file());
+    let written = write(&mut out).and_then(|()| out.flush());
+    drop(out);
+    written.and_then(|()| staged.commit().map(drop)).map_err(Error::output(path))
+}
+
 /// Writes the built-in sample mesh to `path`, whole or not at all.
 fn write_sample(path: &std::path::Path) -> Result<i32, Error> {
     // A sample is never worth a file someone already has under that name.
     if std::fs::symlink_metadata(path).is_ok() {
         return Err(Error::Usage(format!("{} already exists; remove it or name another file", path.display())));
     }
-    let mut staged = machinaftp::files::StagedFile::create(path).map_err(Error::output(path))?;
-    stl::sample::write_torus(std::io::BufWriter::new(staged.file()))
-        .and_then(|()| staged.commit().map(drop))
-        .map_err(Error::output(path))?;
+    write_whole(path, |w| stl::sample::write_torus(w))?;
     let _ = writeln!(
         std::io::stdout(),
         "wrote {}: the sample torus, {} facets, {} bytes (binary STL)",
@@ -197,11 +203,7 @@ fn write_man_pages(dir: &std::path::Path) -> Result<i32, Error> {
     for page in std::iter::once(cmd).chain(subcommands) {
         let man = clap_mangen::Man::new(page);
         let path = dir.join(man.get_filename());
-        // A page is a few kilobytes: rendered whole, then written.
-        let mut text = Vec::new();
-        man.render(&mut text).map_err(Error::output(&path))?;
-        let mut staged = machinaftp::files::StagedFile::create(&path).map_err(Error::output(&path))?;
-        staged.file().write_all(&text).and_then(|()| staged.commit().map(drop)).map_err(Error::output(&path))?;
+        write_whole(&path, |w| man.render(w))?;
         written.push(man.get_filename());
     }
     let _ = writeln!(std::io::stdout(), "wrote {} into {}", written.join(", "), dir.display());

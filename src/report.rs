@@ -449,17 +449,16 @@ impl<W: std::io::Write + Send> Reporter for Text<W> {
             ClientEvent::Retrying(after) => {
                 note(format!("the server is busy and its line is full; trying again in {}", units::duration(after)))
             }
-            ClientEvent::Resuming { from, ret_from, .. } if from == 0 && ret_from == 0 => {
-                self.note_seen(None, |s| s.resumed = Some(crate::session::Resumed::default()));
-            }
             ClientEvent::Resuming { from, ret_from, size } => {
                 self.note_seen(None, |s| s.resumed = Some(crate::session::Resumed { from, ret_from }));
-                note(format!(
-                    "resuming an interrupted transfer: {} of {} already here, {} already back at the server",
-                    units::bytes(from),
-                    units::bytes(size),
-                    units::bytes(ret_from)
-                ))
+                if from > 0 || ret_from > 0 {
+                    note(format!(
+                        "resuming an interrupted transfer: {} of {} already here, {} already back at the server",
+                        units::bytes(from),
+                        units::bytes(size),
+                        units::bytes(ret_from)
+                    ))
+                }
             }
             ClientEvent::KeptPartial(path) => {
                 note(format!("what arrived is kept in {}: run the same command again to resume", path.display()))

@@ -197,14 +197,8 @@ impl<'a> ReturnMsg<'a> {
                 for x in min.iter().chain(&max).chain([&m.area, &m.volume]) {
                     out.extend_from_slice(&x.to_bits().to_be_bytes());
                 }
-                let mut digest = [0u8; 32];
-                for (i, b) in digest.iter_mut().enumerate() {
-                    *b = m
-                        .geometry_blake3
-                        .get(2 * i..2 * i + 2)
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                        .unwrap_or(0);
-                }
+                // The facts carry it as hex, as `inspect --json` shows it (always 64 digits).
+                let digest = blake3::Hash::from_hex(&m.geometry_blake3).map_or([0; 32], |h| *h.as_bytes());
                 out.extend_from_slice(&digest);
             }
         }

@@ -89,6 +89,8 @@ const REFUSALS_SUMMARY: std::time::Duration = std::time::Duration::from_secs(60)
 pub struct Server {
     cfg: ServerConfig,
     listener: TcpListener,
+    /// The data channel's bound address (`-H` resolved, the port picked).
+    addr: SocketAddr,
     hub: Hub,
 }
 
@@ -130,12 +132,12 @@ impl Server {
             }
         };
         let hub = Hub::start(wiring).map_err(Error::Hub)?;
-        Ok(Server { cfg, listener, hub })
+        Ok(Server { cfg, listener, addr: bound, hub })
     }
 
     /// The bound data-channel address.
-    pub fn tcp_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Where A listens, as its `ready` line shows it: the data channel's `HOST:PORT`, and the
@@ -143,40 +145,36 @@ impl Server {
     /// port a client binds by default (its own `-p` + 1, or this side's `--zmq-port`); a client
     /// that binds another port announces it, and A connects there.
     pub fn ready_addrs(&self) -> (String, String) {
-        let tcp = self.tcp_addr().ok();
+        let tcp = self.addr;
         let zmq = match (self.hub.local_port(), &self.cfg.remotehost) {
-            (Some(p), _) => {
-                let host = tcp.map_or_else(|| self.cfg.host.clone(), |a| a.ip().to_string());
-                format!("{}:{p}", bracket(&host))
-            }
+            (Some(p), _) => format!("{}:{p}", bracket(&tcp.ip().to_string())),
             (None, Some(h)) => {
-                let port = self.cfg.zmq_port.or_else(|| tcp.and_then(|a| a.port().checked_add(1)));
+                let port = self.cfg.zmq_port.or_else(|| tcp.port().checked_add(1));
                 format!("connect:{}{}", bracket(h), port.map(|p| format!(":{p}")).unwrap_or_default())
             }
             (None, None) => String::new(),
         };
-        (tcp.map(|a| a.to_string()).unwrap_or_default(), zmq)
+        (tcp.to_string(), zmq)
     }
 
     /// Serves until `shutdown` is set, or, with `once`, until the first round trip ends (whose
     /// outcome is then the result). Every session's end goes to `reporter`.
     pub fn run(self, shutdown: &Shutdown, reporter: Arc<dyn Reporter>) -> Result<()> {
-        let Server { cfg, listener, hub } = self;
+        let Server { cfg, listener, addr, hub } = self;
         let bind_err = |source| Error::Bind { addr: cfg.host.clone(), channel: DATA_CHANNEL, source };
         listener.set_nonblocking(true).map_err(bind_err)?;
         let ended = Waker::new().map_err(bind_err)?;
         info!(
-            file = %cfg.file.display(), tcp = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            file = %cfg.file.display(), tcp = %addr,
             topology = %hub.topology(), "serving"
         );
         // The address bound, not -H as given: a name may stand for loopback or not.
-        let bound = listener.local_addr().ok();
-        if cfg.secret.is_none() && !bound.is_some_and(|a| is_loopback(a.ip())) {
+        if cfg.secret.is_none() && !is_loopback(addr.ip()) {
             warn!(
                 "serving {} on {} without a secret: anyone who can reach this address can fetch the file, and the \
                  transfer is not encrypted (give --secret-file, or run `machinaftp keygen`)",
                 cfg.file.display(),
-                bound.map_or_else(|| cfg.host.clone(), |a| a.ip().to_string())
+                addr.ip()
             );
         }
         let refusals = crate::logging::Tally::new("clients refused for not proving the secret", REFUSALS_SUMMARY);
